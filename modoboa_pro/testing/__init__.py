@@ -1,0 +1,36 @@
+"""Real-server harness for tests and the demo: Redis, Pebble, nginx and a DNS stub.
+
+Plain Python (no pytest, no Django) so both the pytest fixtures and ``make demo`` can use it.
+"""
+
+from modoboa_pro.testing.dns import DnsResponder
+from modoboa_pro.testing.pki import (
+    make_ca,
+    make_chain_pem,
+    make_self_signed_leaf,
+    make_server_cert,
+    validity,
+)
+from modoboa_pro.testing.servers import (
+    HarnessError,
+    ManagedProcess,
+    NginxServer,
+    PebbleServer,
+    RedisServer,
+    free_port,
+)
+
+__all__ = [
+    "DnsResponder",
+    "HarnessError",
+    "ManagedProcess",
+    "NginxServer",
+    "PebbleServer",
+    "RedisServer",
+    "free_port",
+    "make_ca",
+    "make_chain_pem",
+    "make_self_signed_leaf",
+    "make_server_cert",
+    "validity",
+]

@@ -1,0 +1,1 @@
+"""Virtual hosts with automatic HTTPS (ACME HTTP-01, Nginx)."""

@@ -1,0 +1,374 @@
+"""ACME client adapter: one account per directory URL, HTTP-01 orders, mapped errors.
+
+Wraps the ``acme`` library. Plain values in (URLs, paths, PEM bytes), plain
+values out; every failure leaves as an ``AcmeError`` subclass whose message
+names the likely cause, as the troubleshooting table of docs/tls-certificates.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import josepy as jose
+import requests
+from acme import challenges, client, messages
+from acme import errors as acme_errors
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .. import constants
+from ..errors import (
+    AcmeAccountError,
+    AcmeDirectoryUnreachable,
+    AcmeError,
+    AcmeOrderFailed,
+    AcmeRateLimited,
+    AcmeUnauthorized,
+    AcmeValidationFailed,
+    ConfigurationError,
+)
+from . import storage
+
+logger = logging.getLogger("modoboa.jobs")
+
+USER_AGENT = "modoboa-pro-acme"
+# Polling: start fast (a local CA answers in milliseconds), grow to a polite
+# interval; a server's Retry-After always wins.
+POLL_FIRST_INTERVAL = 0.1
+POLL_MAX_INTERVAL = 3.0
+POLL_GROWTH = 1.6
+# When a CA rate-limits us without saying until when, wait this long.
+DEFAULT_RATE_LIMIT_WAIT = datetime.timedelta(hours=1)
+NETWORK_TIMEOUT = 30
+
+_RETRY_AFTER_RE = re.compile(
+    r"retry after (\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:\.\d+)?\s*(UTC|Z|[+-]\d{2}:?\d{2})?",
+    re.IGNORECASE,
+)
+
+
+class ChallengePublisher(Protocol):
+    """Where HTTP-01 key authorizations are served from (the webroot)."""
+
+    def publish(self, token: str, content: str) -> None: ...
+
+    def remove(self, token: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class Account:
+    """An ACME account known to the CA."""
+
+    uri: str
+    email: str
+    directory_url: str
+
+
+def account_dir(storage_root: Path, directory_url: str) -> Path:
+    """Directory of the account for ``directory_url`` (one account per CA endpoint)."""
+    parsed = urllib.parse.urlsplit(directory_url)
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", parsed.netloc) or "ca"
+    digest = hashlib.sha256(directory_url.encode()).hexdigest()[:12]
+    return storage_root / constants.ACCOUNTS_DIRNAME / f"{host}-{digest}"
+
+
+def parse_rate_limit_retry_after(detail: str, now: datetime.datetime) -> datetime.datetime:
+    """Extract "retry after <time>" from a CA's rateLimited detail (the header is lost)."""
+    match = _RETRY_AFTER_RE.search(detail or "")
+    if match:
+        stamp = match.group(1).replace(" ", "T")
+        zone = match.group(2) or "UTC"
+        if zone.upper() in ("UTC", "Z"):
+            zone = "+00:00"
+        try:
+            return datetime.datetime.fromisoformat(stamp + zone)
+        except ValueError:
+            pass
+    return now + DEFAULT_RATE_LIMIT_WAIT
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class AcmeClient:
+    """An ACME v2 client bound to one directory URL and one account key."""
+
+    def __init__(
+        self,
+        directory_url: str,
+        *,
+        storage_root: Path,
+        email: str,
+        ca_bundle: str | None = None,
+        order_timeout: float = 90.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if not email:
+            raise ConfigurationError(
+                "No ACME account email is set: enter one in Settings > Virtual hosts "
+                "(the certificate authority requires a contact address)."
+            )
+        self.directory_url = directory_url
+        self.storage_root = storage_root
+        self.email = email
+        self.ca_bundle = ca_bundle
+        self.order_timeout = order_timeout
+        self._sleep = sleep
+        self._client: client.ClientV2 | None = None
+        self._key: jose.JWK | None = None
+
+    # -- account -----------------------------------------------------------
+
+    def _load_or_create_key(self) -> jose.JWK:
+        directory = account_dir(self.storage_root, self.directory_url)
+        key_path = directory / "private_key.json"
+        if key_path.exists():
+            try:
+                return jose.JWK.json_loads(key_path.read_text())
+            except (ValueError, jose.errors.DeserializationError) as err:
+                raise AcmeAccountError(
+                    f"The ACME account key {key_path} is unreadable; move it aside to "
+                    "register a new account.",
+                ) from err
+        storage.ensure_dir(directory, constants.PRIVATE_DIR_MODE)
+        key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+        storage.atomic_write(key_path, key.json_dumps().encode(), constants.PRIVATE_FILE_MODE)
+        return key
+
+    def _connect(self) -> client.ClientV2:
+        if self._client is not None:
+            return self._client
+        self._key = self._load_or_create_key()
+        alg = jose.ES256 if isinstance(self._key, jose.JWKEC) else jose.RS256
+        net = client.ClientNetwork(
+            self._key,
+            alg=alg,
+            user_agent=USER_AGENT,
+            verify_ssl=self.ca_bundle or True,  # type: ignore[arg-type]
+            timeout=NETWORK_TIMEOUT,
+        )
+        try:
+            directory = client.ClientV2.get_directory(self.directory_url, net)
+        except (requests.exceptions.RequestException, acme_errors.Error, ValueError) as err:
+            raise AcmeDirectoryUnreachable(
+                f"The ACME directory {self.directory_url} could not be fetched ({_short(err)}). "
+                "Check ACME_DIRECTORY_URL (and ACME_CA_BUNDLE for a private CA) and that this "
+                "server can reach it over HTTPS.",
+                detail=str(err),
+            ) from err
+        self._client = client.ClientV2(directory, net)
+        return self._client
+
+    def ensure_account(self) -> Account:
+        """Register the account on first use, or find the existing one.
+
+        Sending newAccount with a known key returns the existing account, so
+        this also recovers when the CA forgot us (a test CA restarted).
+        """
+        acme = self._connect()
+        registration = messages.NewRegistration.from_data(
+            email=self.email, terms_of_service_agreed=True
+        )
+        try:
+            regr = acme.new_account(registration)
+            uri = regr.uri
+        except acme_errors.ConflictError as err:
+            # The key is already registered: the error carries the account URL.
+            uri = err.location
+            acme.net.account = messages.RegistrationResource(uri=uri, body=registration)
+        except messages.Error as err:
+            raise _map_problem(err, f"registering the ACME account {self.email}") from err
+        except requests.exceptions.RequestException as err:
+            raise AcmeDirectoryUnreachable(
+                f"The CA at {self.directory_url} did not answer ({_short(err)}).",
+                detail=str(err),
+            ) from err
+        self._save_account_meta(uri)
+        return Account(uri=uri, email=self.email, directory_url=self.directory_url)
+
+    def _save_account_meta(self, uri: str) -> None:
+        meta = {"uri": uri, "email": self.email, "directory_url": self.directory_url}
+        path = account_dir(self.storage_root, self.directory_url) / "account.json"
+        storage.atomic_write(path, json.dumps(meta, indent=2).encode(), constants.PRIVATE_FILE_MODE)
+
+    # -- orders ------------------------------------------------------------
+
+    def obtain_certificate(
+        self, hostname: str, csr_pem: bytes, publisher: ChallengePublisher
+    ) -> bytes:
+        """Run one HTTP-01 order for ``hostname``; return the full chain PEM."""
+        acme = self._connect()
+        if acme.net.account is None:
+            self.ensure_account()
+        assert self._key is not None
+        deadline = time.monotonic() + self.order_timeout
+        try:
+            order = acme.new_order(csr_pem)
+            published: list[str] = []
+            try:
+                for authzr in order.authorizations:
+                    if authzr.body.status == messages.STATUS_VALID:
+                        continue  # reused authorization: nothing to prove
+                    challb = _http01(authzr, hostname)
+                    response, validation = challb.response_and_validation(self._key)
+                    token = challb.chall.encode("token")
+                    publisher.publish(token, validation)
+                    published.append(token)
+                    acme.answer_challenge(challb, response)
+                for authzr in order.authorizations:
+                    self._wait_authorization(acme, authzr, hostname, deadline)
+            finally:
+                for token in published:
+                    publisher.remove(token)
+            return self._finalize(acme, order, hostname, deadline)
+        except AcmeError:
+            raise
+        except messages.Error as err:
+            raise _map_problem(err, f"ordering a certificate for {hostname}") from err
+        except acme_errors.Error as err:
+            raise AcmeOrderFailed(
+                f"The order for {hostname} failed: {_short(err)}.", detail=str(err)
+            ) from err
+        except requests.exceptions.RequestException as err:
+            raise AcmeDirectoryUnreachable(
+                f"The CA at {self.directory_url} stopped answering during the order for "
+                f"{hostname} ({_short(err)}); it will be retried.",
+                detail=str(err),
+            ) from err
+
+    def _wait_authorization(
+        self,
+        acme: client.ClientV2,
+        authzr: messages.AuthorizationResource,
+        hostname: str,
+        deadline: float,
+    ) -> None:
+        interval = POLL_FIRST_INTERVAL
+        while True:
+            # _post_as_get is the library's POST-as-GET; poll() would not let us
+            # honour a short first interval.
+            response = acme._post_as_get(authzr.uri)
+            body = messages.Authorization.from_json(response.json())
+            if body.status == messages.STATUS_VALID:
+                return
+            if body.status != messages.STATUS_PENDING:
+                raise _validation_failure(hostname, body)
+            interval = self._pause(response, interval, deadline, hostname, "validation")
+
+    def _finalize(
+        self,
+        acme: client.ClientV2,
+        order: messages.OrderResource,
+        hostname: str,
+        deadline: float,
+    ) -> bytes:
+        order = acme.begin_finalization(order)
+        interval = POLL_FIRST_INTERVAL
+        while True:
+            body = order.body
+            if body.status == messages.STATUS_VALID and body.certificate:
+                pem = acme._post_as_get(body.certificate).text
+                return pem.encode()
+            if body.status == messages.STATUS_INVALID:
+                detail = body.error.detail if body.error is not None else "no detail given"
+                raise AcmeOrderFailed(
+                    f"The CA refused to issue the certificate for {hostname}: {detail}.",
+                    detail=str(body.error),
+                )
+            response = acme._post_as_get(order.uri)
+            interval = self._pause(response, interval, deadline, hostname, "issuance")
+            order = order.update(body=messages.Order.from_json(response.json()))
+
+    def _pause(
+        self,
+        response: requests.Response,
+        interval: float,
+        deadline: float,
+        hostname: str,
+        what: str,
+    ) -> float:
+        wait = interval
+        header = response.headers.get("Retry-After")
+        if header and header.strip().isdigit():
+            wait = max(wait, float(header))
+        if time.monotonic() + wait > deadline:
+            raise AcmeOrderFailed(
+                f"The CA did not complete {what} for {hostname} within "
+                f"{self.order_timeout:.0f} s; it will be retried.",
+            )
+        self._sleep(wait)
+        return min(interval * POLL_GROWTH, POLL_MAX_INTERVAL)
+
+
+def _http01(authzr: messages.AuthorizationResource, hostname: str) -> messages.ChallengeBody:
+    for challb in authzr.body.challenges:
+        if isinstance(challb.chall, challenges.HTTP01):
+            return challb
+    raise AcmeUnauthorized(
+        f"The CA offered no HTTP-01 challenge for {hostname}; this CA cannot be used "
+        "with HTTP validation.",
+        retryable=False,
+    )
+
+
+def _validation_failure(hostname: str, body: messages.Authorization) -> AcmeError:
+    details = [
+        f"{chall.error.typ.rsplit(':', 1)[-1]}: {chall.error.detail}"
+        for chall in body.challenges
+        if chall.error is not None
+    ]
+    ca_says = "; ".join(details) or f"authorization is {body.status}"
+    return AcmeValidationFailed(
+        f"The certificate authority could not validate {hostname}: {ca_says}. "
+        f"Check that {hostname} resolves in public DNS to this server and that port 80 "
+        "is reachable from the internet, then retry provisioning.",
+        detail=ca_says,
+    )
+
+
+def _map_problem(err: messages.Error, doing: str) -> AcmeError:
+    code = err.code or ""
+    detail = err.detail or str(err)
+    if code == "rateLimited":
+        when = parse_rate_limit_retry_after(detail, _utcnow())
+        return AcmeRateLimited(
+            f"The certificate authority rate-limited us while {doing}: {detail}. "
+            f"Nothing will be retried before {when:%Y-%m-%d %H:%M} UTC.",
+            retry_after=when,
+            detail=detail,
+        )
+    if code in ("invalidContact", "unsupportedContact"):
+        return AcmeAccountError(
+            f"The CA refused the account email while {doing}: {detail}. "
+            "Fix the ACME account email in Settings > Virtual hosts.",
+            detail=detail,
+        )
+    if code in ("unauthorized", "accountDoesNotExist", "rejectedIdentifier", "caa"):
+        return AcmeUnauthorized(
+            f"The CA refused {doing}: {detail}. Check ACME_DIRECTORY_URL, the account "
+            "email, and whether a production rate limit was hit.",
+            retryable=code != "rejectedIdentifier",
+            detail=detail,
+        )
+    if code in ("dns", "connection", "incorrectResponse", "tls"):
+        return AcmeValidationFailed(
+            f"The CA could not validate while {doing}: {detail}. Check public DNS and "
+            "that port 80 is reachable from the internet.",
+            detail=detail,
+        )
+    return AcmeError(f"The CA answered an error while {doing}: {detail}.", detail=detail)
+
+
+def _short(err: BaseException) -> str:
+    text = str(err) or type(err).__name__
+    return text if len(text) < 300 else text[:297] + "..."

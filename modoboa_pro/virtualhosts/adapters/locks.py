@@ -1,0 +1,132 @@
+"""Per-host locks in Redis, so two runs never work on the same host at once."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import secrets
+from types import TracebackType
+
+import redis
+
+from ..errors import LockHeld, LockLost, LockUnavailable
+
+LOCK_KEY_PREFIX = "modoboa_pro:virtualhosts:lock:"
+
+logger = logging.getLogger(__name__)
+
+# Compare-and-act: only the holder of the token may delete or extend the key,
+# so a run whose lock expired never frees the lock of the run that took over.
+_RELEASE = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("del", KEYS[1])
+end
+return 0
+"""
+_EXTEND = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("pexpire", KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+def lock_key(name: str) -> str:
+    return LOCK_KEY_PREFIX + name
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value or ""
+
+
+def _milliseconds(ttl: datetime.timedelta) -> int:
+    ms = int(ttl.total_seconds() * 1000)
+    if ms <= 0:
+        raise ValueError(f"a lock TTL must be positive, got {ttl}")
+    return ms
+
+
+def is_locked(connection: redis.Redis, name: str) -> bool:
+    """Whether some run currently holds the lock ``name``."""
+    try:
+        return bool(connection.exists(lock_key(name)))
+    except redis.RedisError as err:
+        raise LockUnavailable(f"Cannot reach Redis to check the lock for {name}: {err}.") from err
+
+
+class HostLock:
+    """``with HostLock(conn, hostname, ttl):`` holds the host's lock for the block.
+
+    The value stored is ``<token> <start time>``: the token proves ownership,
+    the start time tells a blocked operator how old the other run is.
+    """
+
+    def __init__(self, connection: redis.Redis, name: str, ttl: datetime.timedelta) -> None:
+        self.connection = connection
+        self.name = name
+        self.key = lock_key(name)
+        self.ttl_ms = _milliseconds(ttl)
+        self.token = ""
+
+    def acquire(self) -> None:
+        """Take the lock or raise LockHeld."""
+        token = secrets.token_hex(16)
+        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        try:
+            taken = self.connection.set(self.key, f"{token} {started}", nx=True, px=self.ttl_ms)
+            holder = None if taken else self.connection.get(self.key)
+        except redis.RedisError as err:
+            raise LockUnavailable(
+                f"Cannot reach Redis to lock {self.name}: {err}. Check the Redis server "
+                "the workers use; the run will be retried.",
+            ) from err
+        if not taken:
+            since = _text(holder).partition(" ")[2] or "moments ago"
+            raise LockHeld(
+                f"Another run for {self.name} is in progress (started {since}); this one "
+                "stops to let it finish."
+            )
+        self.token = f"{token} {started}"
+
+    def extend(self, ttl: datetime.timedelta | None = None) -> None:
+        """Reset the lock's expiry (to ``ttl`` or the original TTL) for a long run."""
+        ms = _milliseconds(ttl) if ttl is not None else self.ttl_ms
+        try:
+            extended = self.connection.eval(_EXTEND, 1, self.key, self.token, ms)
+        except redis.RedisError as err:
+            raise LockUnavailable(
+                f"Cannot reach Redis to extend the lock for {self.name}: {err}."
+            ) from err
+        if not extended:
+            raise LockLost(
+                f"The lock for {self.name} expired before this run finished; another run "
+                "may be working on the host. This run stops; the host will be retried."
+            )
+
+    def release(self) -> bool:
+        """Drop the lock if this run still owns it; return whether it did."""
+        if not self.token:
+            return False
+        try:
+            released = bool(self.connection.eval(_RELEASE, 1, self.key, self.token))
+        except redis.RedisError as err:
+            # The key expires by itself; failing the run for this would hide its real outcome.
+            logger.warning("Cannot release the lock for %s (it will expire): %s", self.name, err)
+            return False
+        finally:
+            self.token = ""
+        if not released:
+            logger.warning("The lock for %s expired before the run ended", self.name)
+        return released
+
+    def __enter__(self) -> HostLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

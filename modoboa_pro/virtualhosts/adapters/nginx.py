@@ -1,0 +1,145 @@
+"""Nginx site files and the test / reload commands; rendering happens elsewhere."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import subprocess
+from pathlib import Path
+
+from .. import constants
+from ..errors import (
+    ConfigurationError,
+    NginxConfigTestFailed,
+    NginxError,
+    NginxReloadFailed,
+    StorageError,
+)
+from .storage import atomic_write, fsync_dir, safe_hostname
+
+CONF_DIR_SETTING = "VIRTUALHOSTS_NGINX_CONF_DIR"
+TEST_COMMAND_SETTING = "VIRTUALHOSTS_NGINX_TEST_COMMAND"
+RELOAD_COMMAND_SETTING = "VIRTUALHOSTS_NGINX_RELOAD_COMMAND"
+# Lines worth quoting to an operator: nginx prefixes its diagnostics with a level.
+_DIAGNOSTIC_LEVELS = ("[emerg]", "[alert]", "[crit]", "[error]")
+# "2026/01/02 03:04:05 [emerg] 123#123: msg" -> "[emerg] msg": the time and pid add nothing.
+_LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\[\w+\]) \d+#\d+: ")
+
+
+def site_path(conf_dir: Path, hostname: str) -> Path:
+    """``<conf_dir>/<hostname>.conf``."""
+    return Path(conf_dir) / f"{safe_hostname(hostname)}.conf"
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise NginxError(f"Cannot read the nginx site file {path}: {err.strerror}.") from err
+
+
+def write_site(conf_dir: Path, hostname: str, content: str) -> bytes | None:
+    """Atomically install a site file; return the previous content (None if new)."""
+    path = site_path(conf_dir, hostname)
+    if not Path(conf_dir).is_dir():
+        raise ConfigurationError(
+            f"The nginx sites directory {conf_dir} does not exist. Create it and make "
+            f"nginx include '*.conf' from it, or fix {CONF_DIR_SETTING}."
+        )
+    previous = _read(path)
+    try:
+        atomic_write(path, content.encode("utf-8"), constants.PUBLIC_FILE_MODE)
+    except StorageError as err:
+        raise NginxError(err.message) from err
+    return previous
+
+
+def restore_site(conf_dir: Path, hostname: str, previous: bytes | None) -> None:
+    """Put back what ``write_site``/``remove_site`` returned (None removes the file)."""
+    path = site_path(conf_dir, hostname)
+    try:
+        if previous is None:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                fsync_dir(path.parent)
+        else:
+            atomic_write(path, previous, constants.PUBLIC_FILE_MODE)
+    except (OSError, StorageError) as err:
+        raise NginxError(
+            f"Cannot restore the nginx site file {path}: {err}. Fix it by hand before "
+            "the next reload.",
+        ) from err
+
+
+def remove_site(conf_dir: Path, hostname: str) -> bytes | None:
+    """Delete a site file; return its content (None if there was none)."""
+    path = site_path(conf_dir, hostname)
+    previous = _read(path)
+    if previous is not None:
+        restore_site(conf_dir, hostname, None)
+    return previous
+
+
+def _quote(output: str) -> str:
+    lines = [_LOG_PREFIX.sub(r"\1 ", line.strip()) for line in output.splitlines() if line.strip()]
+    diagnostics = [line for line in lines if any(lvl in line for lvl in _DIAGNOSTIC_LEVELS)]
+    return "; ".join(diagnostics or lines[-3:]) or "(no output)"
+
+
+def _run(argv: list[str], timeout: float, setting: str, what: str) -> tuple[int, str]:
+    if not argv:
+        raise ConfigurationError(f"{setting} is empty; set it to the {what} command.")
+    try:
+        done = subprocess.run(  # argv from settings, never a shell
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one stream, in the order nginx printed it
+            timeout=timeout,
+            check=False,
+        )
+    except (FileNotFoundError, PermissionError, NotADirectoryError) as err:
+        raise ConfigurationError(
+            f"Cannot run the {what} command {argv[0]!r}: {err.strerror}. Fix {setting}.",
+        ) from err
+    except subprocess.TimeoutExpired as err:
+        output = (err.output or b"").decode("utf-8", "replace")
+        raise NginxError(
+            f"The {what} command {' '.join(argv)} did not finish within {timeout:g} s; "
+            "nginx may be overloaded. It will be retried.",
+            output=output,
+            retryable=True,
+        ) from err
+    return done.returncode, done.stdout.decode("utf-8", "replace")
+
+
+def run_test(argv: list[str], timeout: float = 60) -> str:
+    """Run the configuration test (``nginx -t``); return its output."""
+    code, output = _run(argv, timeout, TEST_COMMAND_SETTING, "nginx configuration test")
+    if code != 0:
+        raise NginxConfigTestFailed(
+            f"nginx rejected the configuration: {_quote(output)}. The previous "
+            "configuration is still in place.",
+            output=output,
+        )
+    return output
+
+
+def run_reload(argv: list[str], timeout: float = 60) -> str:
+    """Run the reload command; return its output."""
+    code, output = _run(argv, timeout, RELOAD_COMMAND_SETTING, "nginx reload")
+    if code != 0:
+        raise NginxReloadFailed(
+            f"Reloading nginx failed (exit {code}): {_quote(output)}. nginx keeps serving "
+            "the previous configuration; check that the privileged worker is running and "
+            f"that {RELOAD_COMMAND_SETTING} works when run by hand.",
+            output=output,
+        )
+    return output
+
+
+def test_and_reload(test_argv: list[str], reload_argv: list[str], timeout: float = 60) -> str:
+    """Reload only after the configuration test passed; return both outputs."""
+    return run_test(test_argv, timeout) + run_reload(reload_argv, timeout)

@@ -1,0 +1,148 @@
+"""Django system checks for what an operator can get wrong (ids virtualhosts.E0xx/W0xx)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+
+from . import conf, constants
+
+
+def _queue_errors() -> list[checks.CheckMessage]:
+    queues = getattr(settings, "RQ_QUEUES", {}) or {}
+    errors: list[checks.CheckMessage] = []
+    for name, cid, why in (
+        (constants.QUEUE_DEFAULT, "virtualhosts.E001", "provisioning and renewal jobs run there"),
+        (
+            constants.QUEUE_PRIVILEGED,
+            "virtualhosts.E002",
+            "nginx tests and reloads run there, as root",
+        ),
+    ):
+        if name not in queues:
+            errors.append(
+                checks.Error(
+                    f"RQ_QUEUES has no {name!r} queue; {why}.",
+                    hint=f"Add a {name!r} entry to RQ_QUEUES "
+                    "(modoboa-admin.py deploy generates it).",
+                    id=cid,
+                )
+            )
+    return errors
+
+
+def _command_errors() -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for setting, cid in (
+        ("VIRTUALHOSTS_NGINX_TEST_COMMAND", "virtualhosts.E003"),
+        ("VIRTUALHOSTS_NGINX_RELOAD_COMMAND", "virtualhosts.E004"),
+    ):
+        argv = conf.get(setting)
+        if (
+            not isinstance(argv, list | tuple)
+            or not argv
+            or not all(isinstance(a, str) for a in argv)
+        ):
+            errors.append(
+                checks.Error(
+                    f"{setting} must be a non-empty list of strings "
+                    "(an argv, run without a shell).",
+                    hint=f"e.g. {setting} = {conf.DEFAULTS[setting]!r}",
+                    id=cid,
+                )
+            )
+            continue
+        binary = argv[0]
+        found = os.access(binary, os.X_OK) if os.path.isabs(binary) else shutil.which(binary)
+        # The privileged worker usually has /usr/sbin in PATH even when this process does not.
+        if not found and not os.path.isabs(binary):
+            found = any(os.access(os.path.join(d, binary), os.X_OK) for d in ("/usr/sbin", "/sbin"))
+        if not found:
+            errors.append(
+                checks.Error(
+                    f"{binary!r} ({setting}) was not found or is not executable.",
+                    hint="Install nginx, or set the full path of the nginx binary in the command.",
+                    id=cid,
+                )
+            )
+    return errors
+
+
+def _directory_errors() -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    conf_dir = conf.get("VIRTUALHOSTS_NGINX_CONF_DIR")
+    if not os.path.isabs(str(conf_dir)):
+        errors.append(
+            checks.Error(
+                f"VIRTUALHOSTS_NGINX_CONF_DIR must be an absolute path (got {conf_dir!r}).",
+                id="virtualhosts.E005",
+            )
+        )
+    elif not _writable_or_creatable(conf_dir):
+        errors.append(
+            checks.Error(
+                f"The nginx site directory {conf_dir} is not writable by this user.",
+                hint="Create it and give it to the user running Modoboa's workers; "
+                "include it from nginx.conf (see docs/nginx.md).",
+                id="virtualhosts.E006",
+            )
+        )
+    return errors
+
+
+def _writable_or_creatable(path: str) -> bool:
+    probe = os.path.normpath(path)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            return False
+        probe = parent
+    return os.path.isdir(probe) and os.access(probe, os.W_OK | os.X_OK)
+
+
+def _setting_errors() -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    for setting in ("VIRTUALHOSTS_HTTP_PORT", "VIRTUALHOSTS_HTTPS_PORT"):
+        port = conf.get(setting)
+        if not isinstance(port, int) or not 0 < port < 65536:
+            errors.append(
+                checks.Error(
+                    f"{setting} must be a TCP port number (got {port!r}).", id="virtualhosts.E007"
+                )
+            )
+    mode = conf.get("VIRTUALHOSTS_RELOAD_MODE")
+    if mode not in ("privileged", "local"):
+        errors.append(
+            checks.Error(
+                f"VIRTUALHOSTS_RELOAD_MODE must be 'privileged' or 'local' (got {mode!r}).",
+                id="virtualhosts.E008",
+            )
+        )
+    bundle = conf.get("ACME_CA_BUNDLE")
+    if bundle and not os.path.isfile(bundle):
+        errors.append(
+            checks.Error(
+                f"ACME_CA_BUNDLE points at {bundle}, which is not a file.",
+                hint="Set it to a PEM file, or remove it to trust the system store.",
+                id="virtualhosts.E009",
+            )
+        )
+    url = str(conf.get("ACME_DIRECTORY_URL"))
+    if not url.startswith("https://"):
+        errors.append(
+            checks.Error(
+                f"ACME_DIRECTORY_URL must be an https:// URL (got {url!r}).",
+                id="virtualhosts.E010",
+            )
+        )
+    return errors
+
+
+@checks.register()
+def check_virtualhosts(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Report misconfigurations that would make provisioning fail later, silently."""
+    return _queue_errors() + _command_errors() + _directory_errors() + _setting_errors()

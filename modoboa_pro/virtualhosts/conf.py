@@ -1,0 +1,54 @@
+"""Django settings of the app, read at call time, each with its documented default.
+
+Instance-wide parameters an admin edits in the UI (email, storage path,
+threshold) are Modoboa parameters instead: see ``parameters.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+
+LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+DEFAULTS: dict[str, Any] = {
+    # The certificate authority's ACME directory.
+    "ACME_DIRECTORY_URL": LETSENCRYPT_PRODUCTION,
+    # PEM bundle trusted for the ACME server's own HTTPS (private CAs, tests);
+    # None uses the system trust store.
+    "ACME_CA_BUNDLE": None,
+    # Key type of certificate private keys: ecdsa-p256, rsa-2048, rsa-3072, rsa-4096.
+    "ACME_KEY_TYPE": "ecdsa-p256",
+    # Upper bound on how long one order may take (polling authorizations and finalization).
+    "ACME_ORDER_TIMEOUT": 90,
+    # Directory in which the plugin writes one site file per host; nginx.conf includes it.
+    "VIRTUALHOSTS_NGINX_CONF_DIR": "/etc/nginx/sites-enabled/modoboa-virtualhosts",
+    "VIRTUALHOSTS_NGINX_TEST_COMMAND": ["nginx", "-t"],
+    "VIRTUALHOSTS_NGINX_RELOAD_COMMAND": ["nginx", "-s", "reload"],
+    # Ports in the rendered `listen` directives.
+    "VIRTUALHOSTS_HTTP_PORT": 80,
+    "VIRTUALHOSTS_HTTPS_PORT": 443,
+    # Address(es) nginx listens on; empty means all addresses (nginx's default).
+    "VIRTUALHOSTS_LISTEN_ADDRESS": "",
+    # Where the HTTPS server forwards requests: Modoboa's installer serves the
+    # application with uWSGI on this socket.
+    "VIRTUALHOSTS_UPSTREAM": "unix:/run/uwsgi/app/modoboa_instance/socket",
+    # "uwsgi" (uwsgi_pass, as Modoboa's installer) or "http" (proxy_pass).
+    "VIRTUALHOSTS_UPSTREAM_PROTOCOL": "uwsgi",
+    # Where the plugin connects to check which certificate nginx serves.
+    "VIRTUALHOSTS_VERIFY_ADDRESS": "127.0.0.1",
+    # How reloads run: "privileged" (a job on Modoboa's root worker) or "local"
+    # (in the calling worker, when it may run nginx itself).
+    "VIRTUALHOSTS_RELOAD_MODE": "privileged",
+    # How long a chain waits for the privileged worker's reload before failing.
+    "VIRTUALHOSTS_RELOAD_TIMEOUT": 120,
+}
+
+
+def get(name: str) -> Any:
+    """Return setting ``name`` from Django settings, or its documented default."""
+    if name not in DEFAULTS:
+        raise KeyError(f"unknown modoboa_pro.virtualhosts setting {name}")
+    return getattr(settings, name, DEFAULTS[name])

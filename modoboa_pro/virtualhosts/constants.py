@@ -1,0 +1,79 @@
+"""Statuses, queue names, steps and policy constants, each with its reason."""
+
+from __future__ import annotations
+
+import datetime
+
+# Provisioning status of a virtual host (observed state, written by jobs only).
+STATUS_PENDING = "pending"  # created, chain not started yet
+STATUS_PROVISIONING = "provisioning"  # the chain is running
+STATUS_ACTIVE = "active"  # served over HTTPS with a verified certificate
+STATUS_HTTP_ONLY = "http_only"  # served over HTTP only: Let's Encrypt disabled
+STATUS_FAILED = "failed"  # last run failed; see last_error
+STATUS_DISABLED = "disabled"  # the admin disabled the host; no site, no renewal
+STATUSES = (
+    (STATUS_PENDING, "Pending"),
+    (STATUS_PROVISIONING, "Provisioning"),
+    (STATUS_ACTIVE, "Active"),
+    (STATUS_HTTP_ONLY, "HTTP only"),
+    (STATUS_FAILED, "Failed"),
+    (STATUS_DISABLED, "Disabled"),
+)
+
+# RQ queues, as Modoboa names them. The privileged worker runs as root.
+QUEUE_DEFAULT = "modoboa"
+QUEUE_PRIVILEGED = "privileged"
+
+# Steps of the chain, recorded in each host's history (the UI shows them).
+STEP_HTTP_SITE = "http_site"
+STEP_ACCOUNT = "account"
+STEP_ORDER = "order"
+STEP_STORE = "store"
+STEP_HTTPS_SITE = "https_site"
+STEP_VERIFY = "verify"
+STEP_REMOVE = "remove"
+STEP_RENEW = "renew"
+STEPS = (
+    (STEP_HTTP_SITE, "HTTP-only site"),
+    (STEP_ACCOUNT, "ACME account"),
+    (STEP_ORDER, "Certificate order"),
+    (STEP_STORE, "Certificate stored"),
+    (STEP_HTTPS_SITE, "HTTPS site"),
+    (STEP_VERIFY, "Served certificate verified"),
+    (STEP_REMOVE, "Site removed"),
+    (STEP_RENEW, "Renewal"),
+)
+
+OUTCOME_OK = "ok"
+OUTCOME_FAILED = "failed"
+OUTCOME_SKIPPED = "skipped"
+OUTCOMES = ((OUTCOME_OK, "OK"), (OUTCOME_FAILED, "Failed"), (OUTCOME_SKIPPED, "Skipped"))
+
+# How many history entries a host keeps: enough for a few full runs, small
+# enough that the API can return them inline.
+HISTORY_KEEP = 50
+
+# Files under <acme_account_storage_path>, as the documentation promises.
+WEBROOT_DIRNAME = "webroot"
+CERTS_DIRNAME = "certs"
+ACCOUNTS_DIRNAME = "accounts"
+ARCHIVE_DIRNAME = "archive"
+FULLCHAIN_FILENAME = "fullchain.pem"
+PRIVKEY_FILENAME = "privkey.pem"
+
+# File modes: private keys and their directories are never group/world readable.
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
+PUBLIC_FILE_MODE = 0o644
+# The webroot is read by nginx workers (an unprivileged user): the storage root
+# is traversable, its certs/ and accounts/ subdirectories are not.
+STORAGE_ROOT_MODE = 0o755
+WEBROOT_DIR_MODE = 0o755
+
+# A lock outlives any sane chain run (ACME polling is bounded well below it)
+# but expires on its own if a worker is SIGKILLed mid-run.
+HOST_LOCK_TTL = datetime.timedelta(minutes=15)
+
+# Hostname rules (RFC 1035 / RFC 5890).
+HOSTNAME_MAX_LENGTH = 253
+LABEL_MAX_LENGTH = 63

@@ -1,0 +1,126 @@
+"""One exception tree for the app; every message is written for the operator."""
+
+from __future__ import annotations
+
+import datetime
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class VirtualHostError(Exception):
+    """Root of every error this app raises on purpose.
+
+    ``retryable`` says whether trying again later may succeed without an
+    operator changing anything; ``retry_after`` is the earliest sensible time
+    (e.g. a CA's rate-limit reset), when known.
+    """
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        retry_after: datetime.datetime | None = None,
+        detail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        if retryable is not None:
+            self.retryable = retryable
+        self.retry_after = retry_after
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(VirtualHostError, ImproperlyConfigured):
+    """The instance is misconfigured; an operator must change a setting."""
+
+
+class InvalidHostname(VirtualHostError, ValueError):
+    """A hostname that must never reach a file path or an nginx config."""
+
+
+class InvalidToken(VirtualHostError, ValueError):
+    """An ACME challenge token that must never reach a file path."""
+
+
+class StorageError(VirtualHostError):
+    """Reading or writing files under the ACME storage path failed."""
+
+
+class NginxError(VirtualHostError):
+    """Base for nginx failures; ``output`` holds what the command printed."""
+
+    def __init__(self, message: str, *, output: str = "", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.output = output
+
+
+class NginxConfigTestFailed(NginxError):
+    """``nginx -t`` rejected the configuration; the previous one was kept."""
+
+
+class NginxReloadFailed(NginxError):
+    """The reload command failed; nginx keeps serving its previous config."""
+
+    retryable = True
+
+
+class DeployNotVerified(NginxError):
+    """Nginx does not serve the expected certificate after a reload."""
+
+    retryable = True
+
+
+class AcmeError(VirtualHostError):
+    """Base for failures talking to the certificate authority."""
+
+    retryable = True
+
+
+class AcmeDirectoryUnreachable(AcmeError):
+    """The ACME directory URL could not be fetched."""
+
+
+class AcmeAccountError(AcmeError):
+    """The CA refused the account (e.g. a bad contact email)."""
+
+    retryable = False
+
+
+class AcmeUnauthorized(AcmeError):
+    """The CA refused the order or authorization."""
+
+
+class AcmeValidationFailed(AcmeError):
+    """The CA could not validate the HTTP-01 challenge (DNS, port 80...)."""
+
+
+class AcmeRateLimited(AcmeError):
+    """The CA rate-limited us; ``retry_after`` says when to try again."""
+
+
+class AcmeOrderFailed(AcmeError):
+    """The order failed at finalization or timed out."""
+
+
+class LockHeld(VirtualHostError):
+    """Another worker holds the lock for this host; the work is in progress."""
+
+    retryable = True
+
+
+class LockLost(VirtualHostError):
+    """This worker's host lock expired and may now be held by another run."""
+
+    retryable = True
+
+
+class LockUnavailable(VirtualHostError):
+    """Redis could not be reached to take or release a host lock."""
+
+    retryable = True

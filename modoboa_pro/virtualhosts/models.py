@@ -1,0 +1,106 @@
+"""Virtual hosts: desired state (hostname, enabled) and observed state (status, certificate)."""
+
+from __future__ import annotations
+
+import datetime
+
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from . import constants
+from .errors import InvalidHostname
+from .hostnames import normalize_hostname
+
+
+def validate_hostname(value: str) -> None:
+    """Django validator wrapping :func:`normalize_hostname`."""
+    try:
+        normalize_hostname(value)
+    except InvalidHostname as err:
+        raise ValidationError(err.message, code="invalid_hostname") from err
+
+
+class VirtualHost(models.Model):
+    """A name served by nginx, with its certificate's observed facts."""
+
+    hostname = models.CharField(
+        _("hostname"),
+        max_length=constants.HOSTNAME_MAX_LENGTH,
+        unique=True,
+        validators=[validate_hostname],
+        help_text=_("Fully-qualified name, e.g. www.example.com (IDNA-encoded when stored)."),
+    )
+    domain = models.ForeignKey(
+        "admin.Domain",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="virtualhosts",
+        help_text=_("Modoboa domain whose administrators may manage this host."),
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+
+    # Observed state: written by jobs only.
+    status = models.CharField(
+        max_length=20, choices=constants.STATUSES, default=constants.STATUS_PENDING, db_index=True
+    )
+    last_error = models.TextField(blank=True, default="")
+    failed_step = models.CharField(max_length=20, blank=True, default="")
+    attempts = models.PositiveIntegerField(
+        default=0, help_text=_("Consecutive failed runs since the last success.")
+    )
+    next_attempt_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("When the next retry or renewal is planned.")
+    )
+    cert_serial = models.CharField(max_length=64, blank=True, default="")
+    cert_issuer = models.CharField(max_length=255, blank=True, default="")
+    cert_not_before = models.DateTimeField(null=True, blank=True)
+    cert_not_after = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["hostname"]
+        verbose_name = _("virtual host")
+        verbose_name_plural = _("virtual hosts")
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    def save(self, *args, **kwargs) -> None:
+        # Normalise here too, so the ORM cannot store a name that could reach a path or config.
+        self.hostname = normalize_hostname(self.hostname)
+        super().save(*args, **kwargs)
+
+    @property
+    def has_certificate(self) -> bool:
+        return self.cert_not_after is not None
+
+    def days_left(self, now: datetime.datetime | None = None) -> int | None:
+        """Whole days of validity left on the current certificate, or None."""
+        if self.cert_not_after is None:
+            return None
+        return (self.cert_not_after - (now or timezone.now())).days
+
+
+class VirtualHostEvent(models.Model):
+    """One step of a provisioning or renewal run, for the host's history."""
+
+    virtualhost = models.ForeignKey(VirtualHost, on_delete=models.CASCADE, related_name="events")
+    run_id = models.CharField(max_length=40, blank=True, default="")
+    step = models.CharField(max_length=20, choices=constants.STEPS)
+    outcome = models.CharField(max_length=10, choices=constants.OUTCOMES)
+    started_at = models.DateTimeField(default=timezone.now)
+    duration = models.FloatField(default=0.0, help_text=_("Seconds."))
+    message = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["virtualhost", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.virtualhost_id} {self.step} {self.outcome}"

@@ -1,0 +1,155 @@
+"""Modoboa parameters of the app: the "Virtual hosts" section of the Settings page."""
+
+from __future__ import annotations
+
+import collections
+import os
+
+from django.utils.translation import gettext_lazy as _
+from rest_framework import serializers
+
+APP = "virtualhosts"
+
+DEFAULT_STORAGE_PATH = "/var/lib/modoboa/acme"
+DEFAULT_RENEWAL_THRESHOLD_DAYS = 30
+
+STRUCT = collections.OrderedDict(
+    [
+        (
+            "letsencrypt_sep",
+            {
+                "label": _("Let's Encrypt"),
+                "params": collections.OrderedDict(
+                    [
+                        (
+                            "enable_letsencrypt",
+                            {
+                                "label": _("Enable Let's Encrypt"),
+                                "help_text": _(
+                                    "Obtain and renew a certificate for every virtual host "
+                                    "over ACME HTTP-01."
+                                ),
+                            },
+                        ),
+                        (
+                            "acme_account_email",
+                            {
+                                "label": _("ACME account email"),
+                                "help_text": _(
+                                    "Contact address registered with the certificate authority."
+                                ),
+                                "display": "enable_letsencrypt=true",
+                            },
+                        ),
+                        (
+                            "acme_account_storage_path",
+                            {
+                                "label": _("ACME storage path"),
+                                "help_text": _(
+                                    "Absolute directory holding the ACME account key, the "
+                                    "challenge webroot and the certificates."
+                                ),
+                                "display": "enable_letsencrypt=true",
+                            },
+                        ),
+                        (
+                            "certificate_renewal_threshold",
+                            {
+                                "label": _("Renewal threshold (days)"),
+                                "help_text": _(
+                                    "Renew a certificate when fewer days than this remain "
+                                    "(capped at half the certificate's lifetime)."
+                                ),
+                                "display": "enable_letsencrypt=true",
+                            },
+                        ),
+                    ]
+                ),
+            },
+        ),
+    ]
+)
+
+
+def validate_storage_path(value: str) -> str:
+    """An absolute path whose nearest existing ancestor is writable."""
+    if not os.path.isabs(value):
+        raise serializers.ValidationError(_("Enter an absolute path, e.g. /var/lib/modoboa/acme."))
+    if any(c in value for c in "\n\r\x00"):
+        raise serializers.ValidationError(_("The path contains control characters."))
+    normalized = os.path.normpath(value)
+    probe = normalized
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise serializers.ValidationError(
+            _("%(path)s exists and is not a directory.") % {"path": probe}
+        )
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise serializers.ValidationError(
+            _(
+                "Modoboa cannot write to %(path)s: create the directory "
+                "and give it to the Modoboa user."
+            )
+            % {"path": probe}
+        )
+    return normalized
+
+
+class VirtualHostsSettingsSerializer(serializers.Serializer):
+    """Global parameters of the app; field defaults are the documented defaults."""
+
+    enable_letsencrypt = serializers.BooleanField(default=False)
+    acme_account_email = serializers.EmailField(default="", allow_blank=True)
+    acme_account_storage_path = serializers.CharField(default=DEFAULT_STORAGE_PATH)
+    certificate_renewal_threshold = serializers.IntegerField(
+        default=DEFAULT_RENEWAL_THRESHOLD_DAYS,
+        min_value=1,
+        error_messages={"min_value": _("Renew at least 1 day before expiry (30 is recommended).")},
+    )
+
+    def validate_acme_account_storage_path(self, value: str) -> str:
+        return validate_storage_path(value)
+
+    def validate(self, data: dict) -> dict:
+        if data.get("enable_letsencrypt") and not data.get("acme_account_email"):
+            raise serializers.ValidationError(
+                {
+                    "acme_account_email": _(
+                        "Let's Encrypt needs a contact email: enter the address of the "
+                        "person responsible for these certificates."
+                    )
+                }
+            )
+        return data
+
+    def post_save(self, request) -> None:
+        """Called by Modoboa's parameters API after saving: provision what now can be."""
+        if self.validated_data.get("enable_letsencrypt"):
+            from .services import provision_missing
+
+            provision_missing()
+
+
+def register() -> None:
+    """Add the app's parameters to Modoboa's registry (called from AppConfig.ready)."""
+    from modoboa.parameters import tools as param_tools
+
+    param_tools.registry.add(
+        "global",
+        APP,
+        _("Virtual hosts"),
+        STRUCT,
+        VirtualHostsSettingsSerializer,
+        is_extension=True,
+    )
+
+
+def get(name: str):
+    """Return the current value of global parameter ``name``."""
+    from modoboa.parameters import tools as param_tools
+
+    return param_tools.get_global_parameter(name, app=APP)

@@ -1,0 +1,420 @@
+"""The provisioning chain: lock -> re-check -> act step by step -> record.
+
+HTTP-only site, ACME account, order, store the pair, HTTPS site, verify the
+served certificate. Each step is idempotent, so a retry (or a run after a
+crash) skips what is already done and never places a needless order.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import requests
+from django.utils import timezone
+
+from . import constants, history, renewal
+from .adapters import nginx, storage, webroot
+from .adapters.storage import CertificateFacts
+from .errors import (
+    DeployNotVerified,
+    LockHeld,
+    NginxConfigTestFailed,
+    NginxError,
+    StorageError,
+    VirtualHostError,
+)
+from .models import VirtualHost
+from .rendering import SiteContext, render_http_only, render_https
+
+logger = logging.getLogger("modoboa.jobs")
+
+PREFLIGHT_TIMEOUT = 5.0
+# Consecutive fresh-connection successes that prove a reload took effect everywhere.
+STABLE_SUCCESSES = 5
+STABLE_INTERVAL = 0.02
+VERIFY_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting and parameter the chain needs, read once at the start of a run."""
+
+    letsencrypt: bool
+    email: str
+    storage_root: Path
+    threshold_days: int
+    directory_url: str
+    ca_bundle: str | None
+    key_type: str
+    order_timeout: float
+    conf_dir: Path
+    http_port: int
+    https_port: int
+    listen_address: str
+    upstream: str
+    upstream_protocol: str
+    verify_address: str
+
+    @property
+    def webroot(self) -> Path:
+        return self.storage_root / constants.WEBROOT_DIRNAME
+
+    def site_context(self, hostname: str) -> SiteContext:
+        fullchain, privkey = storage.certificate_paths(self.storage_root, hostname)
+        return SiteContext(
+            hostname=hostname,
+            http_port=self.http_port,
+            https_port=self.https_port,
+            listen_address=self.listen_address,
+            webroot=self.webroot,
+            fullchain=fullchain,
+            privkey=privkey,
+            upstream=self.upstream,
+            upstream_protocol=self.upstream_protocol,
+        )
+
+
+class CertificateAuthority(Protocol):
+    def ensure_account(self) -> object: ...
+
+    def obtain_certificate(
+        self, hostname: str, csr_pem: bytes, publisher: webroot.WebrootPublisher
+    ) -> bytes: ...
+
+
+@dataclass
+class Context:
+    """The adapters a run uses; jobs build the real ones, tests may inject faults."""
+
+    settings: Settings
+    reload: Callable[[], str]
+    acme: Callable[[Settings], CertificateAuthority]
+    lock: Callable[[str], AbstractContextManager[object]]
+    served: Callable[[str], CertificateFacts]  # one TLS handshake with SNI
+
+
+def provision(
+    host_id: int, ctx: Context, *, force_order: bool = False, kind: str = "provision"
+) -> str:
+    """Run the chain for one host; return the resulting status (or "busy"/"gone")."""
+    host = VirtualHost.objects.filter(pk=host_id).first()
+    if host is None:
+        logger.info("virtualhost #%s: gone before its %s ran; nothing to do", host_id, kind)
+        return "gone"
+    try:
+        with ctx.lock(host.hostname):
+            host.refresh_from_db()  # re-check under the lock: another run may have finished
+            if not host.enabled:
+                logger.info("virtualhost %s: disabled; %s skipped", host.hostname, kind)
+                return constants.STATUS_DISABLED
+            return _run(host, ctx, force_order=force_order, kind=kind)
+    except LockHeld:
+        logger.info("virtualhost %s: another run is in progress; %s skipped", host.hostname, kind)
+        return "busy"
+
+
+def _run(host: VirtualHost, ctx: Context, *, force_order: bool, kind: str) -> str:
+    run = history.Run(host, uuid.uuid4().hex[:12], kind)
+    history.mark_status(host, constants.STATUS_PROVISIONING)
+    logger.info("virtualhost %s: %s started", host.hostname, kind)
+    try:
+        status = _chain(host, run, ctx, force_order=force_order)
+    except VirtualHostError as err:
+        history.mark_failure(host, run.current_step, err)
+        logger.error(
+            "virtualhost %s: %s failed at %s: %s",
+            host.hostname,
+            kind,
+            run.current_step,
+            err.message,
+        )
+        return constants.STATUS_FAILED
+    except Exception as err:
+        # A bug: record what the operator needs, then let RQ keep the traceback.
+        history.mark_failure(
+            host,
+            run.current_step,
+            VirtualHostError(
+                f"Internal error during {run.current_step}: {err!r}. See the RQ failed jobs."
+            ),
+        )
+        raise
+    return status
+
+
+def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bool) -> str:
+    s = ctx.settings
+    hostname = host.hostname
+    site = s.site_context(hostname)
+
+    with run.step(constants.STEP_HTTP_SITE) as step:
+        # nginx's workers (an unprivileged user) traverse the root to reach the webroot.
+        storage.ensure_dir(s.storage_root, constants.STORAGE_ROOT_MODE)
+        storage.ensure_dir(s.webroot, constants.WEBROOT_DIR_MODE)
+        current = _read_site(s.conf_dir, hostname)
+        if current is not None and "/.well-known/acme-challenge/" in current:
+            step.skip("the site already serves the challenge path")
+        else:
+            apply_site(s.conf_dir, hostname, render_http_only(site), ctx.reload)
+            preflight(s, hostname)  # the reload took effect: nginx serves the challenge path
+            step.message = f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served"
+
+    if not s.letsencrypt:
+        history.mark_success(
+            host, None, status=constants.STATUS_HTTP_ONLY, threshold_days=s.threshold_days
+        )
+        logger.info("virtualhost %s: served over HTTP only (Let's Encrypt is disabled)", hostname)
+        return constants.STATUS_HTTP_ONLY
+
+    existing = _existing_certificate(s.storage_root, hostname)
+    reason = _order_reason(existing, hostname, s.threshold_days, force_order)
+    new_pair: tuple[bytes, bytes] | None = None
+
+    with run.step(constants.STEP_ACCOUNT) as step:
+        if reason is None:
+            step.skip("no order needed")
+            ca = None
+        else:
+            ca = ctx.acme(s)
+            account = ca.ensure_account()
+            step.message = f"account {getattr(account, 'uri', '')} ({s.email})"
+
+    with run.step(constants.STEP_ORDER) as step:
+        if reason is None or ca is None:
+            assert existing is not None
+            step.skip(
+                f"current certificate (serial {existing.serial}) "
+                f"is valid until {existing.not_after:%Y-%m-%d}"
+            )
+        else:
+            preflight(s, hostname)  # a failed validation costs rate limit: check ourselves first
+            key_pem = storage.generate_private_key(s.key_type)
+            csr_pem = storage.make_csr(hostname, key_pem)
+            fullchain = ca.obtain_certificate(
+                hostname, csr_pem, webroot.WebrootPublisher(s.webroot)
+            )
+            new_pair = (fullchain, key_pem)
+            step.message = f"certificate issued ({reason})"
+
+    with run.step(constants.STEP_STORE) as step:
+        if new_pair is None:
+            assert existing is not None
+            facts = existing
+            step.skip("certificate files unchanged")
+        else:
+            facts = storage.parse_leaf(new_pair[0])
+            storage.write_certificate_pair(s.storage_root, hostname, new_pair[0], new_pair[1])
+            step.message = f"serial {facts.serial}, expires {facts.not_after:%Y-%m-%d %H:%M} UTC"
+
+    with run.step(constants.STEP_HTTPS_SITE) as step:
+        content = render_https(site)
+        try:
+            if _read_site(s.conf_dir, hostname) == content:
+                if new_pair is None:
+                    step.skip("HTTPS site already installed")
+                else:
+                    ctx.reload()  # same config, new files: nginx re-reads them on reload
+                    step.message = "nginx reloaded with the new certificate"
+            else:
+                apply_site(s.conf_dir, hostname, content, ctx.reload)
+                step.message = "HTTPS site installed and nginx reloaded"
+        except NginxError:
+            if new_pair is not None and existing is not None:
+                # nginx still serves the previous pair: put its files back too.
+                storage.rollback_pair(s.storage_root, hostname)
+            raise
+
+    with run.step(constants.STEP_VERIFY) as step:
+        served = confirm_served(ctx.served, hostname, facts.serial, s.https_port)
+        step.message = f"nginx serves serial {served.serial} issued by {served.issuer}"
+
+    history.mark_success(
+        host, facts, status=constants.STATUS_ACTIVE, threshold_days=s.threshold_days
+    )
+    if new_pair is not None:
+        logger.info(
+            "virtualhost %s: certificate %s (serial %s, issuer %s, expires %s)",
+            hostname,
+            "renewed" if existing else "issued",
+            facts.serial,
+            facts.issuer,
+            f"{facts.not_after:%Y-%m-%d %H:%M} UTC",
+        )
+    return constants.STATUS_ACTIVE
+
+
+def _order_reason(
+    existing: CertificateFacts | None, hostname: str, threshold_days: int, force: bool
+) -> str | None:
+    """Why a new order is needed, or None when the current certificate will do."""
+    if existing is None:
+        return "no certificate yet"
+    if force:
+        return "renewal requested"
+    if hostname not in existing.names:
+        return f"the current certificate does not cover {hostname}"
+    now = timezone.now()
+    if existing.not_after <= now:
+        return "the current certificate has expired"
+    if renewal.is_due(now, threshold_days, existing.not_before, existing.not_after):
+        return "the current certificate is due for renewal"
+    return None
+
+
+def _existing_certificate(root: Path, hostname: str) -> CertificateFacts | None:
+    try:
+        pem = storage.read_fullchain(root, hostname)
+        return storage.parse_leaf(pem) if pem else None
+    except StorageError as err:
+        # An unreadable file is replaced by a fresh order rather than blocking the host.
+        logger.warning("virtualhost %s: ignoring unreadable certificate: %s", hostname, err.message)
+        return None
+
+
+def _read_site(conf_dir: Path, hostname: str) -> str | None:
+    path = nginx.site_path(conf_dir, hostname)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def apply_site(conf_dir: Path, hostname: str, content: str, reload: Callable[[], str]) -> None:
+    """Write a site, test and reload; on any failure put the previous file back."""
+    previous = nginx.write_site(conf_dir, hostname, content)
+    try:
+        reload()
+    except NginxError:
+        nginx.restore_site(conf_dir, hostname, previous)
+        raise
+
+
+def remove_site(conf_dir: Path, hostname: str, reload: Callable[[], str]) -> bool:
+    """Remove a host's site and reload; restore it if nginx refuses the result."""
+    previous = nginx.remove_site(conf_dir, hostname)
+    if previous is None:
+        return False
+    try:
+        reload()
+    except NginxConfigTestFailed:
+        nginx.restore_site(conf_dir, hostname, previous)
+        raise
+    return True
+
+
+def confirm_served(
+    served: Callable[[str], CertificateFacts], hostname: str, serial: str, port: int
+) -> CertificateFacts:
+    """Wait until nginx steadily presents ``serial`` for ``hostname``.
+
+    A reload is asynchronous: old workers answer with the old configuration
+    until they drain, so one lucky handshake proves nothing. Require a streak.
+    """
+    deadline = time.monotonic() + VERIFY_TIMEOUT
+    streak = 0
+    seen = "no handshake completed"
+    last: CertificateFacts | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = served(hostname)
+            seen = f"serial {last.serial}"
+            streak = streak + 1 if last.serial == serial else 0
+        except VirtualHostError as err:
+            streak, seen = 0, err.message
+        if streak >= STABLE_SUCCESSES and last is not None:
+            return last
+        time.sleep(STABLE_INTERVAL)
+    raise DeployNotVerified(
+        f"After the reload nginx does not steadily serve the new certificate for {hostname} "
+        f"on port {port} (expected serial {serial}, last saw: {seen}). Check that the "
+        "reload really happened (privileged worker, VIRTUALHOSTS_NGINX_RELOAD_COMMAND) and "
+        "that no other server block answers for this name.",
+    )
+
+
+def preflight(s: Settings, hostname: str) -> None:
+    """Check that nginx serves this host's challenge path before asking the CA.
+
+    Every failed validation counts against the CA's rate limits; a token we
+    cannot fetch ourselves through nginx would fail there too.
+    """
+    token = f"modoboa-pro-preflight-{uuid.uuid4().hex}"
+    content = uuid.uuid4().hex
+    webroot.publish_token(s.webroot, token, content)
+    address = s.verify_address if ":" not in s.verify_address else f"[{s.verify_address}]"
+    url = f"http://{address}:{s.http_port}/.well-known/acme-challenge/{token}"
+    # A reload is asynchronous: old workers answer with the old configuration
+    # until they drain. Require several consecutive successes on fresh
+    # connections, as the CA's validators connect several times at once.
+    deadline = time.monotonic() + PREFLIGHT_TIMEOUT
+    streak = 0
+    ok, got = False, "no request made"
+    try:
+        while streak < STABLE_SUCCESSES and time.monotonic() < deadline:
+            try:
+                response = requests.get(url, headers={"Host": hostname}, timeout=PREFLIGHT_TIMEOUT)
+                ok = response.status_code == 200 and response.text.strip() == content
+                got = f"HTTP {response.status_code}"
+            except requests.RequestException as err:
+                ok, got = False, f"no answer ({err.__class__.__name__})"
+            streak = streak + 1 if ok else 0
+            time.sleep(STABLE_INTERVAL)
+    finally:
+        webroot.remove_token(s.webroot, token)
+    ok = streak >= STABLE_SUCCESSES
+    if not ok:
+        raise NginxError(
+            f"nginx does not serve the challenge path of {hostname} on port {s.http_port} "
+            f"({got} from {url}). Check that nginx.conf includes the site directory "
+            f"{s.conf_dir} and that nothing else answers for {hostname} on that port.",
+            retryable=True,
+        )
+
+
+def disable(host_id: int, ctx: Context) -> str:
+    """Take a disabled host's site out of nginx (its certificate files are kept)."""
+    host = VirtualHost.objects.filter(pk=host_id).first()
+    if host is None:
+        return "gone"
+    with ctx.lock(host.hostname):
+        host.refresh_from_db()
+        if host.enabled:
+            return host.status  # re-enabled meanwhile: provisioning takes over
+        run = history.Run(host, uuid.uuid4().hex[:12], "disable")
+        try:
+            with run.step(constants.STEP_REMOVE) as step:
+                if remove_site(ctx.settings.conf_dir, host.hostname, ctx.reload):
+                    step.message = "site removed; nginx reloaded"
+                else:
+                    step.skip("no site file")
+        except VirtualHostError as err:
+            history.mark_failure(host, constants.STEP_REMOVE, err)
+            return constants.STATUS_FAILED
+        host.status = constants.STATUS_DISABLED
+        host.next_attempt_at = None
+        host.last_error = ""
+        host.save(update_fields=["status", "next_attempt_at", "last_error", "updated_at"])
+        history.close_alarm(host)
+        return constants.STATUS_DISABLED
+
+
+def remove(hostname: str, ctx: Context) -> Path | None:
+    """After a host was deleted: remove its site, archive its certificate files."""
+    with ctx.lock(hostname):
+        if VirtualHost.objects.filter(hostname=hostname).exists():
+            return None  # re-created meanwhile: keep everything
+        remove_site(ctx.settings.conf_dir, hostname, ctx.reload)
+        archived = storage.archive_host(ctx.settings.storage_root, hostname)
+        logger.info(
+            "virtualhost %s: deleted; site removed%s",
+            hostname,
+            f", certificate archived in {archived}" if archived else "",
+        )
+        return archived

@@ -1,0 +1,160 @@
+"""Tests for the per-host Redis lock, against a private redis-server."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from modoboa_pro.virtualhosts.adapters import locks
+from modoboa_pro.virtualhosts.errors import LockHeld, LockLost, LockUnavailable
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(REDIS_SERVER), reason="redis-server is not installed"
+)
+
+HOST = "mail.example.org"
+MINUTE = datetime.timedelta(minutes=1)
+
+
+@pytest.fixture
+def connection(tmp_path) -> Iterator[redis.Redis]:
+    """A redis-server of our own: unix socket only, no persistence, stopped by PID."""
+    sock = tmp_path / "redis.sock"
+    process = subprocess.Popen(
+        [
+            REDIS_SERVER,
+            "--port", "0",
+            "--unixsocket", str(sock),
+            "--unixsocketperm", "700",
+            "--dir", str(tmp_path),
+            "--save", "",
+            "--appendonly", "no",
+            "--daemonize", "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = redis.Redis(unix_socket_path=str(sock))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        assert client.dbsize() == 0  # never run against a Redis with data in it
+        yield client
+    finally:
+        client.close()
+        os.kill(process.pid, signal.SIGTERM)
+        process.wait(timeout=10)
+
+
+def test_acquire_and_release(connection):
+    assert not locks.is_locked(connection, HOST)
+    with locks.HostLock(connection, HOST, MINUTE) as lock:
+        assert locks.is_locked(connection, HOST)
+        key = "modoboa_pro:virtualhosts:lock:" + HOST
+        assert connection.exists(key)
+        assert 55_000 < connection.pttl(key) <= 60_000
+        assert lock.token
+    assert not locks.is_locked(connection, HOST)
+
+
+def test_contention_names_host_and_start(connection):
+    with locks.HostLock(connection, HOST, MINUTE):
+        with pytest.raises(LockHeld, match=f"Another run for {HOST} is in progress") as info:
+            with locks.HostLock(connection, HOST, MINUTE):
+                pytest.fail("entered a held lock")
+        assert "started 20" in str(info.value)  # an ISO timestamp
+        assert info.value.retryable is True
+        # The failed attempt must not have released the holder's lock.
+        assert locks.is_locked(connection, HOST)
+    assert not locks.is_locked(connection, HOST)
+
+
+def test_locks_are_per_host(connection):
+    with locks.HostLock(connection, HOST, MINUTE), locks.HostLock(connection, "b.example", MINUTE):
+        assert locks.is_locked(connection, "b.example")
+
+
+def test_lock_released_when_block_raises(connection):
+    with pytest.raises(RuntimeError), locks.HostLock(connection, HOST, MINUTE):
+        raise RuntimeError("boom")
+    assert not locks.is_locked(connection, HOST)
+
+
+def test_expiry(connection):
+    lock = locks.HostLock(connection, HOST, datetime.timedelta(milliseconds=150))
+    lock.acquire()
+    time.sleep(0.3)
+    assert not locks.is_locked(connection, HOST)
+    locks.HostLock(connection, HOST, MINUTE).acquire()  # free for the next run
+
+
+def test_expired_holder_does_not_delete_the_new_holders_lock(connection):
+    first = locks.HostLock(connection, HOST, datetime.timedelta(milliseconds=100))
+    first.acquire()
+    time.sleep(0.25)
+    second = locks.HostLock(connection, HOST, MINUTE)
+    second.acquire()
+
+    assert first.release() is False
+    assert locks.is_locked(connection, HOST)
+    with pytest.raises(LockLost):
+        first.extend()
+    assert second.release() is True
+    assert not locks.is_locked(connection, HOST)
+
+
+def test_extend(connection):
+    key = "modoboa_pro:virtualhosts:lock:" + HOST
+    with locks.HostLock(connection, HOST, datetime.timedelta(milliseconds=300)) as lock:
+        lock.extend(MINUTE)
+        assert connection.pttl(key) > 50_000
+        time.sleep(0.4)
+        assert locks.is_locked(connection, HOST)
+        lock.extend()  # back to the original TTL
+        assert connection.pttl(key) <= 300
+
+
+def test_works_with_decoded_responses(connection):
+    kwargs = connection.connection_pool.connection_kwargs
+    decoded = redis.Redis(unix_socket_path=kwargs["path"], decode_responses=True)
+    try:
+        with locks.HostLock(decoded, HOST, MINUTE):
+            with pytest.raises(LockHeld, match="started 20"):
+                locks.HostLock(decoded, HOST, MINUTE).acquire()
+        assert not locks.is_locked(decoded, HOST)
+    finally:
+        decoded.close()
+
+
+def test_unreachable_redis(tmp_path):
+    # No retries: redis-py's default backoff only slows the test down.
+    dead = redis.Redis(unix_socket_path=str(tmp_path / "nothing.sock"), retry=Retry(NoBackoff(), 0))
+    with pytest.raises(LockUnavailable, match="Cannot reach Redis") as info:
+        locks.HostLock(dead, HOST, MINUTE).acquire()
+    assert isinstance(info.value.__cause__, redis.ConnectionError)
+    with pytest.raises(LockUnavailable):
+        locks.is_locked(dead, HOST)
+
+
+def test_ttl_must_be_positive(connection):
+    with pytest.raises(ValueError):
+        locks.HostLock(connection, HOST, datetime.timedelta(0))

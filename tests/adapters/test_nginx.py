@@ -1,0 +1,269 @@
+"""Tests for the nginx adapter, against a real nginx master started per test."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from modoboa_pro.virtualhosts.adapters import nginx
+from modoboa_pro.virtualhosts.errors import (
+    ConfigurationError,
+    InvalidHostname,
+    NginxConfigTestFailed,
+    NginxError,
+    NginxReloadFailed,
+)
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+pytestmark = pytest.mark.skipif(not os.path.exists(NGINX), reason="nginx is not installed")
+
+MAIN_CONF = """\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log notice;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/tmp/body;
+    proxy_temp_path {prefix}/tmp/proxy;
+    fastcgi_temp_path {prefix}/tmp/fastcgi;
+    uwsgi_temp_path {prefix}/tmp/uwsgi;
+    scgi_temp_path {prefix}/tmp/scgi;
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        return 404;
+    }}
+    include {prefix}/sites/*.conf;
+}}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+class NginxServer:
+    """A private nginx: its own prefix, config, pid file and port; sites in ``sites/``."""
+
+    def __init__(self, prefix: Path) -> None:
+        self.prefix = prefix
+        self.sites = prefix / "sites"
+        self.conf = prefix / "nginx.conf"
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.sites.mkdir(parents=True)
+        (prefix / "tmp").mkdir()
+        self.conf.write_text(MAIN_CONF.format(prefix=prefix, port=self.port))
+
+    def argv(self, *extra: str) -> list[str]:
+        return [NGINX, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr", *extra]
+
+    @property
+    def test_argv(self) -> list[str]:
+        return self.argv("-t")
+
+    @property
+    def reload_argv(self) -> list[str]:
+        return self.argv("-s", "reload")
+
+    def start(self) -> None:
+        with open(self.prefix / "master.log", "wb") as log:
+            self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.kill(self.process.pid, signal.SIGTERM)  # fast shutdown of this master only
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def get(self, host: str, path: str = "/") -> tuple[int, str]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+        try:
+            conn.request("GET", path, headers={"Host": host})
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    def wait_for_answer(self, host: str, status: int, body: str | None = None) -> None:
+        """Poll until ``host`` answers ``status`` (and ``body``) several times in a row.
+
+        A reload is asynchronous: for a moment an old worker may still accept a
+        connection after a new one answered, so one matching answer proves little.
+        """
+        deadline = time.monotonic() + 10
+        streak, seen = 0, None
+        while streak < 5:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{host} still answers {seen!r}, expected {status} {body!r}")
+            seen = self.get(host)
+            matches = seen[0] == status and (body is None or seen[1] == body)
+            streak = streak + 1 if matches else 0
+            time.sleep(0.02)
+
+
+@pytest.fixture
+def nginx_server(tmp_path) -> Iterator[NginxServer]:
+    server = NginxServer(tmp_path / "nginx")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def site(port: int, hostname: str, body: str) -> str:
+    return (
+        f"server {{\n    listen 127.0.0.1:{port};\n    server_name {hostname};\n"
+        f'    default_type text/plain;\n    return 200 "{body}";\n}}\n'
+    )
+
+
+# -- site files ----------------------------------------------------------------
+
+
+def test_site_path(tmp_path):
+    assert nginx.site_path(tmp_path, "a.example") == tmp_path / "a.example.conf"
+    for bad in ("../a", "a/b", ".a", "a b", "a;b", ""):
+        with pytest.raises(InvalidHostname):
+            nginx.site_path(tmp_path, bad)
+
+
+def test_write_restore_round_trip(tmp_path):
+    path = tmp_path / "a.example.conf"
+    assert nginx.write_site(tmp_path, "a.example", "first") is None
+    assert path.read_text() == "first"
+    assert os.stat(path).st_mode & 0o777 == 0o644
+
+    previous = nginx.write_site(tmp_path, "a.example", "second")
+    assert previous == b"first"
+    nginx.restore_site(tmp_path, "a.example", previous)
+    assert path.read_text() == "first"
+
+    nginx.restore_site(tmp_path, "a.example", None)
+    assert not path.exists()
+    nginx.restore_site(tmp_path, "a.example", None)  # nothing to remove: fine
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_remove_site(tmp_path):
+    nginx.write_site(tmp_path, "a.example", "content")
+    removed = nginx.remove_site(tmp_path, "a.example")
+    assert removed == b"content"
+    assert not (tmp_path / "a.example.conf").exists()
+    assert nginx.remove_site(tmp_path, "a.example") is None
+    nginx.restore_site(tmp_path, "a.example", removed)
+    assert (tmp_path / "a.example.conf").read_text() == "content"
+
+
+def test_write_site_missing_conf_dir(tmp_path):
+    with pytest.raises(ConfigurationError, match="VIRTUALHOSTS_NGINX_CONF_DIR"):
+        nginx.write_site(tmp_path / "missing", "a.example", "x")
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def test_run_test_accepts_valid_site(nginx_server):
+    nginx.write_site(nginx_server.sites, "a.test", site(nginx_server.port, "a.test", "one"))
+    output = nginx.run_test(nginx_server.test_argv)
+    assert "syntax is ok" in output
+
+
+def test_run_test_quotes_emerg_line(nginx_server):
+    nginx.write_site(nginx_server.sites, "a.test", "server { bogus_directive on; }\n")
+    with pytest.raises(NginxConfigTestFailed) as info:
+        nginx.run_test(nginx_server.test_argv)
+    error = info.value
+    assert "[emerg]" in str(error)
+    assert '[emerg] unknown directive "bogus_directive"' in str(error)  # no time/pid noise
+    assert "previous configuration is still in place" in str(error)
+    assert "test failed" in error.output
+    assert error.retryable is False
+
+
+def test_missing_binary_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="VIRTUALHOSTS_NGINX_TEST_COMMAND") as info:
+        nginx.run_test(["/nonexistent/nginx", "-t"])
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    with pytest.raises(ConfigurationError, match="VIRTUALHOSTS_NGINX_RELOAD_COMMAND"):
+        nginx.run_reload(["/nonexistent/nginx", "-s", "reload"])
+    with pytest.raises(ConfigurationError):
+        nginx.run_test([])
+
+
+def test_timeout_is_retryable():
+    start = time.monotonic()
+    with pytest.raises(NginxError, match="did not finish") as info:
+        nginx.run_test(["sleep", "5"], timeout=0.2)
+    assert time.monotonic() - start < 4
+    assert info.value.retryable is True
+    assert not isinstance(info.value, NginxConfigTestFailed)
+
+
+def test_reload_without_running_master_fails(nginx_server):
+    # Not started: there is no pid file, as when the service is down.
+    with pytest.raises(NginxReloadFailed) as info:
+        nginx.run_reload(nginx_server.reload_argv)
+    message = str(info.value)
+    assert "nginx.pid" in message
+    assert "VIRTUALHOSTS_NGINX_RELOAD_COMMAND" in message
+    assert "previous configuration" in message
+    assert info.value.retryable is True
+
+
+def test_reload_changes_what_nginx_serves(nginx_server):
+    nginx_server.start()
+    assert nginx_server.get("a.test")[0] == 404
+
+    nginx.write_site(nginx_server.sites, "a.test", site(nginx_server.port, "a.test", "one"))
+    nginx.test_and_reload(nginx_server.test_argv, nginx_server.reload_argv)
+    nginx_server.wait_for_answer("a.test", 200, "one")
+
+    previous = nginx.write_site(
+        nginx_server.sites, "a.test", site(nginx_server.port, "a.test", "two")
+    )
+    nginx.test_and_reload(nginx_server.test_argv, nginx_server.reload_argv)
+    nginx_server.wait_for_answer("a.test", 200, "two")
+
+    # A broken site is refused before any reload; restoring the previous file
+    # leaves nginx exactly as it was.
+    previous = nginx.write_site(nginx_server.sites, "a.test", "server { bogus_directive; }\n")
+    with pytest.raises(NginxConfigTestFailed):
+        nginx.test_and_reload(nginx_server.test_argv, nginx_server.reload_argv)
+    nginx.restore_site(nginx_server.sites, "a.test", previous)
+    nginx.run_test(nginx_server.test_argv)
+    assert nginx_server.get("a.test") == (200, "two")
+
+    nginx.remove_site(nginx_server.sites, "a.test")
+    nginx.test_and_reload(nginx_server.test_argv, nginx_server.reload_argv)
+    nginx_server.wait_for_answer("a.test", 404)

@@ -1,0 +1,196 @@
+"""Fixtures that start the real programs (redis-server, Pebble, nginx, a DNS stub).
+
+Each runs on free loopback ports, is polled until ready, and is stopped by PID
+when the session ends. Tests that provision hosts use ``chain``: it points the
+plugin's settings and parameters at these servers and drains the RQ queues
+with in-process burst workers.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from modoboa_pro.testing import DnsResponder, NginxServer, PebbleServer, RedisServer
+
+BACKEND_BODY = b"modoboa application behind nginx\n"
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """The real redis-server the settings' RQ_QUEUES point at (unix socket)."""
+    server = RedisServer(Path(settings.RUN_DIR) / "redis", socket_path=Path(settings.REDIS_SOCKET))
+    server.start()
+    client = server.client()
+    if client.dbsize():  # like django-rq: never run against a Redis holding data
+        server.stop()
+        pytest.exit("the test Redis is not empty", returncode=3)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _clean_redis(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test starts with empty queues and no locks (only when Redis is in use)."""
+    yield
+    if "redis_server" in request.fixturenames:
+        request.getfixturevalue("redis_server").client().flushdb()
+
+
+@pytest.fixture(scope="session")
+def dns_responder() -> Iterator[DnsResponder]:
+    responder = DnsResponder()
+    responder.start()
+    yield responder
+    responder.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServer]:
+    server = NginxServer(tmp_path_factory.mktemp("nginx"))
+    server.start()
+    # A privileged worker subprocess reads its commands from the environment.
+    os.environ["MODOBOA_PRO_TEST_NGINX_TEST_COMMAND"] = json.dumps(server.test_command)
+    os.environ["MODOBOA_PRO_TEST_NGINX_RELOAD_COMMAND"] = json.dumps(server.reload_command)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def pebble_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    nginx_server: NginxServer,
+    dns_responder: DnsResponder,
+) -> Iterator[PebbleServer]:
+    """Pebble validating HTTP-01 on nginx's port, resolving every name to 127.0.0.1."""
+    server = PebbleServer(
+        tmp_path_factory.mktemp("pebble"),
+        http_port=nginx_server.http_port,
+        dns_address=dns_responder.address,
+        nonce_reject_percent=int(os.environ.get("PEBBLE_WFE_NONCEREJECT", "0")),
+    )
+    server.start()
+    yield server
+    server.stop()
+
+
+class _Backend(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(BACKEND_BODY)))
+        self.end_headers()
+        self.wfile.write(BACKEND_BODY)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="session")
+def backend() -> Iterator[str]:
+    """A stand-in for the Modoboa application the HTTPS site forwards to."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Backend)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def modoboa(db: None) -> None:
+    """Modoboa's initial data: the LocalConfig holding parameters, the admin user."""
+    from django.core import management
+
+    management.call_command("load_initial_data", "--no-frontend", verbosity=0)
+
+
+def set_parameters(**values: object) -> None:
+    """Set global parameters of the virtualhosts app, as the Settings page would."""
+    from modoboa.core.models import LocalConfig
+
+    localconfig = LocalConfig.objects.first()
+    assert localconfig is not None, "load Modoboa's initial data first (fixture 'modoboa')"
+    localconfig.parameters.set_values(values, app="virtualhosts")
+    localconfig.save()
+
+
+@dataclass
+class Chain:
+    """The real servers and the directories one test provisions into."""
+
+    nginx: NginxServer
+    pebble: PebbleServer
+    dns: DnsResponder
+    redis: RedisServer
+    storage: Path
+
+    def drain(self, max_rounds: int = 20) -> None:
+        """Run burst workers on the modoboa and privileged queues until both are empty."""
+        import django_rq
+        from rq import SimpleWorker
+
+        queues = [django_rq.get_queue("modoboa"), django_rq.get_queue("privileged")]
+        for _ in range(max_rounds):
+            if not any(q.count for q in queues):
+                return
+            for queue in queues:
+                SimpleWorker([queue], connection=queue.connection).work(burst=True)
+        raise AssertionError("queues did not drain")
+
+    def failed_jobs(self) -> list[str]:
+        import django_rq
+
+        registry = django_rq.get_queue("modoboa").failed_job_registry
+        return list(registry.get_job_ids())
+
+
+@pytest.fixture
+def chain(
+    transactional_db: None,
+    modoboa: None,
+    redis_server: RedisServer,
+    nginx_server: NginxServer,
+    pebble_server: PebbleServer,
+    dns_responder: DnsResponder,
+    backend: str,
+    tmp_path: Path,
+    settings,  # pytest-django's per-test settings override
+) -> Iterator[Chain]:
+    """Point the plugin at the real servers; Let's Encrypt on, a fresh storage path."""
+    storage = tmp_path / "acme"
+    settings.ACME_DIRECTORY_URL = pebble_server.directory_url
+    settings.ACME_CA_BUNDLE = str(pebble_server.ca_bundle)
+    settings.VIRTUALHOSTS_NGINX_CONF_DIR = str(nginx_server.sites_dir)
+    settings.VIRTUALHOSTS_NGINX_TEST_COMMAND = nginx_server.test_command
+    settings.VIRTUALHOSTS_NGINX_RELOAD_COMMAND = nginx_server.reload_command
+    settings.VIRTUALHOSTS_HTTP_PORT = nginx_server.http_port
+    settings.VIRTUALHOSTS_HTTPS_PORT = nginx_server.https_port
+    settings.VIRTUALHOSTS_LISTEN_ADDRESS = "127.0.0.1"
+    settings.VIRTUALHOSTS_UPSTREAM = backend
+    settings.VIRTUALHOSTS_UPSTREAM_PROTOCOL = "http"
+    settings.VIRTUALHOSTS_RELOAD_MODE = "local"
+    set_parameters(
+        enable_letsencrypt=True,
+        acme_account_email="hostmaster@example.org",
+        acme_account_storage_path=str(storage),
+        certificate_renewal_threshold=30,
+    )
+    dns_responder.nxdomain.clear()
+    yield Chain(nginx_server, pebble_server, dns_responder, redis_server, storage)
+    # Leave nginx as the next test expects it: no sites.
+    for site in nginx_server.sites_dir.glob("*"):
+        if site.is_dir():
+            shutil.rmtree(site)
+        else:
+            site.unlink()
+    nginx_server.reload()

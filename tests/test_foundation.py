@@ -1,0 +1,180 @@
+"""Smoke tests through each real component, and the plugin loaded by a real Modoboa."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+from django.core import checks
+
+from modoboa_pro.virtualhosts import jobs as vh_jobs
+from modoboa_pro.virtualhosts.adapters import acme
+from modoboa_pro.virtualhosts.checks import check_virtualhosts
+
+from .conftest import Chain
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_job_round_trip_through_redis(redis_server, db):
+    """A job enqueued on the modoboa queue runs in a burst worker and returns its result."""
+    import django_rq
+    from rq import SimpleWorker
+
+    queue = django_rq.get_queue("modoboa")
+    assert queue.connection.connection_pool.connection_kwargs["path"] == str(
+        redis_server.socket_path
+    )
+    job = queue.enqueue(add, 2, 3)
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    assert job.get_status(refresh=True) == "finished"
+    assert job.return_value() == 5
+
+
+def test_acme_account_registration_against_pebble(chain: Chain):
+    """Registering an ACME account with the configured email, trusting ACME_CA_BUNDLE."""
+    client = acme.AcmeClient(
+        chain.pebble.directory_url,
+        storage_root=chain.storage,
+        email="hostmaster@example.org",
+        ca_bundle=str(chain.pebble.ca_bundle),
+    )
+    account = client.ensure_account()
+    assert account.uri.startswith(chain.pebble.directory_url.rsplit("/", 1)[0])
+    key = acme.account_dir(chain.storage, chain.pebble.directory_url) / "private_key.json"
+    assert key.stat().st_mode & 0o777 == 0o600
+    # A second client with the same key finds the same account.
+    again = acme.AcmeClient(
+        chain.pebble.directory_url,
+        storage_root=chain.storage,
+        email="hostmaster@example.org",
+        ca_bundle=str(chain.pebble.ca_bundle),
+    ).ensure_account()
+    assert again.uri == account.uri
+
+
+def test_acme_directory_not_trusted_without_bundle(chain: Chain):
+    """Without ACME_CA_BUNDLE the private CA is refused, with a message naming the settings."""
+    client = acme.AcmeClient(
+        chain.pebble.directory_url, storage_root=chain.storage, email="a@example.org"
+    )
+    with pytest.raises(Exception) as info:
+        client.ensure_account()
+    assert "ACME_CA_BUNDLE" in str(info.value)
+
+
+def test_nginx_serves_a_file_for_a_test_hostname(nginx_server, tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    (root / "hello.txt").write_text("hello from nginx\n")
+    root.chmod(0o755)
+    tmp_path.chmod(0o755)
+    site = nginx_server.sites_dir / "smoke.example.test.conf"
+    site.write_text(
+        f"server {{ listen 127.0.0.1:{nginx_server.http_port}; server_name smoke.example.test;"
+        f" root {root}; }}\n"
+    )
+    try:
+        nginx_server.reload()
+        response = requests.get(
+            f"http://127.0.0.1:{nginx_server.http_port}/hello.txt",
+            headers={"Host": "smoke.example.test"},
+            timeout=5,
+        )
+        assert response.status_code == 200
+        assert response.text == "hello from nginx\n"
+    finally:
+        site.unlink()
+        nginx_server.reload()
+
+
+@pytest.mark.django_db
+def test_extension_loaded_by_modoboa(modoboa, client):
+    """The API route exists, and the parameters appear with their defaults."""
+    from django.urls import resolve
+    from modoboa.core.models import User
+    from rest_framework.authtoken.models import Token
+
+    assert resolve("/api/v2/virtualhosts/").url_name == "virtualhost-list"
+    admin = User.objects.get(username="admin")
+    token = Token.objects.create(user=admin)
+    auth = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+
+    response = client.get("/api/v2/virtualhosts/", **auth)
+    assert response.status_code == 200
+
+    apps = client.get("/api/v2/parameters/global/applications/", **auth).json()
+    assert "virtualhosts" in [app["name"] for app in apps]
+
+    defaults = client.get("/api/v2/parameters/global/virtualhosts/", **auth).json()
+    assert defaults["params"] if "params" in defaults else True
+    values = defaults.get("params", defaults)
+    assert values["enable_letsencrypt"] is False
+    assert values["acme_account_email"] == ""
+    assert values["acme_account_storage_path"] == "/var/lib/modoboa/acme"
+    assert values["certificate_renewal_threshold"] == 30
+
+
+@pytest.mark.django_db
+def test_settings_page_validates_input(modoboa, client, tmp_path):
+    from modoboa.core.models import User
+    from rest_framework.authtoken.models import Token
+
+    token = Token.objects.create(user=User.objects.get(username="admin"))
+    auth = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
+    response = client.put(
+        "/api/v2/parameters/global/virtualhosts/",
+        {
+            "enable_letsencrypt": True,
+            "acme_account_email": "not-an-email",
+            "acme_account_storage_path": "relative/path",
+            "certificate_renewal_threshold": 0,
+        },
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 400
+    errors = response.json()
+    assert "acme_account_email" in errors
+    assert "absolute path" in str(errors["acme_account_storage_path"])
+    assert "at least 1 day" in str(errors["certificate_renewal_threshold"])
+
+    response = client.put(
+        "/api/v2/parameters/global/virtualhosts/",
+        {
+            "enable_letsencrypt": True,
+            "acme_account_email": "hostmaster@example.org",
+            "acme_account_storage_path": str(tmp_path / "acme"),
+            "certificate_renewal_threshold": 20,
+        },
+        content_type="application/json",
+        **auth,
+    )
+    assert response.status_code == 200, response.content
+    from modoboa_pro.virtualhosts import parameters
+
+    assert parameters.get("certificate_renewal_threshold") == 20
+
+
+def test_system_checks_report_missing_queues_and_binary(settings):
+    settings.RQ_QUEUES = {"modoboa": {"URL": "redis://127.0.0.1:1/0"}}
+    settings.VIRTUALHOSTS_NGINX_TEST_COMMAND = ["/nonexistent/nginx", "-t"]
+    ids = {message.id for message in check_virtualhosts()}
+    assert "virtualhosts.E002" in ids  # no privileged queue
+    assert "virtualhosts.E003" in ids  # nginx binary not found
+    assert "virtualhosts.E001" not in ids
+
+
+def test_system_checks_pass_on_a_sane_configuration(settings, nginx_server):
+    settings.VIRTUALHOSTS_NGINX_CONF_DIR = str(nginx_server.sites_dir)
+    settings.VIRTUALHOSTS_NGINX_TEST_COMMAND = nginx_server.test_command
+    settings.VIRTUALHOSTS_NGINX_RELOAD_COMMAND = nginx_server.reload_command
+    assert check_virtualhosts() == []
+    assert check_virtualhosts in checks.registry.registry.get_checks()
+
+
+def test_privileged_job_takes_no_argument():
+    import inspect
+
+    assert inspect.signature(vh_jobs.nginx_test_and_reload).parameters == {}

@@ -1,0 +1,155 @@
+"""The provisioning chain end to end through real nginx, Pebble and Redis."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+import pytest
+import requests
+from cryptography import x509
+
+from modoboa_pro.virtualhosts import constants, services
+from modoboa_pro.virtualhosts.adapters import tls
+from modoboa_pro.virtualhosts.models import VirtualHost
+
+from .conftest import BACKEND_BODY, Chain, set_parameters
+
+pytestmark = pytest.mark.chain
+
+
+def served_certificate(chain: Chain, hostname: str) -> x509.Certificate:
+    """The leaf certificate nginx presents for this SNI on the HTTPS port."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    import socket
+
+    with socket.create_connection(("127.0.0.1", chain.nginx.https_port), timeout=5) as sock:
+        with context.wrap_socket(sock, server_hostname=hostname) as tls_sock:
+            der = tls_sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+def https_get(chain: Chain, hostname: str, path: str) -> tuple[int, bytes]:
+    """GET over HTTPS with SNI, verifying the served chain against Pebble's root."""
+    import tempfile
+
+    import urllib3
+
+    with tempfile.NamedTemporaryFile(suffix=".pem") as roots:
+        roots.write(chain.pebble.issuing_roots_pem())
+        roots.flush()
+        pool = urllib3.HTTPSConnectionPool(
+            "127.0.0.1",
+            chain.nginx.https_port,
+            server_hostname=hostname,
+            assert_hostname=hostname,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=roots.name,
+            retries=False,
+        )
+        response = pool.request("GET", path, headers={"Host": hostname})
+        return response.status, response.data
+
+
+def assert_issued_by_pebble(chain: Chain, cert: x509.Certificate) -> None:
+    """The served leaf chains to Pebble's (per-run) issuing intermediate."""
+    intermediates = x509.load_pem_x509_certificates(chain.pebble.issuing_intermediates_pem())
+    assert cert.issuer in {i.subject for i in intermediates}
+
+
+def test_create_through_orm_reaches_active_https(chain: Chain, caplog):
+    caplog.set_level(logging.INFO, logger="modoboa.jobs")
+    host = VirtualHost.objects.create(hostname="WWW.Example.TEST")
+    assert host.hostname == "www.example.test"
+
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    assert host.last_error == ""
+
+    # The CA fetched the token from nginx.
+    validations = [
+        e
+        for e in chain.nginx.access_log_entries()
+        if e.user_agent.startswith("LetsEncrypt-Pebble-VA") and e.host == "www.example.test"
+    ]
+    assert validations and all(e.status == 200 for e in validations)
+    assert all(e.uri.startswith("/.well-known/acme-challenge/") for e in validations)
+
+    # The files, exactly where the documentation says, with the right modes.
+    cert_dir = chain.storage / "certs" / "www.example.test"
+    fullchain, privkey = cert_dir / "fullchain.pem", cert_dir / "privkey.pem"
+    assert privkey.stat().st_mode & 0o777 == 0o600
+    assert fullchain.read_bytes().startswith(b"-----BEGIN CERTIFICATE-----")
+    assert (chain.storage / "webroot").is_dir()
+    left = [p for p in (chain.storage / "webroot").rglob("*") if p.is_file()]
+    assert left == [], "challenge tokens left behind"
+
+    # nginx serves that certificate for this SNI, issued by Pebble.
+    served = served_certificate(chain, "www.example.test")
+    on_disk = x509.load_pem_x509_certificates(fullchain.read_bytes())[0]
+    assert served.serial_number == on_disk.serial_number
+    assert format(served.serial_number, "x") == host.cert_serial
+    assert_issued_by_pebble(chain, served)
+    assert host.cert_not_after is not None and host.cert_not_after == on_disk.not_valid_after_utc
+
+    # HTTPS, verified like a browser would (SNI, chain to Pebble's root), reaches the app.
+    status, body = https_get(chain, "www.example.test", "/")
+    assert (status, body) == (200, BACKEND_BODY), body[:300]
+    # HTTP redirects to HTTPS.
+    response = requests.get(
+        f"http://127.0.0.1:{chain.nginx.http_port}/mail",
+        headers={"Host": "www.example.test"},
+        allow_redirects=False,
+        timeout=5,
+    )
+    assert response.status_code == 301
+    assert response.headers["Location"] == f"https://www.example.test:{chain.nginx.https_port}/mail"
+
+    # Every step is in the host's history and on the modoboa.jobs logger.
+    steps = [(e.step, e.outcome) for e in host.events.order_by("started_at", "id")]
+    assert steps == [
+        (constants.STEP_HTTP_SITE, "ok"),
+        (constants.STEP_ACCOUNT, "ok"),
+        (constants.STEP_ORDER, "ok"),
+        (constants.STEP_STORE, "ok"),
+        (constants.STEP_HTTPS_SITE, "ok"),
+        (constants.STEP_VERIFY, "ok"),
+    ]
+    messages = [r.getMessage() for r in caplog.records if r.name == "modoboa.jobs"]
+    assert any("www.example.test: certificate issued" in m for m in messages)
+    assert chain.failed_jobs() == []
+
+
+def test_create_through_service_layer(chain: Chain):
+    host = services.create_virtualhost("mail.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    served = tls.fetch_served_certificate("127.0.0.1", chain.nginx.https_port, "mail.example.test")
+    assert served.serial == host.cert_serial
+    assert "mail.example.test" in served.names
+
+
+def test_letsencrypt_disabled_serves_http_only_then_provisions_when_enabled(chain: Chain):
+    set_parameters(enable_letsencrypt=False)
+    host = VirtualHost.objects.create(hostname="plain.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_HTTP_ONLY
+    assert not (chain.storage / "certs" / "plain.example.test").exists()
+    response = requests.get(
+        f"http://127.0.0.1:{chain.nginx.http_port}/",
+        headers={"Host": "plain.example.test"},
+        timeout=5,
+    )
+    assert response.content == BACKEND_BODY
+
+    set_parameters(enable_letsencrypt=True)
+    assert services.provision_missing() == 1
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
