@@ -296,16 +296,17 @@ def apply_site(conf_dir: Path, hostname: str, content: str, reload: Callable[[],
         raise
 
 
-def remove_site(conf_dir: Path, hostname: str, reload: Callable[[], str]) -> bool:
+def remove_site(s: Settings, hostname: str, reload: Callable[[], str]) -> bool:
     """Remove a host's site and reload; restore it if nginx refuses the result."""
-    previous = nginx.remove_site(conf_dir, hostname)
+    previous = nginx.remove_site(s.conf_dir, hostname)
     if previous is None:
         return False
     try:
         reload()
     except NginxConfigTestFailed:
-        nginx.restore_site(conf_dir, hostname, previous)
+        nginx.restore_site(s.conf_dir, hostname, previous)
         raise
+    confirm_removed(s, hostname)
     return True
 
 
@@ -345,30 +346,7 @@ def preflight(s: Settings, hostname: str) -> None:
     Every failed validation counts against the CA's rate limits; a token we
     cannot fetch ourselves through nginx would fail there too.
     """
-    token = f"modoboa-pro-preflight-{uuid.uuid4().hex}"
-    content = uuid.uuid4().hex
-    webroot.publish_token(s.webroot, token, content)
-    address = s.verify_address if ":" not in s.verify_address else f"[{s.verify_address}]"
-    url = f"http://{address}:{s.http_port}/.well-known/acme-challenge/{token}"
-    # A reload is asynchronous: old workers answer with the old configuration
-    # until they drain. Require several consecutive successes on fresh
-    # connections, as the CA's validators connect several times at once.
-    deadline = time.monotonic() + PREFLIGHT_TIMEOUT
-    streak = 0
-    ok, got = False, "no request made"
-    try:
-        while streak < STABLE_SUCCESSES and time.monotonic() < deadline:
-            try:
-                response = requests.get(url, headers={"Host": hostname}, timeout=PREFLIGHT_TIMEOUT)
-                ok = response.status_code == 200 and response.text.strip() == content
-                got = f"HTTP {response.status_code}"
-            except requests.RequestException as err:
-                ok, got = False, f"no answer ({err.__class__.__name__})"
-            streak = streak + 1 if ok else 0
-            time.sleep(STABLE_INTERVAL)
-    finally:
-        webroot.remove_token(s.webroot, token)
-    ok = streak >= STABLE_SUCCESSES
+    ok, got, url = probe_challenge(s, hostname, served=True)
     if not ok:
         raise NginxError(
             f"nginx does not serve the challenge path of {hostname} on port {s.http_port} "
@@ -376,6 +354,48 @@ def preflight(s: Settings, hostname: str) -> None:
             f"{s.conf_dir} and that nothing else answers for {hostname} on that port.",
             retryable=True,
         )
+
+
+def confirm_removed(s: Settings, hostname: str) -> None:
+    """Check that nginx no longer serves a removed host's site."""
+    ok, got, url = probe_challenge(s, hostname, served=False)
+    if not ok:
+        raise NginxError(
+            f"nginx still serves {hostname} after its site was removed ({got} from {url}). "
+            "Check that the reload happened and that no other site file names this host.",
+            retryable=True,
+        )
+
+
+def probe_challenge(s: Settings, hostname: str, *, served: bool) -> tuple[bool, str, str]:
+    """Publish a probe token and watch whether nginx serves it for ``hostname``.
+
+    A reload is asynchronous: old workers answer with the old configuration
+    until they drain. So require a streak of consecutive answers, each on a
+    fresh connection (the CA's validators connect several times at once).
+    Returns (the expected state was observed, the last observation, the URL).
+    """
+    token = f"modoboa-pro-probe-{uuid.uuid4().hex}"
+    content = uuid.uuid4().hex
+    webroot.publish_token(s.webroot, token, content)
+    address = s.verify_address if ":" not in s.verify_address else f"[{s.verify_address}]"
+    url = f"http://{address}:{s.http_port}/.well-known/acme-challenge/{token}"
+    deadline = time.monotonic() + PREFLIGHT_TIMEOUT
+    streak = 0
+    got = "no request made"
+    try:
+        while streak < STABLE_SUCCESSES and time.monotonic() < deadline:
+            try:
+                response = requests.get(url, headers={"Host": hostname}, timeout=PREFLIGHT_TIMEOUT)
+                is_served = response.status_code == 200 and response.text.strip() == content
+                got = f"HTTP {response.status_code}"
+            except requests.RequestException as err:
+                is_served, got = False, f"no answer ({err.__class__.__name__})"
+            streak = streak + 1 if is_served == served else 0
+            time.sleep(STABLE_INTERVAL)
+    finally:
+        webroot.remove_token(s.webroot, token)
+    return streak >= STABLE_SUCCESSES, got, url
 
 
 def disable(host_id: int, ctx: Context) -> str:
@@ -390,7 +410,7 @@ def disable(host_id: int, ctx: Context) -> str:
         run = history.Run(host, uuid.uuid4().hex[:12], "disable")
         try:
             with run.step(constants.STEP_REMOVE) as step:
-                if remove_site(ctx.settings.conf_dir, host.hostname, ctx.reload):
+                if remove_site(ctx.settings, host.hostname, ctx.reload):
                     step.message = "site removed; nginx reloaded"
                 else:
                     step.skip("no site file")
@@ -410,7 +430,7 @@ def remove(hostname: str, ctx: Context) -> Path | None:
     with ctx.lock(hostname):
         if VirtualHost.objects.filter(hostname=hostname).exists():
             return None  # re-created meanwhile: keep everything
-        remove_site(ctx.settings.conf_dir, hostname, ctx.reload)
+        remove_site(ctx.settings, hostname, ctx.reload)
         archived = storage.archive_host(ctx.settings.storage_root, hostname)
         logger.info(
             "virtualhost %s: deleted; site removed%s",

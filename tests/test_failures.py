@@ -1,0 +1,279 @@
+"""Failures through the real programs: clear, recorded, recoverable, nothing lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from modoboa_pro.testing import free_port
+from modoboa_pro.virtualhosts import constants, jobs, services
+from modoboa_pro.virtualhosts.adapters import locks, tls
+from modoboa_pro.virtualhosts.errors import ConfigurationError, LockHeld
+from modoboa_pro.virtualhosts.models import VirtualHost
+
+from .conftest import BACKEND_BODY, Chain, set_parameters
+
+pytestmark = pytest.mark.chain
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def open_alarms(host: VirtualHost) -> list[str]:
+    from modoboa.admin.constants import ALARM_OPENED
+    from modoboa.admin.models import Alarm
+
+    return list(
+        Alarm.objects.filter(
+            internal_name=f"virtualhost:{host.pk}", status=ALARM_OPENED
+        ).values_list("title", flat=True)
+    )
+
+
+def http_get(chain: Chain, hostname: str, path: str = "/") -> requests.Response:
+    return requests.get(
+        f"http://127.0.0.1:{chain.nginx.http_port}{path}",
+        headers={"Host": hostname},
+        allow_redirects=False,
+        timeout=5,
+    )
+
+
+def last_run_steps(host: VirtualHost) -> list[tuple[str, str]]:
+    events = list(host.events.order_by("started_at", "id"))
+    run_id = events[-1].run_id
+    return [(e.step, e.outcome) for e in events if e.run_id == run_id]
+
+
+def provision_and_fail(chain: Chain, hostname: str) -> VirtualHost:
+    host = VirtualHost.objects.create(hostname=hostname)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_FAILED
+    return host
+
+
+def retry_and_succeed(chain: Chain, host: VirtualHost) -> VirtualHost:
+    services.retry_provisioning(host)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    assert host.last_error == "" and host.attempts == 0
+    assert open_alarms(host) == []
+    served = tls.fetch_served_certificate("127.0.0.1", chain.nginx.https_port, host.hostname)
+    assert served.serial == host.cert_serial
+    return host
+
+
+def test_dns_failure_is_explained_then_retry_succeeds(chain: Chain):
+    chain.dns.nxdomain.add("nx.example.test")
+    host = provision_and_fail(chain, "nx.example.test")
+
+    assert host.failed_step == constants.STEP_ORDER
+    assert "could not validate nx.example.test" in host.last_error
+    assert "could not resolve" in host.last_error  # the CA's own detail
+    assert "resolves in public DNS" in host.last_error and "port 80" in host.last_error
+    assert host.next_attempt_at is not None  # a validation failure is retried later
+    assert host.attempts == 1
+    assert any("nx.example.test" in title for title in open_alarms(host))
+    # The HTTP-only site stays in place and serves the application meanwhile.
+    assert http_get(chain, "nx.example.test").content == BACKEND_BODY
+    assert not (chain.storage / "certs" / "nx.example.test").exists()
+
+    chain.dns.nxdomain.discard("nx.example.test")
+    retry_and_succeed(chain, host)
+    # The HTTP-only site was already there: the retry did not rewrite it.
+    assert last_run_steps(host)[0] == (constants.STEP_HTTP_SITE, constants.OUTCOME_SKIPPED)
+
+
+def test_unreachable_acme_directory(chain: Chain, settings):
+    good_url = settings.ACME_DIRECTORY_URL
+    settings.ACME_DIRECTORY_URL = f"https://127.0.0.1:{free_port()}/dir"
+    host = provision_and_fail(chain, "ca-down.example.test")
+
+    assert host.failed_step == constants.STEP_ACCOUNT
+    assert "could not be fetched" in host.last_error
+    assert "ACME_DIRECTORY_URL" in host.last_error
+    assert host.next_attempt_at is not None
+
+    settings.ACME_DIRECTORY_URL = good_url
+    retry_and_succeed(chain, host)
+
+
+def test_missing_account_email(chain: Chain):
+    set_parameters(acme_account_email="")
+    host = provision_and_fail(chain, "no-email.example.test")
+
+    assert host.failed_step == constants.STEP_ACCOUNT
+    assert "No ACME account email is set" in host.last_error
+    assert "Settings > Virtual hosts" in host.last_error
+    assert host.next_attempt_at is None  # nothing to retry until an operator acts
+    # Retrying before fixing the cause is refused with what to configure.
+    with pytest.raises(ConfigurationError, match="ACME account email"):
+        services.retry_provisioning(host)
+
+    set_parameters(acme_account_email="hostmaster@example.org")
+    retry_and_succeed(chain, host)
+
+
+@pytest.fixture
+def broken_https_template(settings, tmp_path: Path):
+    """An instance-level template override whose HTTPS site fails `nginx -t`."""
+    override = tmp_path / "templates" / "virtualhosts" / "nginx"
+    override.mkdir(parents=True)
+    (override / "https.conf").write_text("server { this_is_not_a_directive on; }\n")
+    templates = [dict(engine) for engine in settings.TEMPLATES]
+    templates[0]["DIRS"] = [str(tmp_path / "templates")]
+    settings.TEMPLATES = templates
+    return templates
+
+
+def test_nginx_test_failure_keeps_the_serving_site(chain: Chain, settings, broken_https_template):
+    set_parameters(enable_letsencrypt=False)
+    host = VirtualHost.objects.create(hostname="tpl.example.test")
+    chain.drain()
+    site = chain.nginx.sites_dir / "tpl.example.test.conf"
+    serving = site.read_text()
+    assert http_get(chain, "tpl.example.test").content == BACKEND_BODY
+
+    set_parameters(enable_letsencrypt=True)
+    services.retry_provisioning(host)
+    chain.drain()
+    host.refresh_from_db()
+
+    assert host.status == constants.STATUS_FAILED
+    assert host.failed_step == constants.STEP_HTTPS_SITE
+    assert 'unknown directive "this_is_not_a_directive"' in host.last_error
+    # The previous site file is back, byte for byte, and still served.
+    assert site.read_text() == serving
+    assert http_get(chain, "tpl.example.test").content == BACKEND_BODY
+    # The certificate obtained is kept: the retry will not order again.
+    assert (chain.storage / "certs" / "tpl.example.test" / "fullchain.pem").exists()
+
+    settings.TEMPLATES = [dict(e, DIRS=[]) for e in broken_https_template]
+    retry_and_succeed(chain, host)
+    steps = dict(last_run_steps(host))
+    assert steps[constants.STEP_ORDER] == constants.OUTCOME_SKIPPED
+    assert steps[constants.STEP_HTTPS_SITE] == constants.OUTCOME_OK
+
+
+def test_retry_while_a_run_holds_the_lock(chain: Chain):
+    set_parameters(enable_letsencrypt=False)
+    host = VirtualHost.objects.create(hostname="busy.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    connection = chain.redis.client()
+    with locks.HostLock(connection, host.hostname, constants.HOST_LOCK_TTL):
+        assert services.is_busy(host)
+        with pytest.raises(LockHeld, match="already in progress"):
+            services.retry_provisioning(host)
+        # A job that runs anyway (e.g. a second scheduler) steps aside without acting.
+        assert jobs.provision_virtualhost(host.pk) == "busy"
+    assert not services.is_busy(host)
+
+
+def test_disable_removes_the_site_and_reenable_restores_it_without_a_new_order(chain: Chain):
+    host = VirtualHost.objects.create(hostname="toggle.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    serial = host.cert_serial
+    site = chain.nginx.sites_dir / "toggle.example.test.conf"
+    assert site.exists()
+
+    services.set_enabled(host, False)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_DISABLED
+    assert not site.exists()
+    assert http_get(chain, "toggle.example.test").status_code == 404  # nginx's default server
+    # The certificate files are kept for when the host comes back.
+    assert (chain.storage / "certs" / "toggle.example.test" / "privkey.pem").exists()
+
+    services.set_enabled(host, True)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    assert host.cert_serial == serial
+    assert dict(last_run_steps(host))[constants.STEP_ORDER] == constants.OUTCOME_SKIPPED
+
+
+def test_delete_removes_the_site_and_archives_the_certificate(chain: Chain):
+    host = VirtualHost.objects.create(hostname="gone.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    serial = host.cert_serial
+    services.delete_virtualhost(host)
+    chain.drain()
+
+    assert not (chain.nginx.sites_dir / "gone.example.test.conf").exists()
+    assert http_get(chain, "gone.example.test").status_code == 404
+    assert not (chain.storage / "certs" / "gone.example.test").exists()
+    archived = list((chain.storage / "archive").glob("gone.example.test-*"))
+    assert len(archived) == 1
+    from modoboa_pro.virtualhosts.adapters import storage
+
+    chains = [p for p in archived[0].rglob("fullchain.pem") if p.is_file()]
+    assert any(storage.parse_leaf(p.read_bytes()).serial == serial for p in chains)
+
+
+@pytest.fixture
+def privileged_worker(chain: Chain, settings):
+    """Modoboa's privileged worker, as a real `rqworker privileged` process."""
+    settings.VIRTUALHOSTS_RELOAD_MODE = "privileged"
+    settings.VIRTUALHOSTS_RELOAD_TIMEOUT = 30
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(REPO))
+    log = open(chain.storage.parent / "privileged-worker.log", "wb")  # noqa: SIM115
+    process = subprocess.Popen(
+        [sys.executable, "-m", "django", "rqworker", "privileged"],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    yield process
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
+
+
+def test_reload_through_the_privileged_worker(chain: Chain, privileged_worker):
+    """The modoboa worker asks the root worker to test and reload, and waits for it."""
+    import django_rq
+    from rq import SimpleWorker
+
+    host = VirtualHost.objects.create(hostname="priv.example.test")
+    queue = django_rq.get_queue("modoboa")
+    deadline = time.monotonic() + 60
+    while queue.count and time.monotonic() < deadline:
+        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    finished = django_rq.get_queue("privileged").finished_job_registry.get_job_ids()
+    assert len(finished) >= 2  # HTTP-only site, then HTTPS site
+    served = tls.fetch_served_certificate("127.0.0.1", chain.nginx.https_port, host.hostname)
+    assert served.serial == host.cert_serial
+
+
+def test_privileged_job_reports_a_failed_test_without_raising(nginx_server, settings):
+    """An expected failure is an outcome (for the waiting chain), not a crashed job."""
+    settings.VIRTUALHOSTS_NGINX_TEST_COMMAND = nginx_server.test_command
+    settings.VIRTUALHOSTS_NGINX_RELOAD_COMMAND = nginx_server.reload_command
+    bad = nginx_server.sites_dir / "zz-broken.conf"
+    bad.write_text("server { nonsense; }\n")
+    try:
+        outcome = jobs.nginx_test_and_reload()
+    finally:
+        bad.unlink()
+    assert outcome["ok"] is False and outcome["kind"] == "test"
+    assert 'unknown directive "nonsense"' in outcome["message"]
+    assert jobs.nginx_test_and_reload()["ok"] is True
