@@ -277,3 +277,15 @@ def test_privileged_job_reports_a_failed_test_without_raising(nginx_server, sett
     assert outcome["ok"] is False and outcome["kind"] == "test"
     assert 'unknown directive "nonsense"' in outcome["message"]
     assert jobs.nginx_test_and_reload()["ok"] is True
+
+
+def test_alarm_of_a_host_without_domain_is_filed_under_the_matching_modoboa_domain(chain: Chain):
+    """Modoboa's Alarms page lists only alarms with a domain: pick the one the name belongs to."""
+    from modoboa.admin.models import Alarm, Domain
+
+    domain = Domain.objects.create(name="example.test", quota=0, default_mailbox_quota=0)
+    chain.dns.nxdomain.add("lost.sub.example.test")
+    host = provision_and_fail(chain, "lost.sub.example.test")
+    assert host.domain is None
+    alarm = Alarm.objects.get(internal_name=f"virtualhost:{host.pk}")
+    assert alarm.domain == domain

@@ -44,6 +44,8 @@ def test_acme_account_registration_against_pebble(chain: Chain):
     assert account.uri.startswith(chain.pebble.directory_url.rsplit("/", 1)[0])
     key = acme.account_dir(chain.storage, chain.pebble.directory_url) / "private_key.json"
     assert key.stat().st_mode & 0o777 == 0o600
+    assert key.parent.stat().st_mode & 0o777 == 0o700
+    assert key.parent.parent.stat().st_mode & 0o777 == 0o700  # accounts/
     # A second client with the same key finds the same account.
     again = acme.AcmeClient(
         chain.pebble.directory_url,

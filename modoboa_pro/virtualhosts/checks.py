@@ -142,7 +142,64 @@ def _setting_errors() -> list[checks.CheckMessage]:
     return errors
 
 
+def _renewal_warnings() -> list[checks.CheckMessage]:
+    """Certificates exist but the daily renewal scan has not run: they will expire silently."""
+    from django.db import DatabaseError
+
+    from .scan import staleness
+
+    try:
+        reason = staleness()
+    except DatabaseError:
+        return []  # no database yet (before migrate): nothing to renew either
+    if reason is None:
+        return []
+    return [
+        checks.Warning(
+            reason,
+            hint="Add check_certificate_renewals to cron_config.py and run "
+            "`python manage.py rqcron <path to cron_config.py>` under your process "
+            "supervisor (see docs/renewal.md).",
+            id="virtualhosts.W001",
+        )
+    ]
+
+
 @checks.register()
 def check_virtualhosts(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Report misconfigurations that would make provisioning fail later, silently."""
     return _queue_errors() + _command_errors() + _directory_errors() + _setting_errors()
+
+
+SCAN_JOB = "modoboa_pro.virtualhosts.jobs.check_certificate_renewals"
+
+
+def _scheduler_warnings() -> list[checks.CheckMessage]:
+    """RQ cron schedulers run, but none of them knows the renewal scan."""
+    import django_rq
+    from redis.exceptions import RedisError
+    from rq.cron import CronScheduler
+
+    try:
+        schedulers = CronScheduler.all(django_rq.get_connection(constants.QUEUE_DEFAULT))
+    except (RedisError, KeyError):
+        return []
+    if not schedulers or any(
+        job.func_name == SCAN_JOB for scheduler in schedulers for job in scheduler.get_jobs()
+    ):
+        return []  # no scheduler running (W001 tells in time), or one has the scan
+    return [
+        checks.Warning(
+            "The RQ cron scheduler is running without check_certificate_renewals: "
+            "certificates will not be renewed.",
+            hint="Add the register(...) lines of docs/renewal.md to cron_config.py, then "
+            "restart rqcron.",
+            id="virtualhosts.W002",
+        )
+    ]
+
+
+@checks.register()
+def check_renewal_scan(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """Warn when the renewal scan is not scheduled or has not run for more than 26 hours."""
+    return _renewal_warnings() + _scheduler_warnings()

@@ -24,7 +24,8 @@ DEFAULTS: dict[str, Any] = {
     # Upper bound on how long one order may take (polling authorizations and finalization).
     "ACME_ORDER_TIMEOUT": 90,
     # Directory in which the plugin writes one site file per host; nginx.conf includes it.
-    "VIRTUALHOSTS_NGINX_CONF_DIR": "/etc/nginx/sites-enabled/modoboa-virtualhosts",
+    # Not under sites-enabled/: Debian's `include sites-enabled/*;` would read the directory.
+    "VIRTUALHOSTS_NGINX_CONF_DIR": "/etc/nginx/modoboa-virtualhosts",
     "VIRTUALHOSTS_NGINX_TEST_COMMAND": ["nginx", "-t"],
     "VIRTUALHOSTS_NGINX_RELOAD_COMMAND": ["nginx", "-s", "reload"],
     # Ports in the rendered `listen` directives.

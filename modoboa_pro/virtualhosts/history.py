@@ -162,10 +162,29 @@ def open_alarm(host: VirtualHost, title: str) -> None:
             internal_name=name, status=admin_constants.ALARM_OPENED
         ).first()
         if alarm is None:
-            Alarm.objects.create(internal_name=name, title=title, domain=host.domain)
+            Alarm.objects.create(internal_name=name, title=title, domain=alarm_domain(host))
         elif alarm.title != title:
             alarm.title = title
             alarm.save(update_fields=["title"])
+
+
+def alarm_domain(host: VirtualHost):
+    """The Modoboa domain an alarm is filed under: Modoboa lists only alarms with one.
+
+    The host's own domain, else the Modoboa domain whose name is the longest
+    suffix of the hostname (www.example.com -> example.com), else None.
+    """
+    if host.domain_id is not None:
+        return host.domain
+    from modoboa.admin.models import Domain
+
+    labels = host.hostname.split(".")
+    candidates = [".".join(labels[i:]) for i in range(len(labels) - 1)]
+    by_name = {d.name: d for d in Domain.objects.filter(name__in=candidates)}
+    for name in candidates:  # longest first
+        if name in by_name:
+            return by_name[name]
+    return None
 
 
 def close_alarm(host: VirtualHost) -> None:

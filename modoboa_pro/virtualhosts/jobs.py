@@ -9,11 +9,17 @@ import logging
 from pathlib import Path
 
 import django_rq
+from django.utils import timezone
 
-from . import conf, constants, parameters, pipeline
+from . import conf, constants, parameters, pipeline, renewal, scan
 from .adapters import acme, locks, tls
 from .adapters import nginx as nginx_adapter
-from .adapters.reloader import LocalReloader, PrivilegedReloader, outcome_of
+from .adapters.reloader import (
+    LocalReloader,
+    PrivilegedReloader,
+    outcome_of,
+    serve_reload_requests,
+)
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -40,16 +46,17 @@ def read_settings() -> pipeline.Settings:
 
 
 def build_reloader():
-    """The configured way to apply nginx changes."""
+    """The configured way to apply nginx changes (coalesced through Redis)."""
+    timeout = float(conf.get("VIRTUALHOSTS_RELOAD_TIMEOUT"))
     if conf.get("VIRTUALHOSTS_RELOAD_MODE") == "local":
         return LocalReloader(
             conf.get("VIRTUALHOSTS_NGINX_TEST_COMMAND"),
             conf.get("VIRTUALHOSTS_NGINX_RELOAD_COMMAND"),
+            django_rq.get_connection(constants.QUEUE_DEFAULT),
+            timeout=timeout,
         )
     return PrivilegedReloader(
-        django_rq.get_queue(constants.QUEUE_PRIVILEGED),
-        nginx_test_and_reload,
-        float(conf.get("VIRTUALHOSTS_RELOAD_TIMEOUT")),
+        django_rq.get_queue(constants.QUEUE_PRIVILEGED), nginx_test_and_reload, timeout
     )
 
 
@@ -79,12 +86,16 @@ def build_context() -> pipeline.Context:
 
 def provision_virtualhost(host_id: int) -> str:
     """Provision (or resume provisioning of) one host."""
-    return pipeline.provision(host_id, build_context())
+    status = pipeline.provision(host_id, build_context())
+    _check_scan_alive()
+    return status
 
 
 def renew_virtualhost(host_id: int) -> str:
     """Renew one host's certificate now, through the same chain."""
-    return pipeline.provision(host_id, build_context(), force_order=True, kind="renewal")
+    status = pipeline.provision(host_id, build_context(), force_order=True, kind="renewal")
+    _after_renewal(host_id, status)
+    return status
 
 
 def disable_virtualhost(host_id: int) -> str:
@@ -99,15 +110,88 @@ def remove_virtualhost(hostname: str) -> str | None:
 
 
 def nginx_test_and_reload() -> dict:
-    """Privileged job (root worker): `nginx -t`, then reload. Takes no input at all."""
-    outcome = outcome_of(
-        lambda: nginx_adapter.test_and_reload(
-            conf.get("VIRTUALHOSTS_NGINX_TEST_COMMAND"),
-            conf.get("VIRTUALHOSTS_NGINX_RELOAD_COMMAND"),
+    """Privileged job (root worker): `nginx -t`, then reload. Takes no input at all.
+
+    One run serves every change requested before it started (see
+    ``adapters.reloader``): a burst of renewals shares a few reloads.
+    """
+
+    def run() -> dict:
+        return outcome_of(
+            lambda: nginx_adapter.test_and_reload(
+                conf.get("VIRTUALHOSTS_NGINX_TEST_COMMAND"),
+                conf.get("VIRTUALHOSTS_NGINX_RELOAD_COMMAND"),
+            )
         )
+
+    outcome = serve_reload_requests(
+        django_rq.get_connection(constants.QUEUE_PRIVILEGED),
+        run,
+        timeout=float(conf.get("VIRTUALHOSTS_RELOAD_TIMEOUT")),
     )
     if outcome["ok"]:
         logger.info("nginx configuration tested and reloaded")
     else:
         logger.warning("nginx %s failed: %s", outcome["kind"], outcome["message"])
     return outcome
+
+
+# -- automatic renewal ------------------------------------------------------
+
+
+def check_certificate_renewals() -> dict:
+    """The daily scan (cron_config.py): enqueue one renewal per due host on ``modoboa``."""
+    if not parameters.get("enable_letsencrypt"):
+        logger.warning(
+            "certificate renewal scan: Let's Encrypt is disabled in Settings > Virtual hosts; "
+            "no certificate is renewed"
+        )
+    settings = read_settings()
+    report = scan.run(
+        settings.storage_root,
+        settings.threshold_days,
+        (lambda host: scan.enqueue_renewal_once(host, renew_due_virtualhost))
+        if settings.letsencrypt
+        else None,
+    )
+    return {
+        "seen": report.seen,
+        "due": report.due,
+        "enqueued": report.enqueued,
+        "already_queued": report.already_queued,
+        "unreadable": report.unreadable,
+        "summary": report.summary(),
+    }
+
+
+def renew_due_virtualhost(host_id: int) -> str:
+    """Renewal enqueued by the scan: re-checks under the host lock that it is still due.
+
+    A host renewed meanwhile (by "Renew now" or another scheduler's job) only
+    gets its served certificate verified: no second order is placed.
+    """
+    status = pipeline.provision(host_id, build_context(), kind="renewal")
+    _after_renewal(host_id, status)
+    return status
+
+
+def _check_scan_alive() -> None:
+    """Open the alarm when the daily scan stopped running (jobs run even when rqcron does not)."""
+    try:
+        scan.refresh_staleness_alarm()
+    except Exception:  # never fail a run over this warning
+        logger.exception("Cannot check when the certificate renewal scan last ran")
+
+
+def _after_renewal(host_id: int, status: str) -> None:
+    """A failed renewal of a certificate close to expiry raises the urgent alarm."""
+    _check_scan_alive()
+    if status != constants.STATUS_FAILED:
+        return
+    from .models import VirtualHost
+
+    host = VirtualHost.objects.filter(pk=host_id).first()
+    now = timezone.now()
+    if host is not None and host.cert_not_after is not None:
+        if renewal.is_urgent(now, host.cert_not_after, host.attempts):
+            scan.alarm_urgent(host, host.cert_not_after, now)

@@ -104,3 +104,22 @@ class VirtualHostEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.virtualhost_id} {self.step} {self.outcome}"
+
+
+class RenewalScan(models.Model):
+    """One run of the daily renewal scan: proof that the scheduler is alive, and its counts."""
+
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    hosts_seen = models.PositiveIntegerField(default=0)
+    due = models.PositiveIntegerField(default=0)
+    enqueued = models.PositiveIntegerField(default=0)
+    unreadable = models.PositiveIntegerField(default=0)
+    summary = models.TextField(blank=True, default="", help_text=_("The scan's summary line."))
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        get_latest_by = "started_at"
+
+    def __str__(self) -> str:
+        return f"renewal scan {self.started_at:%Y-%m-%d %H:%M}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 
 # Let's Encrypt's advice for retries: back off 1 min, 10 min, 100 min, then daily.
 RETRY_BACKOFF = (
@@ -63,3 +64,97 @@ def is_due(
 ) -> bool:
     """True when the remaining validity is below the (capped) threshold."""
     return now >= renewal_due_at(threshold_days, not_before, not_after)
+
+
+# -- the daily scan ----------------------------------------------------------
+
+# The scan is scheduled daily: more than a day and a bit (a slow scan, a
+# scheduler restarted late) without one means nothing is renewing certificates.
+SCAN_STALE_AFTER = datetime.timedelta(hours=26)
+
+# A host still without a certificate this long after its last change is
+# reported as stuck: a provisioning run takes seconds to minutes.
+PROVISIONING_STUCK_AFTER = datetime.timedelta(hours=1)
+
+RENEW = "renew"
+SKIP_NOT_DUE = "not_due"
+SKIP_BACKOFF = "backoff"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the scan does with one host's certificate, and why (in words)."""
+
+    action: str  # RENEW, SKIP_NOT_DUE or SKIP_BACKOFF
+    reason: str
+    due_at: datetime.datetime
+
+
+def decide(
+    now: datetime.datetime,
+    threshold_days: int,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    *,
+    covers_hostname: bool = True,
+    attempts: int = 0,
+    next_attempt_at: datetime.datetime | None = None,
+) -> Decision:
+    """Renew when due (or when the certificate does not cover the host), unless backing off.
+
+    A failed renewal is retried when its backoff says so, not on every scan:
+    each failed order counts against the CA's rate limits.
+    """
+    due_at = renewal_due_at(threshold_days, not_before, not_after)
+    if not covers_hostname:
+        reason = "the certificate does not cover the hostname"
+    elif not_after <= now:
+        reason = f"expired on {not_after:%Y-%m-%d %H:%M} UTC"
+    elif now >= due_at:
+        reason = f"{_left(not_after - now)} left, due since {due_at:%Y-%m-%d %H:%M} UTC"
+    else:
+        return Decision(SKIP_NOT_DUE, f"not due until {due_at:%Y-%m-%d %H:%M} UTC", due_at)
+    if in_backoff(now, attempts, next_attempt_at):
+        assert next_attempt_at is not None
+        return Decision(
+            SKIP_BACKOFF,
+            f"{reason}; last renewal failed ({attempts} attempt(s)), "
+            f"next try after {next_attempt_at:%Y-%m-%d %H:%M} UTC",
+            due_at,
+        )
+    return Decision(RENEW, reason, due_at)
+
+
+def in_backoff(
+    now: datetime.datetime, attempts: int, next_attempt_at: datetime.datetime | None
+) -> bool:
+    """True while a failed host waits for its planned retry time."""
+    return attempts > 0 and next_attempt_at is not None and next_attempt_at > now
+
+
+def is_urgent(now: datetime.datetime, not_after: datetime.datetime, attempts: int) -> bool:
+    """A certificate close to expiry whose renewal fails: a human must look now."""
+    return attempts > 0 and not_after - now <= URGENT_EXPIRY
+
+
+def is_scan_stale(
+    now: datetime.datetime,
+    last_run: datetime.datetime | None,
+    hosts_with_certificates: int,
+    certificates_since: datetime.datetime | None = None,
+) -> bool:
+    """True when certificates exist but the scan has not run recently enough.
+
+    Before the first scan ever, the clock starts when the first host with a
+    certificate was created: a fresh install is not stale before its first night.
+    """
+    if hosts_with_certificates <= 0:
+        return False
+    reference = last_run or certificates_since
+    return reference is None or now - reference > SCAN_STALE_AFTER
+
+
+def _left(delta: datetime.timedelta) -> str:
+    if delta >= datetime.timedelta(days=1):
+        return f"{delta.days} day(s)"
+    return f"{int(delta.total_seconds() // 3600)} hour(s)"

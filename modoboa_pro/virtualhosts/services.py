@@ -136,3 +136,17 @@ def provision_missing() -> int:
         enqueue_provisioning(host)
         count += 1
     return count
+
+
+def configuration_problem() -> str | None:
+    """What an operator must configure before hosts can get certificates, or None."""
+    try:
+        _check_ready_for_letsencrypt()
+    except ConfigurationError as err:
+        return err.message
+    return None
+
+
+def find_virtualhost(hostname: str) -> VirtualHost:
+    """The host named ``hostname`` (any spelling normalize_hostname accepts)."""
+    return VirtualHost.objects.select_related("domain").get(hostname=normalize_hostname(hostname))

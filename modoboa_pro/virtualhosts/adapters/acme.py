@@ -140,6 +140,8 @@ class AcmeClient:
                     f"The ACME account key {key_path} is unreadable; move it aside to "
                     "register a new account.",
                 ) from err
+        # accounts/ and each account directory: only the Modoboa user may look inside.
+        storage.ensure_dir(directory.parent, constants.PRIVATE_DIR_MODE)
         storage.ensure_dir(directory, constants.PRIVATE_DIR_MODE)
         key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
         storage.atomic_write(key_path, key.json_dumps().encode(), constants.PRIVATE_FILE_MODE)

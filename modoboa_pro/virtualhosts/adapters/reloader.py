@@ -1,35 +1,54 @@
-"""Apply nginx configuration changes: `nginx -t`, then reload.
+"""Apply nginx configuration changes: `nginx -t`, then reload, coalesced.
 
 Two implementations of one callable: ``LocalReloader`` runs the commands in
 this process; ``PrivilegedReloader`` asks Modoboa's root worker (the
 ``privileged`` queue) to do it, and waits for its verdict.
+
+Coalescing: a burst of renewals must not reload nginx once per host (each
+reload starts a new set of workers while the old ones drain). Every caller
+bumps a Redis counter, the *reload generation*, after writing its files. A
+reload reads the counter just before running ``nginx -t``, so its outcome
+serves every caller whose bump it read: callers wait for such a covering
+reload instead of each running their own.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import redis
+
 from ..errors import NginxConfigTestFailed, NginxError, NginxReloadFailed
 from . import nginx
 
+logger = logging.getLogger("modoboa.jobs")
+
 POLL_INTERVAL = 0.05
+# Two reloads start at least this far apart: changes written meanwhile gather
+# behind the next one. Short enough to be invisible to one provisioning run.
+MIN_INTERVAL = 1.0
+# Outcomes kept for callers still polling; far more than reloads in any wait.
+OUTCOMES_KEEP = 200
+BOOK_TTL_SECONDS = 86400
+
+KEY_PREFIX = "modoboa_pro:virtualhosts:reload:"
+
+# What waiters are told when the process reloading for them crashed.
+CRASHED: dict[str, Any] = {
+    "ok": False,
+    "kind": "reload",
+    "message": "The nginx reload crashed in another worker (see its log); nginx keeps its "
+    "previous configuration. The run will be retried.",
+}
 
 
 class Reloader(Protocol):
     def __call__(self) -> str: ...
-
-
-class LocalReloader:
-    """Test and reload in this process (the worker may run nginx itself)."""
-
-    def __init__(self, test_argv: Sequence[str], reload_argv: Sequence[str]) -> None:
-        self.test_argv = list(test_argv)
-        self.reload_argv = list(reload_argv)
-
-    def __call__(self) -> str:
-        return nginx.test_and_reload(self.test_argv, self.reload_argv)
 
 
 def outcome_of(func: Callable[[], str]) -> dict[str, Any]:
@@ -49,28 +68,258 @@ def raise_for_outcome(outcome: dict[str, Any]) -> str:
     raise cls(str(outcome.get("message")), output=str(outcome.get("output", "")))
 
 
-class PrivilegedReloader:
-    """Enqueue the argument-less test-and-reload job on the privileged queue and wait."""
+class ReloadBook:
+    """The Redis bookkeeping shared by callers (who request) and reloaders (who serve).
 
-    def __init__(self, queue: Any, job_func: Callable[[], dict], timeout: float) -> None:
+    Keys: ``requested`` (the generation counter), ``queued`` (a privileged
+    reload job is queued and has not read the counter yet), ``running`` (a
+    reload has read it and is running), ``outcomes`` (a sorted set: each
+    finished reload's outcome, scored by the generation it covers), ``last``
+    (when the last reload started).
+    """
+
+    def __init__(self, connection: redis.Redis, prefix: str = KEY_PREFIX) -> None:
+        self.connection = connection
+        self.requested = prefix + "requested"
+        self.queued = prefix + "queued"
+        self.running = prefix + "running"
+        self.outcomes = prefix + "outcomes"
+        self.sequence = prefix + "sequence"
+        self.last = prefix + "last"
+
+    # -- callers --------------------------------------------------------------
+
+    def request(self) -> int:
+        """Record that files changed; return the generation a reload must cover."""
+        return int(self.connection.incr(self.requested))
+
+    def covering_outcome(self, generation: int) -> dict[str, Any] | None:
+        """The outcome of the first reload that started after ``generation`` was requested."""
+        found = self.connection.zrangebyscore(self.outcomes, generation, "+inf", start=0, num=1)
+        if not found:
+            return None
+        member = found[0].decode() if isinstance(found[0], bytes) else str(found[0])
+        return json.loads(member.partition("|")[2])
+
+    def claim_queued(self, ttl: float) -> bool:
+        """Take the right to enqueue the next reload job (nobody queued one yet)."""
+        return bool(self.connection.set(self.queued, "1", nx=True, px=_ms(ttl)))
+
+    def release_queued(self) -> None:
+        self.connection.delete(self.queued)
+
+    def pending(self) -> bool:
+        """Whether a reload is queued or running (so it will publish an outcome)."""
+        return bool(self.connection.exists(self.queued, self.running))
+
+    # -- reloaders --------------------------------------------------------------
+
+    def wait_gap(self, min_interval: float) -> None:
+        """Sleep until ``min_interval`` has passed since the previous reload started."""
+        raw = self.connection.get(self.last)
+        if raw is None or min_interval <= 0:
+            return
+        remaining = float(raw) + min_interval - time.time()
+        if remaining > 0:
+            time.sleep(min(remaining, min_interval))
+
+    def begin(self, ttl: float) -> int:
+        """Atomically: leave ``queued``, mark ``running``, read the generation to cover."""
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.delete(self.queued)
+            pipe.set(self.running, "job", px=_ms(ttl))
+            pipe.get(self.requested)
+            pipe.set(self.last, repr(time.time()), ex=BOOK_TTL_SECONDS)
+            _, _, covers, _ = pipe.execute()
+        return int(covers or 0)
+
+    def acquire_running(self, ttl: float) -> str | None:
+        """Local mode: become the one process reloading now; return the token or None."""
+        token = secrets.token_hex(8)
+        if self.connection.set(self.running, token, nx=True, px=_ms(ttl)):
+            return token
+        return None
+
+    def covers_now(self) -> int:
+        """Local mode, under ``running``: read the generation to cover."""
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.get(self.requested)
+            pipe.set(self.last, repr(time.time()), ex=BOOK_TTL_SECONDS)
+            covers, _ = pipe.execute()
+        return int(covers or 0)
+
+    def finish(self, covers: int, outcome: dict[str, Any], token: str | None = None) -> None:
+        """Publish ``outcome`` for every generation up to ``covers``; leave ``running``."""
+        sequence = int(self.connection.incr(self.sequence))
+        member = f"{sequence:015d}|{json.dumps(outcome, sort_keys=True)}"
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.zadd(self.outcomes, {member: covers})
+            pipe.zremrangebyrank(self.outcomes, 0, -(OUTCOMES_KEEP + 1))
+            pipe.expire(self.outcomes, BOOK_TTL_SECONDS)
+            pipe.execute()
+        if token is None:
+            self.connection.delete(self.running)
+        else:
+            self.release(token)
+
+    def release(self, token: str) -> None:
+        """Leave ``running`` if this process still holds it."""
+        self.connection.eval(_RELEASE, 1, self.running, token)
+
+
+# Delete ``running`` only if this process still holds it.
+_RELEASE = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("del", KEYS[1])
+end
+return 0
+"""
+
+
+def _ms(seconds: float) -> int:
+    return max(int(seconds * 1000), 1)
+
+
+class LocalReloader:
+    """Test and reload in this process (the worker may run nginx itself).
+
+    With a Redis ``connection``, concurrent callers (in any worker process)
+    share reloads: one runs ``nginx -t`` + reload while the others wait for a
+    reload that covers their changes. Without one, every call reloads.
+    """
+
+    def __init__(
+        self,
+        test_argv: Sequence[str],
+        reload_argv: Sequence[str],
+        connection: redis.Redis | None = None,
+        *,
+        timeout: float = 120,
+        min_interval: float = MIN_INTERVAL,
+    ) -> None:
+        self.test_argv = list(test_argv)
+        self.reload_argv = list(reload_argv)
+        self.connection = connection
+        self.timeout = timeout
+        self.min_interval = min_interval
+
+    def _reload(self) -> str:
+        return nginx.test_and_reload(self.test_argv, self.reload_argv)
+
+    def __call__(self) -> str:
+        if self.connection is None:
+            return self._reload()
+        book = ReloadBook(self.connection)
+        try:
+            generation = book.request()
+        except redis.RedisError as err:
+            logger.warning("Cannot reach Redis to coalesce nginx reloads (%s); reloading now", err)
+            return self._reload()
+        deadline = time.monotonic() + self.timeout
+        while True:
+            outcome = book.covering_outcome(generation)
+            if outcome is not None:
+                return raise_for_outcome(outcome)
+            token = book.acquire_running(self.timeout)
+            if token is not None:
+                return raise_for_outcome(self._serve(book, generation, token))
+            if time.monotonic() > deadline:
+                raise NginxReloadFailed(
+                    f"Another process has been reloading nginx for over {self.timeout:.0f} s; "
+                    "nginx keeps its previous configuration. The run will be retried.",
+                    retryable=True,
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _serve(self, book: ReloadBook, generation: int, token: str) -> dict[str, Any]:
+        # A reload may have covered us between our poll and taking the lock.
+        outcome = book.covering_outcome(generation)
+        if outcome is not None:
+            book.release(token)
+            return outcome
+        covers, outcome = 0, dict(CRASHED)
+        try:
+            book.wait_gap(self.min_interval)
+            covers = book.covers_now()
+            outcome = outcome_of(self._reload)
+            return outcome
+        finally:
+            # Publish even a crash, so that waiters never wait for nothing.
+            if covers:
+                book.finish(covers, outcome, token)
+            else:
+                book.release(token)
+
+
+def serve_reload_requests(
+    connection: redis.Redis | None,
+    run: Callable[[], dict[str, Any]],
+    *,
+    timeout: float = 120,
+    min_interval: float = MIN_INTERVAL,
+) -> dict[str, Any]:
+    """The privileged job's side: gather requests, reload once, publish the outcome."""
+    if connection is None:
+        return run()
+    book = ReloadBook(connection)
+    try:
+        book.wait_gap(min_interval)
+        covers = book.begin(timeout)
+    except redis.RedisError as err:
+        logger.warning("Cannot reach Redis to coalesce nginx reloads (%s); reloading anyway", err)
+        return run()
+    outcome: dict[str, Any] = dict(CRASHED)
+    try:
+        outcome = run()
+        return outcome
+    finally:
+        try:
+            book.finish(covers, outcome)
+        except redis.RedisError as err:
+            logger.warning("Cannot publish the nginx reload outcome to Redis: %s", err)
+
+
+class PrivilegedReloader:
+    """Ask the privileged (root) worker for a reload covering our changes, and wait.
+
+    At most one reload job waits in the privileged queue at a time: callers
+    arriving while it is queued are served by it. The job takes no argument.
+    """
+
+    def __init__(
+        self,
+        queue: Any,
+        job_func: Callable[[], dict],
+        timeout: float,
+        connection: redis.Redis | None = None,
+    ) -> None:
         self.queue = queue
         self.job_func = job_func
         self.timeout = timeout
+        self.connection = connection if connection is not None else queue.connection
+
+    def _enqueue(self, book: ReloadBook) -> None:
+        if not book.claim_queued(self.timeout):
+            return  # a queued job has not read the generation yet: it will cover ours
+        try:
+            self.queue.enqueue(self.job_func, job_timeout=max(int(self.timeout), 30))
+        except Exception:
+            book.release_queued()
+            raise
 
     def __call__(self) -> str:
-        job = self.queue.enqueue(self.job_func, job_timeout=max(int(self.timeout), 30))
+        book = ReloadBook(self.connection)
+        generation = book.request()
+        self._enqueue(book)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            status = job.get_status(refresh=True)
-            if status == "finished":
-                return raise_for_outcome(job.return_value() or {})
-            if status in ("failed", "stopped", "canceled"):
-                raise NginxReloadFailed(
-                    "The privileged worker failed to run the nginx test and reload "
-                    f"(job {job.id} {status}); see its log. "
-                    "nginx keeps its previous configuration.",
-                    retryable=True,
-                )
+            outcome = book.covering_outcome(generation)
+            if outcome is not None:
+                return raise_for_outcome(outcome)
+            # Check "pending" first, then the outcome again: a reload that published in
+            # between is seen, so an extra job is only enqueued when none is coming.
+            if not book.pending() and book.covering_outcome(generation) is None:
+                self._enqueue(book)  # the queued job was lost (deleted, flag expired)
             time.sleep(POLL_INTERVAL)
         raise NginxReloadFailed(
             f"No privileged worker ran the nginx reload within {self.timeout:.0f} s. Make sure "

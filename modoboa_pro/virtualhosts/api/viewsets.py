@@ -2,12 +2,44 @@
 
 from __future__ import annotations
 
-from modoboa.lib.permissions import IsSuperUser
-from rest_framework import mixins, permissions, viewsets
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Prefetch
+from django.utils.translation import gettext as _
+from django_filters import rest_framework as dj_filters
+from modoboa.lib import pagination
+from rest_framework import exceptions, filters, mixins, response, viewsets
+from rest_framework import permissions as drf_permissions
+from rest_framework import status as http_status
+from rest_framework.decorators import action
 
-from .. import services
-from ..models import VirtualHost
-from . import serializers
+from .. import constants, services, status
+from ..errors import ConfigurationError, InvalidHostname, LockHeld, LockUnavailable
+from ..models import VirtualHost, VirtualHostEvent
+from . import permissions, serializers
+
+
+class RunInProgress(exceptions.APIException):
+    status_code = http_status.HTTP_409_CONFLICT
+    default_code = "run_in_progress"
+
+
+class ConfigurationRequired(exceptions.APIException):
+    status_code = http_status.HTTP_400_BAD_REQUEST
+    default_code = "configuration_required"
+
+
+class QueueUnavailable(exceptions.APIException):
+    status_code = http_status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "queue_unavailable"
+
+
+class VirtualHostFilter(dj_filters.FilterSet):
+    status = dj_filters.ChoiceFilter(choices=constants.STATUSES)
+    enabled = dj_filters.BooleanFilter()
+
+    class Meta:
+        model = VirtualHost
+        fields = ["status", "enabled", "domain"]
 
 
 class VirtualHostViewSet(
@@ -18,23 +50,90 @@ class VirtualHostViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Virtual hosts: list, create, retrieve, update, delete."""
+    """Virtual hosts: list, create, retrieve, enable/disable, delete, retry, renew."""
 
-    permission_classes = (permissions.IsAuthenticated, IsSuperUser)
-    serializer_class = serializers.VirtualHostSerializer
-    queryset = VirtualHost.objects.select_related("domain")
+    permission_classes = (drf_permissions.IsAuthenticated, permissions.IsVirtualHostAdmin)
+    pagination_class = pagination.CustomPageNumberPagination
+    filter_backends = (
+        dj_filters.DjangoFilterBackend,
+        filters.SearchFilter,
+        filters.OrderingFilter,
+    )
+    filterset_class = VirtualHostFilter
+    search_fields = ["hostname"]
+    ordering_fields = ["hostname", "status", "next_attempt_at", "created_at"]
+    ordering = ["hostname"]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
-    def perform_create(self, serializer) -> None:
-        data = serializer.validated_data
-        serializer.instance = services.create_virtualhost(
-            data["hostname"], enabled=data.get("enabled", True), domain=data.get("domain")
+    def get_queryset(self):
+        recent = VirtualHostEvent.objects.order_by("-started_at", "-id")[: status.RECENT_HISTORY]
+        return (
+            permissions.hosts_for(self.request.user)
+            .select_related("domain")
+            .prefetch_related(Prefetch("events", queryset=recent, to_attr="recent_events"))
         )
 
-    def perform_update(self, serializer) -> None:
-        host = serializer.instance
-        if "enabled" in serializer.validated_data:
-            services.set_enabled(host, serializer.validated_data["enabled"])
+    def get_serializer_class(self):
+        if self.action in ("update", "partial_update"):
+            return serializers.VirtualHostUpdateSerializer
+        return serializers.VirtualHostSerializer
+
+    def _answer(self, host: VirtualHost, code: int = http_status.HTTP_200_OK):
+        host = self.get_queryset().get(pk=host.pk)  # fresh state and history
+        data = serializers.VirtualHostSerializer(host, context=self.get_serializer_context()).data
+        return response.Response(data, status=code)
+
+    def perform_create(self, serializer) -> None:
+        problem = services.configuration_problem()
+        if problem:
+            raise exceptions.ValidationError({"non_field_errors": [problem]})
+        data = serializer.validated_data
+        try:
+            serializer.instance = services.create_virtualhost(
+                data["hostname"], enabled=data.get("enabled", True), domain=data.get("domain")
+            )
+        except InvalidHostname as err:
+            raise exceptions.ValidationError({"hostname": [err.message]}) from err
+        except DjangoValidationError as err:
+            raise exceptions.ValidationError(err.message_dict) from err
+
+    def create(self, request, *args, **kwargs):
+        serializer = self.get_serializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        self.perform_create(serializer)
+        return self._answer(serializer.instance, http_status.HTTP_201_CREATED)
+
+    def update(self, request, *args, **kwargs):
+        host = self.get_object()
+        serializer = self.get_serializer(host, data=request.data, partial=True)
+        serializer.is_valid(raise_exception=True)
+        services.set_enabled(host, serializer.validated_data["enabled"])
+        return self._answer(host)
 
     def perform_destroy(self, instance: VirtualHost) -> None:
         services.delete_virtualhost(instance)
+
+    def _start(self, run) -> response.Response:
+        host = self.get_object()
+        try:
+            run(host)
+        except LockHeld as err:
+            raise RunInProgress(
+                _("%(message)s Wait for it to finish, then look at the host's status.")
+                % {"message": err.message}
+            ) from err
+        except LockUnavailable as err:
+            raise QueueUnavailable(err.message) from err
+        except ConfigurationError as err:
+            raise ConfigurationRequired(err.message) from err
+        return self._answer(host, http_status.HTTP_202_ACCEPTED)
+
+    @action(methods=["post"], detail=True)
+    def retry(self, request, pk=None):
+        """Retry provisioning: re-run the chain, skipping the steps already done."""
+        return self._start(services.retry_provisioning)
+
+    @action(methods=["post"], detail=True)
+    def renew(self, request, pk=None):
+        """Renew the certificate now, through the same chain as a scheduled renewal."""
+        return self._start(services.renew_now)

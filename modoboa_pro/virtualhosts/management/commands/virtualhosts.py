@@ -1,0 +1,296 @@
+"""`manage.py virtualhosts`: status, retry, renew and the renewal scan from the shell.
+
+Exit codes (for scripts and monitoring): 0 all fine, 1 the command failed,
+2 bad usage, 3 a host is failed, 4 a certificate is overdue or expired.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.serializers.json import DjangoJSONEncoder
+from django.utils import timezone
+
+from ... import constants, parameters, services, status
+from ...errors import ConfigurationError, InvalidHostname, LockHeld, VirtualHostError
+from ...hostnames import normalize_hostname
+from ...models import VirtualHost
+
+EMPTY = "-"
+
+
+def _when(value: datetime.datetime | None) -> str:
+    return f"{value.astimezone(datetime.UTC):%Y-%m-%d %H:%M} UTC" if value else EMPTY
+
+
+def _expires_in(host: VirtualHost, now: datetime.datetime) -> str:
+    if host.cert_not_after is None:
+        return EMPTY
+    if host.cert_not_after <= now:
+        return "expired"
+    left = host.cert_not_after - now
+    if left < datetime.timedelta(days=1):
+        return f"{int(left.total_seconds() // 3600)}h"
+    return f"{left.days}d"
+
+
+def _next(host: VirtualHost) -> str:
+    action = status.next_action(host)
+    if action is None:
+        return EMPTY
+    return f"{action} {_when(host.next_attempt_at)}"
+
+
+def _oneline(text: str, width: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+class Command(BaseCommand):
+    help = (
+        "Show and act on virtual hosts and their certificates. Exit codes: 0 all fine, "
+        "1 command failed, 2 bad usage, 3 a host is failed, 4 a certificate is overdue/expired."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        cli = {"called_from_command_line": getattr(parser, "called_from_command_line", None)}
+
+        p = sub.add_parser("list", help="One line per host.", **cli)
+        p.add_argument("--json", action="store_true", help="Machine-readable output.")
+        p.add_argument("--status", choices=[s for s, _ in constants.STATUSES])
+
+        p = sub.add_parser("show", help="Everything about one host, with its history.", **cli)
+        p.add_argument("hostname")
+        p.add_argument("--json", action="store_true")
+
+        p = sub.add_parser("retry", help="Retry provisioning of a host.", **cli)
+        p.add_argument("hostname")
+
+        p = sub.add_parser("renew", help="Renew a host's certificate now.", **cli)
+        p.add_argument("hostname")
+
+        p = sub.add_parser(
+            "scan", help="Run the renewal scan now (--dry-run: only say what it would do).", **cli
+        )
+        p.add_argument("--dry-run", action="store_true", help="Enqueue nothing.")
+        p.add_argument("--json", action="store_true")
+
+        p = sub.add_parser("add", help="Create a host (provisioning starts).", **cli)
+        p.add_argument("hostname")
+        p.add_argument("--domain", help="Name of the Modoboa domain the host belongs to.")
+        p.add_argument("--disabled", action="store_true", help="Create it disabled.")
+
+        p = sub.add_parser("remove", help="Delete a host (site removed, files archived).", **cli)
+        p.add_argument("hostname")
+
+        for name, text in (("enable", "Enable a host."), ("disable", "Disable a host.")):
+            p = sub.add_parser(name, help=text, **cli)
+            p.add_argument("hostname")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.now = timezone.now()
+        self.threshold = int(parameters.get("certificate_renewal_threshold"))
+        action = options["action"]
+        try:
+            getattr(self, f"do_{action}")(options)
+        except LockHeld as err:
+            raise CommandError(f"{err.message} Try again once it has finished.") from err
+        except (ConfigurationError, InvalidHostname) as err:
+            raise CommandError(err.message) from err
+        except VirtualHostError as err:
+            raise CommandError(err.message) from err
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _host(self, hostname: str) -> VirtualHost:
+        try:
+            return services.find_virtualhost(hostname)
+        except VirtualHost.DoesNotExist as err:
+            raise CommandError(
+                f"No virtual host named {hostname}; `virtualhosts list` shows them all."
+            ) from err
+
+    def _json(self, data: Any) -> None:
+        self.stdout.write(json.dumps(data, cls=DjangoJSONEncoder, indent=2))
+
+    def _finish(self, hosts: list[VirtualHost]) -> None:
+        """Exit with the worst state among ``hosts``, naming what needs attention."""
+        code = status.exit_code(hosts, self.threshold, self.now)
+        if code == status.EXIT_OK:
+            return
+        names = [
+            f"{h.hostname} ({'; '.join(p)})"
+            for h in hosts
+            if (p := status.problems(h, self.threshold, self.now))
+        ]
+        raise CommandError(
+            f"{len(names)} host(s) need attention: " + ", ".join(names), returncode=code
+        )
+
+    # -- subcommands ------------------------------------------------------------
+
+    def do_list(self, options: dict[str, Any]) -> None:
+        hosts = list(VirtualHost.objects.select_related("domain").order_by("hostname"))
+        if options.get("status"):
+            hosts = [h for h in hosts if h.status == options["status"]]
+        if options["json"]:
+            self._json([status.summary(h, self.threshold, self.now) for h in hosts])
+        elif not hosts:
+            self.stdout.write("No virtual hosts.")
+        else:
+            headers = ["HOSTNAME", "STATUS", "EXPIRES IN", "ISSUER", "NEXT", "LAST ERROR"]
+            rows = [
+                [
+                    h.hostname,
+                    h.status
+                    + ("" if h.enabled or h.status == constants.STATUS_DISABLED else " (disabled)"),
+                    _expires_in(h, self.now),
+                    h.cert_issuer or EMPTY,
+                    _next(h),
+                    _oneline(h.last_error) if h.last_error else EMPTY,
+                ]
+                for h in hosts
+            ]
+            self.stdout.write(_table(headers, rows))
+        self._finish(hosts)
+
+    def do_show(self, options: dict[str, Any]) -> None:
+        host = self._host(options["hostname"])
+        data = status.summary(host, self.threshold, self.now, with_history=True)
+        if options["json"]:
+            self._json(data)
+        else:
+            self._show(host, data)
+        self._finish([host])
+
+    def _show(self, host: VirtualHost, data: dict[str, Any]) -> None:
+        cert = data["certificate"]
+        lines = [
+            ("Hostname", host.hostname),
+            ("Enabled", "yes" if host.enabled else "no"),
+            ("Domain", data["domain"] or EMPTY),
+            ("Status", host.status),
+            ("Last error", host.last_error or EMPTY),
+            ("Failed step", host.failed_step or EMPTY),
+            ("Failed attempts", str(host.attempts)),
+            ("Certificate", "none yet" if cert is None else f"serial {cert['serial']}"),
+        ]
+        if cert is not None:
+            lines += [
+                ("  Issuer", cert["issuer"]),
+                ("  Valid from", _when(cert["not_before"])),
+                ("  Valid until", f"{_when(cert['not_after'])} ({_expires_in(host, self.now)})"),
+                ("  Renewal due", _when(data["renewal_due_at"])),
+            ]
+        lines += [
+            ("Next run", _next(host)),
+            ("Last success", _when(host.last_success_at)),
+        ]
+        for label, value in lines:
+            self.stdout.write(f"{label + ':':<17}{value}")
+        self.stdout.write("")
+        self.stdout.write("History (newest first):")
+        if not data["history"]:
+            self.stdout.write("  (no runs yet)")
+        for event in data["history"]:
+            self.stdout.write(
+                f"  {_when(event['started_at'])}  {event['step']:<10} {event['outcome']:<7} "
+                f"{event['duration']:6.2f}s  {_oneline(event['message'], 90)}"
+            )
+
+    def do_retry(self, options: dict[str, Any]) -> None:
+        host = services.retry_provisioning(self._host(options["hostname"]))
+        self.stdout.write(
+            f"Provisioning of {host.hostname} queued on the {constants.QUEUE_DEFAULT!r} queue; "
+            f"follow it with `virtualhosts show {host.hostname}`."
+        )
+
+    def do_renew(self, options: dict[str, Any]) -> None:
+        host = services.renew_now(self._host(options["hostname"]))
+        self.stdout.write(
+            f"Renewal of {host.hostname} queued on the {constants.QUEUE_DEFAULT!r} queue; "
+            f"follow it with `virtualhosts show {host.hostname}`."
+        )
+
+    def do_scan(self, options: dict[str, Any]) -> None:
+        if not options["dry_run"]:
+            self._run_scan(options)
+            return
+        storage_root = Path(str(parameters.get("acme_account_storage_path")))
+        decisions = status.scan_plan(storage_root, self.threshold, self.now)
+        due = [d for d in decisions if d.action == status.SCAN_RENEW]
+        if options["json"]:
+            self._json([d.as_dict() for d in decisions])
+            return
+        rows = [
+            [
+                d.hostname,
+                "would renew" if d.action == status.SCAN_RENEW else "skip",
+                _oneline(d.reason, 100),
+            ]
+            for d in decisions
+        ]
+        if rows:
+            self.stdout.write(_table(["HOSTNAME", "ACTION", "WHY"], rows))
+        self.stdout.write(
+            f"{len(due)} of {len(decisions)} host(s) due for renewal "
+            f"(threshold {self.threshold} days, capped at half a certificate's lifetime); "
+            "nothing enqueued (dry run)."
+        )
+
+    def _run_scan(self, options: dict[str, Any]) -> None:
+        """The real scan, exactly as cron runs it (jobs.check_certificate_renewals)."""
+        from ... import jobs
+
+        result = jobs.check_certificate_renewals()
+        if options["json"]:
+            self._json(result)
+        else:
+            self.stdout.write(f"Renewal scan: {result['summary']}")
+
+    def do_add(self, options: dict[str, Any]) -> None:
+        from modoboa.admin.models import Domain
+
+        domain = None
+        if options.get("domain"):
+            domain = Domain.objects.filter(name=options["domain"]).first()
+            if domain is None:
+                raise CommandError(f"No Modoboa domain named {options['domain']}.")
+        problem = services.configuration_problem()
+        if problem:
+            raise CommandError(problem)
+        name = normalize_hostname(options["hostname"])
+        if VirtualHost.objects.filter(hostname=name).exists():
+            raise CommandError(f"A virtual host named {name} already exists.")
+        host = services.create_virtualhost(name, enabled=not options["disabled"], domain=domain)
+        self.stdout.write(
+            f"Created {host.hostname}"
+            + (" (disabled)." if not host.enabled else "; provisioning queued.")
+        )
+
+    def do_remove(self, options: dict[str, Any]) -> None:
+        host = self._host(options["hostname"])
+        services.delete_virtualhost(host)
+        self.stdout.write(f"Deleted {host.hostname}; its site is removed and its files archived.")
+
+    def do_enable(self, options: dict[str, Any]) -> None:
+        host = services.set_enabled(self._host(options["hostname"]), True)
+        self.stdout.write(f"Enabled {host.hostname}.")
+
+    def do_disable(self, options: dict[str, Any]) -> None:
+        host = services.set_enabled(self._host(options["hostname"]), False)
+        self.stdout.write(f"Disabled {host.hostname}.")

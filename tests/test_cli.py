@@ -1,0 +1,412 @@
+"""`manage.py virtualhosts`: output, exit codes, actions, the scan preview."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.utils import timezone
+
+from modoboa_pro.testing import pki
+from modoboa_pro.virtualhosts import constants, status
+from modoboa_pro.virtualhosts.adapters import storage
+from modoboa_pro.virtualhosts.models import VirtualHost, VirtualHostEvent
+
+from .conftest import set_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    """Call the command in-process; return (exit code, stdout, CommandError message)."""
+    out = io.StringIO()
+    try:
+        call_command("virtualhosts", *args, stdout=out)
+    except CommandError as err:
+        return err.returncode, out.getvalue(), str(err)
+    return 0, out.getvalue(), ""
+
+
+def active(hostname: str, *, left: datetime.timedelta, lifetime=datetime.timedelta(days=90), **kw):
+    now = timezone.now()
+    return VirtualHost.objects.create(
+        hostname=hostname,
+        status=constants.STATUS_ACTIVE,
+        cert_serial="5e41a1",
+        cert_issuer="Pebble Intermediate CA 1c2f",
+        cert_not_before=now + left - lifetime,
+        cert_not_after=now + left,
+        next_attempt_at=now + left - datetime.timedelta(days=30),
+        last_success_at=now - datetime.timedelta(days=1),
+        **kw,
+    )
+
+
+def failed(hostname: str) -> VirtualHost:
+    return VirtualHost.objects.create(
+        hostname=hostname,
+        status=constants.STATUS_FAILED,
+        failed_step=constants.STEP_ORDER,
+        attempts=2,
+        last_error="The CA could not resolve bad.example.test (NXDOMAIN): check its DNS records.",
+        next_attempt_at=timezone.now() + datetime.timedelta(minutes=10),
+    )
+
+
+@pytest.fixture
+def configured(modoboa, tmp_path) -> Path:
+    root = tmp_path / "acme"
+    set_parameters(
+        enable_letsencrypt=True,
+        acme_account_email="hostmaster@example.org",
+        acme_account_storage_path=str(root),
+        certificate_renewal_threshold=30,
+    )
+    return root
+
+
+@pytest.fixture
+def commit(django_capture_on_commit_callbacks):
+    """Run what a command scheduled on commit (the test's transaction never commits)."""
+    return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
+def queued() -> list[tuple[str, tuple]]:
+    import django_rq
+
+    queue = django_rq.get_queue(constants.QUEUE_DEFAULT)
+    return [(job.func_name.rsplit(".", 1)[-1], job.args) for job in queue.get_jobs()]
+
+
+# -- list -------------------------------------------------------------------------
+
+
+def test_list_table_when_all_is_fine(configured):
+    active("www.example.test", left=datetime.timedelta(days=60, hours=1))
+    VirtualHost.objects.create(hostname="new.example.test")
+    code, out, _ = run("list")
+    assert code == status.EXIT_OK
+    lines = out.splitlines()
+    assert lines[0].split() == [
+        "HOSTNAME",
+        "STATUS",
+        "EXPIRES",
+        "IN",
+        "ISSUER",
+        "NEXT",
+        "LAST",
+        "ERROR",
+    ]
+    new, www = lines[2], lines[3]
+    assert new.split()[:3] == ["new.example.test", "pending", "-"]
+    assert www.split()[:3] == ["www.example.test", "active", "60d"]
+    assert "Pebble Intermediate CA 1c2f" in www
+    assert "renewal 20" in www  # the planned renewal's date
+
+
+def test_list_exits_3_when_a_host_failed(configured):
+    active("www.example.test", left=datetime.timedelta(days=60))
+    failed("bad.example.test")
+    code, out, message = run("list")
+    assert code == status.EXIT_FAILED
+    row = next(line for line in out.splitlines() if line.startswith("bad.example.test"))
+    assert "failed" in row and "retry 20" in row
+    assert "The CA could not resolve bad.example.test" in row
+    assert "bad.example.test (failed at order: The CA could not resolve" in message
+
+
+def test_list_exits_4_when_a_certificate_is_overdue_or_expired(configured):
+    failed("bad.example.test")
+    # Due 25 days ago (5 days left of 90): the renewals are not happening.
+    active("late.example.test", left=datetime.timedelta(days=5))
+    code, out, message = run("list")
+    assert code == status.EXIT_OVERDUE
+    assert "late.example.test (certificate overdue for renewal (4 days left))" in message
+
+    VirtualHost.objects.filter(hostname="late.example.test").delete()
+    active("gone.example.test", left=-datetime.timedelta(hours=3))
+    code, out, message = run("list")
+    assert code == status.EXIT_OVERDUE
+    assert "expired" in next(line for line in out.splitlines() if line.startswith("gone."))
+    assert "gone.example.test (certificate expired on" in message
+
+
+def test_due_but_not_yet_overdue_and_disabled_hosts_are_fine(configured):
+    # Due since yesterday: tonight's scan renews it; not an alert yet.
+    active("due.example.test", left=datetime.timedelta(days=29))
+    # A disabled host's old certificate is nobody's emergency.
+    active("off.example.test", left=-datetime.timedelta(days=3), enabled=False)
+    assert run("list")[0] == status.EXIT_OK
+
+
+def test_list_json(configured):
+    active("www.example.test", left=datetime.timedelta(days=60, hours=1))
+    failed("bad.example.test")
+    code, out, _ = run("list", "--json")
+    assert code == status.EXIT_FAILED
+    data = {h["hostname"]: h for h in json.loads(out)}
+    www = data["www.example.test"]
+    assert www["status"] == "active"
+    assert www["certificate"]["days_left"] == 60
+    assert www["certificate"]["issuer"] == "Pebble Intermediate CA 1c2f"
+    assert www["next_action"] == "renewal" and www["overdue"] is False
+    bad = data["bad.example.test"]
+    assert (bad["status"], bad["failed_step"], bad["next_action"]) == ("failed", "order", "retry")
+    assert bad["certificate"] is None
+    assert "history" not in bad
+
+
+def test_list_filters_by_status(configured):
+    active("www.example.test", left=datetime.timedelta(days=60))
+    failed("bad.example.test")
+    code, out, _ = run("list", "--status", "active")
+    assert code == status.EXIT_OK
+    assert "bad.example.test" not in out and "www.example.test" in out
+
+
+def test_list_without_hosts(configured):
+    assert run("list") == (0, "No virtual hosts.\n", "")
+
+
+# -- show -------------------------------------------------------------------------
+
+
+def test_show_everything_with_history(configured):
+    host = active("www.example.test", left=datetime.timedelta(days=60, hours=1))
+    for step, outcome, message in (
+        (constants.STEP_HTTP_SITE, "ok", "HTTP-only site is served"),
+        (constants.STEP_ORDER, "ok", "certificate issued (no certificate yet)"),
+    ):
+        VirtualHostEvent.objects.create(
+            virtualhost=host, step=step, outcome=outcome, duration=0.42, message=message
+        )
+    code, out, _ = run("show", "WWW.Example.Test")
+    assert code == status.EXIT_OK
+    assert "Hostname:        www.example.test" in out
+    assert "Status:          active" in out
+    assert "Certificate:     serial 5e41a1" in out
+    assert "  Issuer:        Pebble Intermediate CA 1c2f" in out
+    assert "(60d)" in out
+    history = out.split("History (newest first):")[1].strip().splitlines()
+    assert "order" in history[0] and "certificate issued" in history[0] and "0.42s" in history[0]
+    assert "http_site" in history[1]
+
+    code, out, _ = run("show", "www.example.test", "--json")
+    data = json.loads(out)
+    assert [e["step"] for e in data["history"]] == ["order", "http_site"]
+    assert data["renewal_due_at"]
+
+
+def test_show_a_failed_host_exits_3(configured):
+    failed("bad.example.test")
+    code, out, message = run("show", "bad.example.test")
+    assert code == status.EXIT_FAILED
+    assert "Last error:      The CA could not resolve" in out
+    assert "Failed step:     order" in out
+    assert "(no runs yet)" in out
+
+
+def test_unknown_host_exits_1(configured):
+    for action in ("show", "retry", "renew", "remove", "enable", "disable"):
+        code, _, message = run(action, "nope.example.test")
+        assert code == status.EXIT_ERROR
+        assert "No virtual host named nope.example.test" in message
+
+
+# -- actions ------------------------------------------------------------------------
+
+
+def test_retry_and_renew_enqueue_and_refuse_while_busy(configured, redis_server, commit):
+    host = failed("bad.example.test")
+    with commit():
+        code, out, _ = run("retry", "bad.example.test")
+    assert code == 0 and "Provisioning of bad.example.test queued" in out
+    assert queued() == [("provision_virtualhost", (host.pk,))]
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_PENDING
+
+    for action in ("retry", "renew"):
+        code, _, message = run(action, "bad.example.test")
+        assert code == status.EXIT_ERROR
+        assert "already in progress" in message
+    assert len(queued()) == 1
+
+    other = active("www.example.test", left=datetime.timedelta(days=60))
+    with commit():
+        code, out, _ = run("renew", "www.example.test")
+    assert code == 0 and "Renewal of www.example.test queued" in out
+    assert ("renew_virtualhost", (other.pk,)) in queued()
+
+
+def test_actions_explain_configuration_problems(configured, redis_server):
+    active("www.example.test", left=datetime.timedelta(days=60))
+    set_parameters(enable_letsencrypt=False)
+    code, _, message = run("renew", "www.example.test")
+    assert code == status.EXIT_ERROR and "Let's Encrypt is disabled" in message
+    set_parameters(enable_letsencrypt=True, acme_account_email="")
+    code, _, message = run("retry", "www.example.test")
+    assert code == status.EXIT_ERROR and "ACME account email" in message
+    code, _, message = run("add", "new.example.test")
+    assert code == status.EXIT_ERROR and "ACME account email" in message
+    assert not VirtualHost.objects.filter(hostname="new.example.test").exists()
+    assert queued() == []
+
+
+def test_add_enable_disable_remove(configured, redis_server, commit):
+    from modoboa.admin.models import Domain
+
+    Domain.objects.create(name="example.test", quota=0, default_mailbox_quota=0)
+    with commit():
+        code, out, _ = run("add", "Shop.Example.Test", "--domain", "example.test")
+    assert code == 0 and "Created shop.example.test; provisioning queued." in out
+    host = VirtualHost.objects.get(hostname="shop.example.test")
+    assert host.domain is not None and host.domain.name == "example.test"
+    assert [f for f, _ in queued()] == ["provision_virtualhost"]
+
+    code, _, message = run("add", "shop.example.test")
+    assert code == 1 and "already exists" in message
+    code, _, message = run("add", "bad host.example.test")
+    assert code == 1 and "remove space" in message
+    code, _, message = run("add", "x.example.test", "--domain", "nope.test")
+    assert code == 1 and "No Modoboa domain named nope.test" in message
+
+    with commit():
+        assert run("disable", "shop.example.test")[0] == 0
+    host.refresh_from_db()
+    assert host.enabled is False
+    with commit():
+        assert run("enable", "shop.example.test")[0] == 0
+    host.refresh_from_db()
+    assert host.enabled is True
+    with commit():
+        code, out, _ = run("remove", "shop.example.test")
+    assert code == 0 and "Deleted shop.example.test" in out
+    assert not VirtualHost.objects.filter(hostname="shop.example.test").exists()
+    assert "remove_virtualhost" in [f for f, _ in queued()]
+
+
+# -- scan ---------------------------------------------------------------------------
+
+
+def install_certificate(root: Path, hostname: str, left: datetime.timedelta) -> None:
+    not_before, not_after = pki.validity(lifetime=datetime.timedelta(days=90), remaining=left)
+    fullchain, key = pki.make_chain_pem([hostname], not_before=not_before, not_after=not_after)
+    storage.ensure_dir(root, constants.STORAGE_ROOT_MODE)
+    storage.write_certificate_pair(root, hostname, fullchain, key)
+
+
+@pytest.fixture
+def scan_hosts(configured: Path) -> Path:
+    """A due host, a fresh one, one without certificate, a disabled due one, a broken file."""
+    for name, left in (("due", 10), ("fresh", 70), ("off", 3)):
+        VirtualHost.objects.create(hostname=f"{name}.example.test", enabled=name != "off")
+        install_certificate(configured, f"{name}.example.test", datetime.timedelta(days=left))
+    VirtualHost.objects.create(hostname="new.example.test")
+    VirtualHost.objects.create(hostname="broken.example.test")
+    broken = configured / "certs" / "broken.example.test"
+    broken.mkdir(parents=True)
+    (broken / "fullchain.pem").write_text("not a certificate")
+    return configured
+
+
+def test_scan_dry_run_says_what_it_would_do_and_enqueues_nothing(scan_hosts, redis_server):
+    code, out, _ = run("scan", "--dry-run")
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines()[2:] if line.strip()}
+    assert "would renew" in rows["due.example.test"]
+    assert "9 day(s) left" in rows["due.example.test"]
+    assert "skip" in rows["fresh.example.test"] and "not due until" in rows["fresh.example.test"]
+    assert "no certificate yet" in rows["new.example.test"]
+    assert "disabled" in rows["off.example.test"]
+    # An unusable file is replaced by a new order, like the scan does.
+    assert "would renew" in rows["broken.example.test"]
+    assert "certificate unreadable" in rows["broken.example.test"]
+    assert "2 of 5 host(s) due for renewal" in out and "nothing enqueued (dry run)" in out
+    assert queued() == []
+
+    code, out, _ = run("scan", "--dry-run", "--json")
+    plan = {d["hostname"]: d for d in json.loads(out)}
+    assert {n for n, d in plan.items() if d["action"] == "renew"} == {
+        "due.example.test",
+        "broken.example.test",
+    }
+    assert queued() == []
+
+
+def test_scan_enqueues_the_due_renewals(scan_hosts, redis_server, commit):
+    with commit():
+        code, out, _ = run("scan")
+    assert code == 0
+    renewed = {args[0] for func, args in queued() if func.startswith("renew_")}
+    due = VirtualHost.objects.get(hostname="due.example.test")
+    assert due.pk in renewed
+    for name in ("fresh", "off", "new"):
+        assert VirtualHost.objects.get(hostname=f"{name}.example.test").pk not in renewed
+    assert out.startswith("Renewal scan: ") and "1 due" in out
+
+
+# -- a real process, as cron or monitoring runs it ------------------------------------
+
+
+def manage(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings_subprocess"}
+    return subprocess.run(
+        [sys.executable, "-m", "django", "virtualhosts", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_subprocess_list_json_and_exit_codes(transactional_db, configured):
+    active("www.example.test", left=datetime.timedelta(days=60, hours=1))
+    result = manage("list", "--json")
+    assert result.returncode == 0, result.stderr
+    assert [h["hostname"] for h in json.loads(result.stdout)] == ["www.example.test"]
+
+    failed("bad.example.test")
+    result = manage("list", "--json")
+    assert result.returncode == status.EXIT_FAILED
+    assert {h["hostname"] for h in json.loads(result.stdout)} == {
+        "bad.example.test",
+        "www.example.test",
+    }
+    assert "bad.example.test (failed at order" in result.stderr
+
+    result = manage("show", "nope.example.test")
+    assert result.returncode == status.EXIT_ERROR
+    assert "No virtual host named nope.example.test" in result.stderr
+
+
+def test_subprocess_usage(transactional_db):
+    result = manage("--help")
+    assert result.returncode == 0
+    assert "scan" in result.stdout and "Exit codes" in result.stdout
+    result = manage("frobnicate")
+    assert result.returncode == status.EXIT_USAGE
+    assert "invalid choice" in result.stderr
+    result = manage("show")
+    assert result.returncode == status.EXIT_USAGE
+
+
+def test_scan_dry_run_respects_a_failed_renewal_backoff(configured, redis_server):
+    host = VirtualHost.objects.create(
+        hostname="due.example.test",
+        attempts=2,
+        status=constants.STATUS_FAILED,
+        next_attempt_at=timezone.now() + datetime.timedelta(minutes=10),
+    )
+    install_certificate(configured, host.hostname, datetime.timedelta(days=10))
+    code, out, _ = run("scan", "--dry-run", "--json")
+    (decision,) = json.loads(out)
+    assert decision["action"] == "skip" and "next try after" in decision["reason"]
+    assert queued() == []
