@@ -410,3 +410,25 @@ def test_scan_dry_run_respects_a_failed_renewal_backoff(configured, redis_server
     (decision,) = json.loads(out)
     assert decision["action"] == "skip" and "next try after" in decision["reason"]
     assert queued() == []
+
+
+def test_list_warns_and_exits_5_when_the_renewal_scan_is_not_running(configured):
+    """Certificates must never expire silently: a scan missing for 26 h is an error."""
+    from modoboa_pro.virtualhosts.models import RenewalScan
+
+    host = active("www.example.test", left=datetime.timedelta(days=60))
+    VirtualHost.objects.filter(pk=host.pk).update(
+        created_at=timezone.now() - datetime.timedelta(days=3)
+    )
+    code, out, message = run("list")
+    assert code == status.EXIT_SCAN_STALE
+    assert "has not run for more than 26 hours (it has never run)" in message
+    assert "rqcron" in message
+    assert "Renewal scan: has not run yet." in out
+
+    RenewalScan.objects.create(
+        started_at=timezone.now(), finished_at=timezone.now(), summary="1 enabled host(s) seen"
+    )
+    code, out, _ = run("list")
+    assert code == status.EXIT_OK
+    assert "Renewal scan: last run" in out and "1 enabled host(s) seen" in out

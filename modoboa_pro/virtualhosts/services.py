@@ -70,7 +70,10 @@ def enqueue_provisioning(host: VirtualHost) -> None:
 
 
 def enqueue_renewal(host: VirtualHost) -> None:
-    _enqueue("renew_virtualhost", "renew", host.pk)
+    """ "Renew now": once the transaction commits, unless a renewal is already pending."""
+    from . import jobs, scan
+
+    transaction.on_commit(lambda: scan.enqueue_renewal_once(host, jobs.renew_virtualhost))
 
 
 def create_virtualhost(hostname: str, *, enabled: bool = True, domain=None) -> VirtualHost:

@@ -35,6 +35,7 @@ EXIT_ERROR = 1  # the command could not do what was asked (unknown host, busy, c
 EXIT_USAGE = 2  # bad arguments (argparse)
 EXIT_FAILED = 3  # at least one enabled host is failed
 EXIT_OVERDUE = 4  # at least one certificate is overdue for renewal or expired
+EXIT_SCAN_STALE = 5  # the renewal scan has not run for 26 h while hosts have certificates
 
 NEXT_RETRY = "retry"
 NEXT_RENEWAL = "renewal"

@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from ... import constants, parameters, services, status
+from ... import constants, parameters, scan, services, status
 from ...errors import ConfigurationError, InvalidHostname, LockHeld, VirtualHostError
 from ...hostnames import normalize_hostname
 from ...models import VirtualHost
@@ -127,9 +127,13 @@ class Command(BaseCommand):
     def _json(self, data: Any) -> None:
         self.stdout.write(json.dumps(data, cls=DjangoJSONEncoder, indent=2))
 
-    def _finish(self, hosts: list[VirtualHost]) -> None:
+    def _finish(self, hosts: list[VirtualHost], *, check_scan: bool = False) -> None:
         """Exit with the worst state among ``hosts``, naming what needs attention."""
         code = status.exit_code(hosts, self.threshold, self.now)
+        stale = scan.staleness(self.now) if check_scan else None
+        if stale is not None and code != status.EXIT_OVERDUE:
+            # Nothing is overdue yet, but nothing will be renewed either: say it loudly.
+            raise CommandError(stale, returncode=status.EXIT_SCAN_STALE)
         if code == status.EXIT_OK:
             return
         names = [
@@ -166,7 +170,14 @@ class Command(BaseCommand):
                 for h in hosts
             ]
             self.stdout.write(_table(headers, rows))
-        self._finish(hosts)
+            self.stdout.write(self._scan_line())
+        self._finish(hosts, check_scan=True)
+
+    def _scan_line(self) -> str:
+        latest = scan.last_scan()
+        if latest is None or latest.finished_at is None:
+            return "\nRenewal scan: has not run yet."
+        return f"\nRenewal scan: last run {latest.finished_at:%Y-%m-%d %H:%M} UTC: {latest.summary}"
 
     def do_show(self, options: dict[str, Any]) -> None:
         host = self._host(options["hostname"])
