@@ -12,6 +12,9 @@ import http.server
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,6 +127,9 @@ def set_parameters(**values: object) -> None:
     localconfig.save()
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 @dataclass
 class Chain:
     """The real servers and the directories one test provisions into."""
@@ -194,3 +200,26 @@ def chain(
         else:
             site.unlink()
     nginx_server.reload()
+
+
+@pytest.fixture
+def privileged_worker(chain: Chain, settings) -> Iterator[subprocess.Popen]:
+    """Modoboa's root worker, as a real `rqworker privileged` process (stopped by PID)."""
+    settings.VIRTUALHOSTS_RELOAD_MODE = "privileged"
+    settings.VIRTUALHOSTS_RELOAD_TIMEOUT = 30
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(REPO))
+    with open(chain.storage.parent / "privileged-worker.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "django", "rqworker", "privileged"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        yield process
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

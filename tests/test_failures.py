@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,8 +17,6 @@ from modoboa_pro.virtualhosts.models import VirtualHost
 from .conftest import BACKEND_BODY, Chain, set_parameters
 
 pytestmark = pytest.mark.chain
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def open_alarms(host: VirtualHost) -> list[str]:
@@ -220,30 +214,6 @@ def test_delete_removes_the_site_and_archives_the_certificate(chain: Chain):
 
     chains = [p for p in archived[0].rglob("fullchain.pem") if p.is_file()]
     assert any(storage.parse_leaf(p.read_bytes()).serial == serial for p in chains)
-
-
-@pytest.fixture
-def privileged_worker(chain: Chain, settings):
-    """Modoboa's privileged worker, as a real `rqworker privileged` process."""
-    settings.VIRTUALHOSTS_RELOAD_MODE = "privileged"
-    settings.VIRTUALHOSTS_RELOAD_TIMEOUT = 30
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(REPO))
-    log = open(chain.storage.parent / "privileged-worker.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "django", "rqworker", "privileged"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
 
 
 def test_reload_through_the_privileged_worker(chain: Chain, privileged_worker):

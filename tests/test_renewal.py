@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import datetime
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import django_rq
 import pytest
@@ -34,7 +29,6 @@ from .conftest import Chain
 
 pytestmark = pytest.mark.chain
 
-REPO = Path(__file__).resolve().parent.parent
 DAY = datetime.timedelta(days=1)
 
 
@@ -303,30 +297,6 @@ def reload_count(chain: Chain, offset: int) -> int:
     with open(chain.nginx.error_log_path, "rb") as log:
         log.seek(offset)
         return log.read().count(b"signal process started")
-
-
-@pytest.fixture
-def privileged_worker(chain: Chain, settings):
-    """Modoboa's root worker, as a real `rqworker privileged` process."""
-    settings.VIRTUALHOSTS_RELOAD_MODE = "privileged"
-    settings.VIRTUALHOSTS_RELOAD_TIMEOUT = 30
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(REPO))
-    log = open(chain.storage.parent / "privileged-worker.log", "wb")  # noqa: SIM115
-    process = subprocess.Popen(
-        [sys.executable, "-m", "django", "rqworker", "privileged"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    yield process
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    log.close()
 
 
 RENEWED_TOGETHER = 10

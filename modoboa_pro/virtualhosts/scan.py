@@ -188,7 +188,20 @@ def _scan_host(
     if renewal.is_urgent(now, facts.not_after, host.attempts):
         report.urgent.append(host.hostname)
         alarm_urgent(host, facts.not_after, now)
-    decision = renewal.decide(
+    decision = decide(host, facts, threshold_days, now)
+    if decision.action == renewal.RENEW:
+        report.due += 1
+        _schedule(host, enqueue, decision.reason, report)
+    else:
+        report.skipped[decision.action] += 1
+        logger.debug("virtualhost %s: %s", host.hostname, decision.reason)
+
+
+def decide(
+    host: VirtualHost, facts: CertificateFacts, threshold_days: int, now: datetime.datetime
+) -> renewal.Decision:
+    """The renewal policy applied to one host and the certificate read from its files."""
+    return renewal.decide(
         now,
         threshold_days,
         facts.not_before,
@@ -197,12 +210,6 @@ def _scan_host(
         attempts=host.attempts,
         next_attempt_at=host.next_attempt_at,
     )
-    if decision.action == renewal.RENEW:
-        report.due += 1
-        _schedule(host, enqueue, decision.reason, report)
-    else:
-        report.skipped[decision.action] += 1
-        logger.debug("virtualhost %s: %s", host.hostname, decision.reason)
 
 
 def _read_certificate(

@@ -14,7 +14,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import constants, renewal
+from . import constants, renewal, scan
 from .adapters import storage
 from .errors import StorageError
 from .models import VirtualHost, VirtualHostEvent
@@ -217,14 +217,6 @@ def _decide(
         return decision(SCAN_RENEW, problem)
     if facts is None:
         return decision(SCAN_SKIP, "no certificate yet: provisioning handles it")
-    verdict = renewal.decide(
-        now,
-        threshold_days,
-        facts.not_before,
-        facts.not_after,
-        covers_hostname=host.hostname in facts.names,
-        attempts=host.attempts,
-        next_attempt_at=host.next_attempt_at,
-    )
+    verdict = scan.decide(host, facts, threshold_days, now)
     action = SCAN_RENEW if verdict.action == renewal.RENEW else SCAN_SKIP
     return decision(action, verdict.reason, not_after=facts.not_after, due_at=verdict.due_at)
