@@ -321,7 +321,11 @@ def renew_many_at_once(chain: Chain) -> tuple[list[VirtualHost], int, dict[str, 
 
     started = time.monotonic()
     statuses = in_threads(one_worker, RENEWED_TOGETHER)
+    # Each renewal stored its pair and queued its second half behind the others.
+    assert statuses == [constants.STATUS_PROVISIONING] * RENEWED_TOGETHER, statuses
+    chain.drain()
     elapsed = time.monotonic() - started
+    statuses = [h.status for h in VirtualHost.objects.filter(pk__in=[h.pk for h in hosts])]
     assert statuses == [constants.STATUS_ACTIVE] * RENEWED_TOGETHER, [
         (h.hostname, h.last_error) for h in VirtualHost.objects.filter(status="failed")
     ]
@@ -349,6 +353,33 @@ def test_renewals_finishing_together_share_privileged_reloads(chain: Chain, priv
     assert_all_renewed_and_served(chain, hosts, before)
     finished = django_rq.get_queue("privileged").finished_job_registry.get_job_ids()
     assert len(finished) == reloads  # one privileged job per reload, none per host
+
+
+def test_a_burst_of_renewals_on_a_single_worker_shares_one_reload(chain: Chain):
+    """Modoboa runs one `modoboa` worker: renewals run one after the other, yet nginx
+    reloads once for the burst, not once per host."""
+    hosts = [
+        stand_in(chain, f"serial{i}.example.test", remaining=5) for i in range(RENEWED_TOGETHER)
+    ]
+    chain.nginx.reload()
+    before = {h.hostname: served_serial(chain, h.hostname) for h in hosts}
+    offset = chain.nginx.error_log_path.stat().st_size
+
+    report = jobs.check_certificate_renewals()
+    assert len(report["enqueued"]) == RENEWED_TOGETHER
+    chain.drain()  # one in-process worker, one job at a time
+
+    reloads = reload_count(chain, offset)
+    print(f"{RENEWED_TOGETHER} queued renewals on one worker: {reloads} nginx reload(s)")
+    assert reloads == 1
+    assert_all_renewed_and_served(chain, hosts, before)
+    for host in hosts:
+        host.refresh_from_db()
+        assert host.status == constants.STATUS_ACTIVE, host.last_error
+        run = [e for e in host.events.all() if e.run_id == host.events.first().run_id]
+        steps = sorted((e.step, e.outcome) for e in run)
+        assert (constants.STEP_VERIFY, constants.OUTCOME_OK) in steps
+        assert (constants.STEP_ORDER, constants.OUTCOME_OK) in steps
 
 
 def test_one_renewal_job_per_host_whatever_the_previous_job_became(chain: Chain):

@@ -91,9 +91,37 @@ def provision_virtualhost(host_id: int) -> str:
     return status
 
 
+def renewal_context() -> pipeline.Context:
+    """Renewals reload nginx in a follow-up job, so that a burst shares one reload."""
+    ctx = build_context()
+    ctx.defer = defer_finish_renewal
+    return ctx
+
+
+def defer_finish_renewal(host_id: int, generation: int, run_id: str) -> None:
+    """Queue the second half of a renewal behind the renewals already queued."""
+    from . import services
+
+    django_rq.get_queue(constants.QUEUE_DEFAULT).enqueue(
+        finish_renewal,
+        host_id,
+        generation,
+        run_id,
+        job_id=services.job_id("finish", host_id),
+        job_timeout=scan.RENEWAL_JOB_TIMEOUT,
+    )
+
+
 def renew_virtualhost(host_id: int) -> str:
     """Renew one host's certificate now, through the same chain."""
-    status = pipeline.provision(host_id, build_context(), force_order=True, kind="renewal")
+    status = pipeline.provision(host_id, renewal_context(), force_order=True, kind="renewal")
+    _after_renewal(host_id, status)
+    return status
+
+
+def finish_renewal(host_id: int, generation: int, run_id: str) -> str:
+    """Wait for the nginx reload shared by queued renewals, verify, record."""
+    status = pipeline.finish_renewal(host_id, build_context(), generation, run_id)
     _after_renewal(host_id, status)
     return status
 
@@ -170,7 +198,7 @@ def renew_due_virtualhost(host_id: int) -> str:
     A host renewed meanwhile (by "Renew now" or another scheduler's job) only
     gets its served certificate verified: no second order is placed.
     """
-    status = pipeline.provision(host_id, build_context(), kind="renewal")
+    status = pipeline.provision(host_id, renewal_context(), kind="renewal")
     _after_renewal(host_id, status)
     return status
 

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from . import constants, history, renewal
 from .adapters import nginx, storage, webroot
+from .adapters.reloader import Reloader
 from .adapters.storage import CertificateFacts
 from .errors import (
     DeployNotVerified,
@@ -94,10 +95,13 @@ class Context:
     """The adapters a run uses; jobs build the real ones, tests may inject faults."""
 
     settings: Settings
-    reload: Callable[[], str]
+    reload: Reloader
     acme: Callable[[Settings], CertificateAuthority]
     lock: Callable[[str], AbstractContextManager[object]]
     served: Callable[[str], CertificateFacts]  # one TLS handshake with SNI
+    # Renewals only: queue ``finish_renewal(host_id, generation, run_id)`` behind the
+    # other renewals, so that one nginx reload serves them all (None: reload inline).
+    defer: Callable[[int, int, str], None] | None = None
 
 
 def provision(
@@ -213,41 +217,113 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
             storage.write_certificate_pair(s.storage_root, hostname, new_pair[0], new_pair[1])
             step.message = f"serial {facts.serial}, expires {facts.not_after:%Y-%m-%d %H:%M} UTC"
 
+    reloaded = False
     with run.step(constants.STEP_HTTPS_SITE) as step:
         content = render_https(site)
         try:
-            if _read_site(s.conf_dir, hostname) == content:
-                if new_pair is None:
-                    step.skip("HTTPS site already installed")
-                else:
-                    ctx.reload()  # same config, new files: nginx re-reads them on reload
-                    step.message = "nginx reloaded with the new certificate"
-            else:
+            if _read_site(s.conf_dir, hostname) != content:
                 apply_site(s.conf_dir, hostname, content, ctx.reload)
+                reloaded = True
                 step.message = "HTTPS site installed and nginx reloaded"
+            elif new_pair is None:
+                step.skip("HTTPS site already installed")
+            elif ctx.defer is not None and (generation := ctx.reload.request()) is not None:
+                # Same config, new files: any reload from now on serves them. Let the
+                # renewals queued behind this one share a single reload.
+                ctx.defer(host.pk, generation, run.run_id)
+                step.message = "new certificate in place; nginx reload queued with other renewals"
+                return constants.STATUS_PROVISIONING
+            else:
+                ctx.reload()  # same config, new files: nginx re-reads them on reload
+                reloaded = True
+                step.message = "nginx reloaded with the new certificate"
         except NginxError:
             if new_pair is not None and existing is not None:
                 # nginx still serves the previous pair: put its files back too.
                 storage.rollback_pair(s.storage_root, hostname)
             raise
 
-    with run.step(constants.STEP_VERIFY) as step:
-        served = confirm_served(ctx.served, hostname, facts.serial, s.https_port)
-        step.message = f"nginx serves serial {served.serial} issued by {served.issuer}"
+    _verify(run, ctx, hostname, facts.serial, reloaded=reloaded)
+    _succeed(host, facts, s, renewed=existing is not None if new_pair is not None else None)
+    return constants.STATUS_ACTIVE
 
+
+def _verify(run: history.Run, ctx: Context, hostname: str, serial: str, *, reloaded: bool) -> None:
+    s = ctx.settings
+    with run.step(constants.STEP_VERIFY) as step:
+        try:
+            served = confirm_served(ctx.served, hostname, serial, s.https_port)
+        except DeployNotVerified:
+            if reloaded:
+                raise
+            # nginx may predate the files on disk (a run stopped between storing the
+            # pair and reloading): one reload, then judge.
+            ctx.reload()
+            served = confirm_served(ctx.served, hostname, serial, s.https_port)
+            step.message = "nginx had not loaded the current certificate; reloaded. "
+        step.message += f"nginx serves serial {served.serial} issued by {served.issuer}"
+
+
+def _succeed(
+    host: VirtualHost, facts: CertificateFacts, s: Settings, *, renewed: bool | None
+) -> None:
+    """Record success; ``renewed`` is None when no new certificate was obtained."""
     history.mark_success(
         host, facts, status=constants.STATUS_ACTIVE, threshold_days=s.threshold_days
     )
-    if new_pair is not None:
+    if renewed is not None:
         logger.info(
             "virtualhost %s: certificate %s (serial %s, issuer %s, expires %s)",
-            hostname,
-            "renewed" if existing else "issued",
+            host.hostname,
+            "renewed" if renewed else "issued",
             facts.serial,
             facts.issuer,
             f"{facts.not_after:%Y-%m-%d %H:%M} UTC",
         )
-    return constants.STATUS_ACTIVE
+
+
+def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> str:
+    """Second half of a deferred renewal: wait for the shared reload, verify, record."""
+    host = VirtualHost.objects.filter(pk=host_id).first()
+    if host is None:
+        return "gone"
+    try:
+        with ctx.lock(host.hostname):
+            host.refresh_from_db()
+            if not host.enabled:
+                return constants.STATUS_DISABLED
+            run = history.Run(host, run_id, "renewal")
+            s = ctx.settings
+            try:
+                with run.step(constants.STEP_HTTPS_SITE) as step:
+                    try:
+                        ctx.reload.wait(generation)
+                    except NginxError:
+                        storage.rollback_pair(s.storage_root, host.hostname)
+                        raise
+                    step.message = "nginx reloaded (one reload shared by the queued renewals)"
+                pem = storage.read_fullchain(s.storage_root, host.hostname)
+                if pem is None:
+                    raise StorageError(f"The certificate of {host.hostname} vanished from disk.")
+                facts = storage.parse_leaf(pem)
+                _verify(run, ctx, host.hostname, facts.serial, reloaded=True)
+            except VirtualHostError as err:
+                history.mark_failure(host, run.current_step, err)
+                logger.error(
+                    "virtualhost %s: renewal failed at %s: %s",
+                    host.hostname,
+                    run.current_step,
+                    err.message,
+                )
+                return constants.STATUS_FAILED
+            _succeed(host, facts, s, renewed=True)
+            return constants.STATUS_ACTIVE
+    except LockHeld:
+        # Another run holds the host: it verifies what nginx serves itself.
+        logger.info(
+            "virtualhost %s: another run is in progress; it finishes the renewal", host.hostname
+        )
+        return "busy"
 
 
 def _order_reason(

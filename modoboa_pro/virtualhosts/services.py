@@ -50,6 +50,7 @@ def is_busy(host: VirtualHost) -> bool:
         locks.is_locked(connection, host.hostname)
         or pending_job("provision", host.pk) is not None
         or pending_job("renew", host.pk) is not None
+        or pending_job("finish", host.pk) is not None
     )
 
 

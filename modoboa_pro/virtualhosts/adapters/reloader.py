@@ -48,7 +48,19 @@ CRASHED: dict[str, Any] = {
 
 
 class Reloader(Protocol):
+    """Apply the configuration written so far: ``__call__`` is ``wait(request())``.
+
+    Split, ``request()`` records "my files are written" and returns the
+    generation a reload must cover (None when changes cannot be tracked, then
+    call the reloader directly); ``wait(generation)`` returns once a reload
+    covering it has run, reloading if none is coming.
+    """
+
     def __call__(self) -> str: ...
+
+    def request(self) -> int | None: ...
+
+    def wait(self, generation: int) -> str: ...
 
 
 def outcome_of(func: Callable[[], str]) -> dict[str, Any]:
@@ -207,14 +219,21 @@ class LocalReloader:
         return nginx.test_and_reload(self.test_argv, self.reload_argv)
 
     def __call__(self) -> str:
+        generation = self.request()
+        return self._reload() if generation is None else self.wait(generation)
+
+    def request(self) -> int | None:
         if self.connection is None:
-            return self._reload()
-        book = ReloadBook(self.connection)
+            return None
         try:
-            generation = book.request()
+            return ReloadBook(self.connection).request()
         except redis.RedisError as err:
             logger.warning("Cannot reach Redis to coalesce nginx reloads (%s); reloading now", err)
-            return self._reload()
+            return None
+
+    def wait(self, generation: int) -> str:
+        assert self.connection is not None, "wait() needs the generation request() returned"
+        book = ReloadBook(self.connection)
         deadline = time.monotonic() + self.timeout
         while True:
             outcome = book.covering_outcome(generation)
@@ -308,9 +327,15 @@ class PrivilegedReloader:
             raise
 
     def __call__(self) -> str:
+        return self.wait(self.request())
+
+    def request(self) -> int:
+        return ReloadBook(self.connection).request()
+
+    def wait(self, generation: int) -> str:
         book = ReloadBook(self.connection)
-        generation = book.request()
-        self._enqueue(book)
+        if book.covering_outcome(generation) is None:
+            self._enqueue(book)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             outcome = book.covering_outcome(generation)
