@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 from pathlib import Path
 
@@ -259,3 +260,34 @@ def test_alarm_of_a_host_without_domain_is_filed_under_the_matching_modoboa_doma
     assert host.domain is None
     alarm = Alarm.objects.get(internal_name=f"virtualhost:{host.pk}")
     assert alarm.domain == domain
+
+
+def test_a_run_reloads_nginx_when_it_still_serves_an_older_certificate(chain: Chain):
+    """E.g. a worker killed between switching the pair and reloading: the next run
+    finds a valid certificate on disk, places no order, and gets nginx to serve it."""
+    from modoboa_pro.testing import make_chain_pem, validity
+    from modoboa_pro.virtualhosts.adapters import storage
+
+    host = VirtualHost.objects.create(hostname="stale.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    old_serial = host.cert_serial
+    not_before, not_after = validity(remaining=datetime.timedelta(days=80))
+    fullchain, key = make_chain_pem(
+        ["stale.example.test"], not_before=not_before, not_after=not_after
+    )
+    storage.write_certificate_pair(chain.storage, "stale.example.test", fullchain, key)
+    new_serial = storage.parse_leaf(fullchain).serial
+    assert (
+        tls.fetch_served_certificate(
+            "127.0.0.1", chain.nginx.https_port, "stale.example.test"
+        ).serial
+        == old_serial
+    )
+
+    retry_and_succeed(chain, host)
+    assert host.cert_serial == new_serial
+    steps = dict(last_run_steps(host))
+    assert steps[constants.STEP_ORDER] == constants.OUTCOME_SKIPPED
+    verify = host.events.filter(step=constants.STEP_VERIFY).first()
+    assert verify is not None and "reloaded" in verify.message

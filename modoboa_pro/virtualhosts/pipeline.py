@@ -251,17 +251,20 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
 def _verify(run: history.Run, ctx: Context, hostname: str, serial: str, *, reloaded: bool) -> None:
     s = ctx.settings
     with run.step(constants.STEP_VERIFY) as step:
-        try:
-            served = confirm_served(ctx.served, hostname, serial, s.https_port)
-        except DeployNotVerified:
-            if reloaded:
-                raise
-            # nginx may predate the files on disk (a run stopped between storing the
-            # pair and reloading): one reload, then judge.
+        if not reloaded and _served_serial(ctx, hostname) != serial:
+            # nginx predates the files on disk (e.g. a run stopped between storing
+            # the pair and reloading): reload before judging.
             ctx.reload()
-            served = confirm_served(ctx.served, hostname, serial, s.https_port)
             step.message = "nginx had not loaded the current certificate; reloaded. "
+        served = confirm_served(ctx.served, hostname, serial, s.https_port)
         step.message += f"nginx serves serial {served.serial} issued by {served.issuer}"
+
+
+def _served_serial(ctx: Context, hostname: str) -> str | None:
+    try:
+        return ctx.served(hostname).serial
+    except VirtualHostError:
+        return None
 
 
 def _succeed(
