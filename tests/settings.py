@@ -109,6 +109,7 @@ if os.environ.get("DB", "sqlite").lower() == "postgres":
             "HOST": os.environ.get("POSTGRES_HOST", "127.0.0.1"),
             "PORT": os.environ.get("POSTGRES_PORT", "5432"),
             "ATOMIC_REQUESTS": True,
+            "TEST": {"NAME": "test_" + os.environ.get("POSTGRES_DB", "modoboa_pro")},
         }
     }
 else:

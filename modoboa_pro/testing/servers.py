@@ -511,11 +511,16 @@ http {{
         def replaced() -> bool:
             with open(self.error_log_path, "rb") as log:
                 log.seek(offset)
-                errors = _FATAL_LINE.findall(log.read())
+                text = log.read()
+            errors = _FATAL_LINE.findall(text)
             if errors:
                 raise HarnessError(
                     "nginx rejected the reload:\n" + b"\n".join(errors).decode(errors="replace")
                 )
+            # The master must have handled the signal (under load it may lag), and
+            # every worker that could still hold the old configuration must be gone.
+            if b"reconfiguring" not in text:
+                return False
             current = self.workers()
             return bool(current) and not current & old_workers
 
