@@ -8,7 +8,6 @@ crash) skips what is already done and never places a needless order.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -16,15 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import requests
 from django.utils import timezone
 
-from . import constants, history, renewal
+from . import constants, history, renewal, verification
 from .adapters import nginx, storage, webroot
 from .adapters.reloader import Reloader
 from .adapters.storage import CertificateFacts
 from .errors import (
-    DeployNotVerified,
     LockHeld,
     NginxConfigTestFailed,
     NginxError,
@@ -35,12 +32,6 @@ from .models import VirtualHost
 from .rendering import SiteContext, render_http_only, render_https
 
 logger = logging.getLogger("modoboa.jobs")
-
-PREFLIGHT_TIMEOUT = 5.0
-# Consecutive fresh-connection successes that prove a reload took effect everywhere.
-STABLE_SUCCESSES = 5
-STABLE_INTERVAL = 0.02
-VERIFY_TIMEOUT = 15.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +57,12 @@ class Settings:
     @property
     def webroot(self) -> Path:
         return self.storage_root / constants.WEBROOT_DIRNAME
+
+    @property
+    def endpoint(self) -> verification.Endpoint:
+        return verification.Endpoint(
+            self.webroot, self.verify_address, self.http_port, self.conf_dir
+        )
 
     def site_context(self, hostname: str) -> SiteContext:
         fullchain, privkey = storage.certificate_paths(self.storage_root, hostname)
@@ -167,7 +164,8 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
             step.skip("the site already serves the challenge path")
         else:
             apply_site(s.conf_dir, hostname, render_http_only(site), ctx.reload)
-            preflight(s, hostname)  # the reload took effect: nginx serves the challenge path
+            # The reload took effect: nginx serves the challenge path for this name.
+            verification.preflight(s.endpoint, hostname)
             step.message = f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served"
 
     if not s.letsencrypt:
@@ -198,7 +196,8 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
                 f"is valid until {existing.not_after:%Y-%m-%d}"
             )
         else:
-            preflight(s, hostname)  # a failed validation costs rate limit: check ourselves first
+            # A failed validation costs CA rate limit: check it ourselves first.
+            verification.preflight(s.endpoint, hostname)
             key_pem = storage.generate_private_key(s.key_type)
             csr_pem = storage.make_csr(hostname, key_pem)
             fullchain = ca.obtain_certificate(
@@ -256,7 +255,7 @@ def _verify(run: history.Run, ctx: Context, hostname: str, serial: str, *, reloa
             # the pair and reloading): reload before judging.
             ctx.reload()
             step.message = "nginx had not loaded the current certificate; reloaded. "
-        served = confirm_served(ctx.served, hostname, serial, s.https_port)
+        served = verification.confirm_served(ctx.served, hostname, serial, s.https_port)
         step.message += f"nginx serves serial {served.serial} issued by {served.issuer}"
 
 
@@ -385,96 +384,8 @@ def remove_site(s: Settings, hostname: str, reload: Callable[[], str]) -> bool:
     except NginxConfigTestFailed:
         nginx.restore_site(s.conf_dir, hostname, previous)
         raise
-    confirm_removed(s, hostname)
+    verification.confirm_removed(s.endpoint, hostname)
     return True
-
-
-def confirm_served(
-    served: Callable[[str], CertificateFacts], hostname: str, serial: str, port: int
-) -> CertificateFacts:
-    """Wait until nginx steadily presents ``serial`` for ``hostname``.
-
-    A reload is asynchronous: old workers answer with the old configuration
-    until they drain, so one lucky handshake proves nothing. Require a streak.
-    """
-    deadline = time.monotonic() + VERIFY_TIMEOUT
-    streak = 0
-    seen = "no handshake completed"
-    last: CertificateFacts | None = None
-    while time.monotonic() < deadline:
-        try:
-            last = served(hostname)
-            seen = f"serial {last.serial}"
-            streak = streak + 1 if last.serial == serial else 0
-        except VirtualHostError as err:
-            streak, seen = 0, err.message
-        if streak >= STABLE_SUCCESSES and last is not None:
-            return last
-        time.sleep(STABLE_INTERVAL)
-    raise DeployNotVerified(
-        f"After the reload nginx does not steadily serve the new certificate for {hostname} "
-        f"on port {port} (expected serial {serial}, last saw: {seen}). Check that the "
-        "reload really happened (privileged worker, VIRTUALHOSTS_NGINX_RELOAD_COMMAND) and "
-        "that no other server block answers for this name.",
-    )
-
-
-def preflight(s: Settings, hostname: str) -> None:
-    """Check that nginx serves this host's challenge path before asking the CA.
-
-    Every failed validation counts against the CA's rate limits; a token we
-    cannot fetch ourselves through nginx would fail there too.
-    """
-    ok, got, url = probe_challenge(s, hostname, served=True)
-    if not ok:
-        raise NginxError(
-            f"nginx does not serve the challenge path of {hostname} on port {s.http_port} "
-            f"({got} from {url}). Check that nginx.conf includes the site directory "
-            f"{s.conf_dir} and that nothing else answers for {hostname} on that port.",
-            retryable=True,
-        )
-
-
-def confirm_removed(s: Settings, hostname: str) -> None:
-    """Check that nginx no longer serves a removed host's site."""
-    ok, got, url = probe_challenge(s, hostname, served=False)
-    if not ok:
-        raise NginxError(
-            f"nginx still serves {hostname} after its site was removed ({got} from {url}). "
-            "Check that the reload happened and that no other site file names this host.",
-            retryable=True,
-        )
-
-
-def probe_challenge(s: Settings, hostname: str, *, served: bool) -> tuple[bool, str, str]:
-    """Publish a probe token and watch whether nginx serves it for ``hostname``.
-
-    A reload is asynchronous: old workers answer with the old configuration
-    until they drain. So require a streak of consecutive answers, each on a
-    fresh connection (the CA's validators connect several times at once).
-    Returns (the expected state was observed, the last observation, the URL).
-    """
-    token = f"modoboa-pro-probe-{uuid.uuid4().hex}"
-    content = uuid.uuid4().hex
-    webroot.publish_token(s.webroot, token, content)
-    address = s.verify_address if ":" not in s.verify_address else f"[{s.verify_address}]"
-    url = f"http://{address}:{s.http_port}/.well-known/acme-challenge/{token}"
-    deadline = time.monotonic() + PREFLIGHT_TIMEOUT
-    streak = 0
-    got = "no request made"
-    try:
-        while streak < STABLE_SUCCESSES and time.monotonic() < deadline:
-            try:
-                response = requests.get(url, headers={"Host": hostname}, timeout=PREFLIGHT_TIMEOUT)
-                is_served = response.status_code == 200 and response.text.strip() == content
-                got = f"HTTP {response.status_code}"
-            except requests.RequestException as err:
-                is_served, got = False, f"no answer ({err.__class__.__name__})"
-            streak = streak + 1 if is_served == served else 0
-            time.sleep(STABLE_INTERVAL)
-    finally:
-        webroot.remove_token(s.webroot, token)
-    return streak >= STABLE_SUCCESSES, got, url
 
 
 def disable(host_id: int, ctx: Context) -> str:

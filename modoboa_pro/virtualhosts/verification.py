@@ -1,0 +1,124 @@
+"""Check what nginx really serves: the challenge path, the removal of a site, the certificate.
+
+A reload is asynchronous: old workers answer with the old configuration until
+they drain, so one lucky answer proves nothing. Every check here requires a
+streak of consistent answers, each on a fresh connection.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from .adapters import webroot
+from .adapters.storage import CertificateFacts
+from .errors import DeployNotVerified, NginxError, VirtualHostError
+
+PREFLIGHT_TIMEOUT = 5.0
+# Consecutive fresh-connection successes that prove a reload took effect everywhere.
+STABLE_SUCCESSES = 5
+STABLE_INTERVAL = 0.02
+VERIFY_TIMEOUT = 15.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where nginx serves HTTP for the hosts, as the plugin reaches it."""
+
+    webroot: Path
+    verify_address: str
+    http_port: int
+    conf_dir: Path
+
+
+def confirm_served(
+    served: Callable[[str], CertificateFacts], hostname: str, serial: str, port: int
+) -> CertificateFacts:
+    """Wait until nginx steadily presents ``serial`` for ``hostname``.
+
+    A reload is asynchronous: old workers answer with the old configuration
+    until they drain, so one lucky handshake proves nothing. Require a streak.
+    """
+    deadline = time.monotonic() + VERIFY_TIMEOUT
+    streak = 0
+    seen = "no handshake completed"
+    last: CertificateFacts | None = None
+    while time.monotonic() < deadline:
+        try:
+            last = served(hostname)
+            seen = f"serial {last.serial}"
+            streak = streak + 1 if last.serial == serial else 0
+        except VirtualHostError as err:
+            streak, seen = 0, err.message
+        if streak >= STABLE_SUCCESSES and last is not None:
+            return last
+        time.sleep(STABLE_INTERVAL)
+    raise DeployNotVerified(
+        f"After the reload nginx does not steadily serve the new certificate for {hostname} "
+        f"on port {port} (expected serial {serial}, last saw: {seen}). Check that the "
+        "reload really happened (privileged worker, VIRTUALHOSTS_NGINX_RELOAD_COMMAND) and "
+        "that no other server block answers for this name.",
+    )
+
+
+def preflight(s: Endpoint, hostname: str) -> None:
+    """Check that nginx serves this host's challenge path before asking the CA.
+
+    Every failed validation counts against the CA's rate limits; a token we
+    cannot fetch ourselves through nginx would fail there too.
+    """
+    ok, got, url = probe_challenge(s, hostname, served=True)
+    if not ok:
+        raise NginxError(
+            f"nginx does not serve the challenge path of {hostname} on port {s.http_port} "
+            f"({got} from {url}). Check that nginx.conf includes the site directory "
+            f"{s.conf_dir} and that nothing else answers for {hostname} on that port.",
+            retryable=True,
+        )
+
+
+def confirm_removed(s: Endpoint, hostname: str) -> None:
+    """Check that nginx no longer serves a removed host's site."""
+    ok, got, url = probe_challenge(s, hostname, served=False)
+    if not ok:
+        raise NginxError(
+            f"nginx still serves {hostname} after its site was removed ({got} from {url}). "
+            "Check that the reload happened and that no other site file names this host.",
+            retryable=True,
+        )
+
+
+def probe_challenge(s: Endpoint, hostname: str, *, served: bool) -> tuple[bool, str, str]:
+    """Publish a probe token and watch whether nginx serves it for ``hostname``.
+
+    A reload is asynchronous: old workers answer with the old configuration
+    until they drain. So require a streak of consecutive answers, each on a
+    fresh connection (the CA's validators connect several times at once).
+    Returns (the expected state was observed, the last observation, the URL).
+    """
+    token = f"modoboa-pro-probe-{uuid.uuid4().hex}"
+    content = uuid.uuid4().hex
+    webroot.publish_token(s.webroot, token, content)
+    address = s.verify_address if ":" not in s.verify_address else f"[{s.verify_address}]"
+    url = f"http://{address}:{s.http_port}/.well-known/acme-challenge/{token}"
+    deadline = time.monotonic() + PREFLIGHT_TIMEOUT
+    streak = 0
+    got = "no request made"
+    try:
+        while streak < STABLE_SUCCESSES and time.monotonic() < deadline:
+            try:
+                response = requests.get(url, headers={"Host": hostname}, timeout=PREFLIGHT_TIMEOUT)
+                is_served = response.status_code == 200 and response.text.strip() == content
+                got = f"HTTP {response.status_code}"
+            except requests.RequestException as err:
+                is_served, got = False, f"no answer ({err.__class__.__name__})"
+            streak = streak + 1 if is_served == served else 0
+            time.sleep(STABLE_INTERVAL)
+    finally:
+        webroot.remove_token(s.webroot, token)
+    return streak >= STABLE_SUCCESSES, got, url
