@@ -11,7 +11,7 @@ from pathlib import Path
 import django_rq
 from django.utils import timezone
 
-from . import conf, constants, parameters, pipeline, renewal, scan
+from . import conf, constants, parameters, pipeline, renewal, retries, scan, services
 from .adapters import acme, locks, tls
 from .adapters import nginx as nginx_adapter
 from .adapters.reloader import (
@@ -182,14 +182,29 @@ def check_certificate_renewals() -> dict:
         if settings.letsencrypt
         else None,
     )
+    retried = retry_due_virtualhosts()  # the safety net when the retry cron is not set up
     return {
         "seen": report.seen,
         "due": report.due,
         "enqueued": report.enqueued,
         "already_queued": report.already_queued,
         "unreadable": report.unreadable,
+        "retried": retried["retried"],
         "summary": report.summary(),
     }
+
+
+def retry_due_virtualhosts() -> dict:
+    """Every few minutes (cron_config.py): retry failed runs whose time has come, and hosts
+    a crash left pending or provisioning."""
+    letsencrypt = bool(parameters.get("enable_letsencrypt"))
+    report = retries.run(
+        services.enqueue_provisioning,
+        (lambda host: scan.enqueue_renewal_once(host, renew_due_virtualhost))
+        if letsencrypt
+        else None,
+    )
+    return {"retried": report.retried, "busy": report.busy, "summary": report.summary()}
 
 
 def renew_due_virtualhost(host_id: int) -> str:

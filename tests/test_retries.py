@@ -1,0 +1,97 @@
+"""Retries happen by themselves: failed runs once their time has come, and stuck hosts."""
+
+from __future__ import annotations
+
+import datetime
+
+import django_rq
+import pytest
+from django.utils import timezone
+
+from modoboa_pro.virtualhosts import constants, jobs
+from modoboa_pro.virtualhosts.adapters import locks
+from modoboa_pro.virtualhosts.models import VirtualHost
+
+from .conftest import Chain, set_parameters
+
+pytestmark = pytest.mark.chain
+
+PAST = datetime.timedelta(minutes=1)
+
+
+def fail_by_dns(chain: Chain, hostname: str) -> VirtualHost:
+    chain.dns.nxdomain.add(hostname)
+    host = VirtualHost.objects.create(hostname=hostname)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_FAILED and host.next_attempt_at is not None
+    return host
+
+
+def test_a_failed_provisioning_is_retried_once_its_time_has_come(chain: Chain):
+    host = fail_by_dns(chain, "later.example.test")
+    chain.dns.nxdomain.discard("later.example.test")
+
+    # Not yet: the backoff says when.
+    assert jobs.retry_due_virtualhosts()["retried"] == []
+    assert django_rq.get_queue("modoboa").count == 0
+
+    VirtualHost.objects.filter(pk=host.pk).update(next_attempt_at=timezone.now() - PAST)
+    assert jobs.retry_due_virtualhosts()["retried"] == ["later.example.test"]
+    assert jobs.retry_due_virtualhosts()["retried"] == []  # already queued: not twice
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+
+
+def test_a_failure_an_operator_must_fix_is_not_retried(chain: Chain):
+    set_parameters(acme_account_email="")
+    host = VirtualHost.objects.create(hostname="noemail.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_FAILED and host.next_attempt_at is None
+    assert jobs.retry_due_virtualhosts()["retried"] == []
+
+
+def test_a_host_left_provisioning_by_a_crash_is_resumed(chain: Chain):
+    host = VirtualHost.objects.create(hostname="crashed.example.test")
+    django_rq.get_queue("modoboa").empty()  # its job was lost with the worker
+    VirtualHost.objects.filter(pk=host.pk).update(
+        status=constants.STATUS_PROVISIONING,
+        updated_at=timezone.now() - datetime.timedelta(hours=2),
+    )
+    with locks.HostLock(chain.redis.client(), host.hostname, constants.HOST_LOCK_TTL):
+        # While a run holds the host, it is not stuck: leave it alone.
+        assert jobs.retry_due_virtualhosts()["busy"] == ["crashed.example.test"]
+    assert jobs.retry_due_virtualhosts()["retried"] == ["crashed.example.test"]
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+
+
+def test_a_failed_renewal_is_retried_through_the_renewal_path(chain: Chain):
+    host = VirtualHost.objects.create(hostname="again.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    serial = host.cert_serial
+    VirtualHost.objects.filter(pk=host.pk).update(
+        status=constants.STATUS_FAILED,
+        attempts=1,
+        last_error="the CA was down",
+        next_attempt_at=timezone.now() - PAST,
+    )
+    assert jobs.retry_due_virtualhosts()["retried"] == ["again.example.test"]
+    queued = django_rq.get_queue("modoboa").get_jobs()
+    assert [j.func_name.rsplit(".", 1)[-1] for j in queued] == ["renew_due_virtualhost"]
+    chain.drain()
+    host.refresh_from_db()
+    # Not due any more: the renewal re-checks, orders nothing, verifies what is served.
+    assert host.status == constants.STATUS_ACTIVE and host.cert_serial == serial
+    assert host.attempts == 0 and host.last_error == ""
+
+
+def test_the_daily_scan_also_retries(chain: Chain):
+    host = fail_by_dns(chain, "nightly.example.test")
+    chain.dns.nxdomain.discard("nightly.example.test")
+    VirtualHost.objects.filter(pk=host.pk).update(next_attempt_at=timezone.now() - PAST)
+    assert jobs.check_certificate_renewals()["retried"] == ["nightly.example.test"]
