@@ -24,8 +24,19 @@ import pytest
 from django.conf import settings
 
 from modoboa_pro.testing import DnsResponder, NginxServer, PebbleServer, RedisServer
+from modoboa_pro.virtualhosts import constants
 
 BACKEND_BODY = b"modoboa application behind nginx\n"
+
+# The history of a host's first successful run, oldest first.
+FIRST_ISSUANCE_STEPS = [
+    (constants.STEP_HTTP_SITE, "ok"),
+    (constants.STEP_ACCOUNT, "ok"),
+    (constants.STEP_ORDER, "ok"),
+    (constants.STEP_STORE, "ok"),
+    (constants.STEP_HTTPS_SITE, "ok"),
+    (constants.STEP_VERIFY, "ok"),
+]
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from modoboa_pro.virtualhosts import constants, services
 from modoboa_pro.virtualhosts.adapters import tls
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from .conftest import BACKEND_BODY, Chain, set_parameters
+from .conftest import BACKEND_BODY, FIRST_ISSUANCE_STEPS, Chain, set_parameters
 
 pytestmark = pytest.mark.chain
 
@@ -111,14 +111,7 @@ def test_create_through_orm_reaches_active_https(chain: Chain, caplog):
 
     # Every step is in the host's history and on the modoboa.jobs logger.
     steps = [(e.step, e.outcome) for e in host.events.order_by("started_at", "id")]
-    assert steps == [
-        (constants.STEP_HTTP_SITE, "ok"),
-        (constants.STEP_ACCOUNT, "ok"),
-        (constants.STEP_ORDER, "ok"),
-        (constants.STEP_STORE, "ok"),
-        (constants.STEP_HTTPS_SITE, "ok"),
-        (constants.STEP_VERIFY, "ok"),
-    ]
+    assert steps == FIRST_ISSUANCE_STEPS
     messages = [r.getMessage() for r in caplog.records if r.name == "modoboa.jobs"]
     assert any("www.example.test: certificate issued" in m for m in messages)
     assert chain.failed_jobs() == []
