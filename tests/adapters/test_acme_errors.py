@@ -1,0 +1,85 @@
+"""ACME problem documents become operator-facing errors with the right retry policy."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from acme import messages
+
+from modoboa_pro.virtualhosts.adapters import acme
+from modoboa_pro.virtualhosts.errors import (
+    AcmeAccountError,
+    AcmeError,
+    AcmeRateLimited,
+    AcmeUnauthorized,
+    AcmeValidationFailed,
+    ConfigurationError,
+)
+
+NOW = datetime.datetime(2026, 11, 24, 6, 0, tzinfo=datetime.UTC)
+
+
+def problem(code: str, detail: str) -> messages.Error:
+    return messages.Error.with_code(code, detail=detail)
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected"),
+    [
+        (
+            "too many certificates (5) already issued for this exact set of identifiers in the "
+            "last 168h0m0s, retry after 2026-11-25 08:30:00 UTC: see https://letsencrypt.org/",
+            datetime.datetime(2026, 11, 25, 8, 30, tzinfo=datetime.UTC),
+        ),
+        (
+            "too many new orders: retry after 2026-11-24T07:15:00Z",
+            datetime.datetime(2026, 11, 24, 7, 15, tzinfo=datetime.UTC),
+        ),
+        ("rate limited, no time given", NOW + acme.DEFAULT_RATE_LIMIT_WAIT),
+        ("", NOW + acme.DEFAULT_RATE_LIMIT_WAIT),
+    ],
+)
+def test_rate_limit_reset_is_read_from_the_detail(detail: str, expected) -> None:
+    assert acme.parse_rate_limit_retry_after(detail, NOW) == expected
+
+
+def test_rate_limited_carries_its_reset_time() -> None:
+    err = acme._map_problem(
+        problem("rateLimited", "too many orders, retry after 2026-11-25 08:30:00 UTC"),
+        "ordering a certificate for www.example.com",
+    )
+    assert isinstance(err, AcmeRateLimited) and err.retryable
+    assert err.retry_after == datetime.datetime(2026, 11, 25, 8, 30, tzinfo=datetime.UTC)
+    assert "Nothing will be retried before 2026-11-25 08:30 UTC" in err.message
+
+
+@pytest.mark.parametrize(
+    ("code", "cls", "retryable", "hint"),
+    [
+        ("invalidContact", AcmeAccountError, False, "Fix the ACME account email"),
+        ("unsupportedContact", AcmeAccountError, False, "Fix the ACME account email"),
+        ("unauthorized", AcmeUnauthorized, True, "Check ACME_DIRECTORY_URL"),
+        ("rejectedIdentifier", AcmeUnauthorized, False, "Check ACME_DIRECTORY_URL"),
+        ("dns", AcmeValidationFailed, True, "public DNS"),
+        ("connection", AcmeValidationFailed, True, "port 80"),
+        ("serverInternal", AcmeError, True, "answered an error"),
+    ],
+)
+def test_problem_types_map_to_operator_errors(code, cls, retryable, hint) -> None:
+    err = acme._map_problem(problem(code, "the CA's own words"), "doing something")
+    assert type(err) is cls
+    assert err.retryable is retryable
+    assert hint in err.message and "the CA's own words" in err.message
+
+
+def test_account_dir_is_one_per_directory_url(tmp_path) -> None:
+    prod = acme.account_dir(tmp_path, "https://acme-v02.api.letsencrypt.org/directory")
+    staging = acme.account_dir(tmp_path, "https://acme-staging-v02.api.letsencrypt.org/directory")
+    assert prod != staging and prod.parent == staging.parent == tmp_path / "accounts"
+    assert prod.name.startswith("acme-v02.api.letsencrypt.org-")
+
+
+def test_no_email_is_a_configuration_error(tmp_path) -> None:
+    with pytest.raises(ConfigurationError, match="No ACME account email"):
+        acme.AcmeClient("https://ca.example/dir", storage_root=tmp_path, email="")
