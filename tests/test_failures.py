@@ -291,3 +291,20 @@ def test_a_run_reloads_nginx_when_it_still_serves_an_older_certificate(chain: Ch
     assert steps[constants.STEP_ORDER] == constants.OUTCOME_SKIPPED
     verify = host.events.filter(step=constants.STEP_VERIFY).first()
     assert verify is not None and "reloaded" in verify.message
+
+
+def test_the_ca_forgetting_our_account_is_recovered(chain: Chain):
+    """Pebble keeps accounts in memory: after a restart it knows neither us nor its old root."""
+    first = VirtualHost.objects.create(hostname="before.example.test")
+    chain.drain()
+    first.refresh_from_db()
+    assert first.status == constants.STATUS_ACTIVE, first.last_error
+
+    chain.pebble.stop()
+    chain.pebble.start()
+    second = VirtualHost.objects.create(hostname="after.example.test")
+    chain.drain()
+    second.refresh_from_db()
+    assert second.status == constants.STATUS_ACTIVE, second.last_error
+    account_step = second.events.get(step=constants.STEP_ACCOUNT)
+    assert account_step.outcome == constants.OUTCOME_OK
