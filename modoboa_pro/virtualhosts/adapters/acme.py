@@ -17,7 +17,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import josepy as jose
 import requests
@@ -49,6 +49,10 @@ POLL_GROWTH = 1.6
 # When a CA rate-limits us without saying until when, wait this long.
 DEFAULT_RATE_LIMIT_WAIT = datetime.timedelta(hours=1)
 NETWORK_TIMEOUT = 30
+# Signed requests retried on badNonce (each library call already retries once).
+BAD_NONCE_ATTEMPTS = 8
+
+T = TypeVar("T")
 
 _RETRY_AFTER_RE = re.compile(
     r"retry after (\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2})(?:\.\d+)?\s*(UTC|Z|[+-]\d{2}:?\d{2})?",
@@ -182,7 +186,7 @@ class AcmeClient:
             email=self.email, terms_of_service_agreed=True
         )
         try:
-            regr = acme.new_account(registration)
+            regr = _signed(acme.new_account, registration)
             uri = regr.uri
         except acme_errors.ConflictError as err:
             # The key is already registered: the error carries the account URL.
@@ -215,7 +219,7 @@ class AcmeClient:
         assert self._key is not None
         deadline = time.monotonic() + self.order_timeout
         try:
-            order = acme.new_order(csr_pem)
+            order = _signed(acme.new_order, csr_pem)
             published: list[str] = []
             try:
                 for authzr in order.authorizations:
@@ -226,7 +230,7 @@ class AcmeClient:
                     token = challb.chall.encode("token")
                     publisher.publish(token, validation)
                     published.append(token)
-                    acme.answer_challenge(challb, response)
+                    _signed(acme.answer_challenge, challb, response)
                 for authzr in order.authorizations:
                     self._wait_authorization(acme, authzr, hostname, deadline)
             finally:
@@ -259,7 +263,7 @@ class AcmeClient:
         while True:
             # _post_as_get is the library's POST-as-GET; poll() would not let us
             # honour a short first interval.
-            response = acme._post_as_get(authzr.uri)
+            response = _signed(acme._post_as_get, authzr.uri)
             body = messages.Authorization.from_json(response.json())
             if body.status == messages.STATUS_VALID:
                 return
@@ -274,12 +278,12 @@ class AcmeClient:
         hostname: str,
         deadline: float,
     ) -> bytes:
-        order = acme.begin_finalization(order)
+        order = _signed(acme.begin_finalization, order)
         interval = POLL_FIRST_INTERVAL
         while True:
             body = order.body
             if body.status == messages.STATUS_VALID and body.certificate:
-                pem = acme._post_as_get(body.certificate).text
+                pem = _signed(acme._post_as_get, body.certificate).text
                 return pem.encode()
             if body.status == messages.STATUS_INVALID:
                 detail = body.error.detail if body.error is not None else "no detail given"
@@ -287,7 +291,7 @@ class AcmeClient:
                     f"The CA refused to issue the certificate for {hostname}: {detail}.",
                     detail=str(body.error),
                 )
-            response = acme._post_as_get(order.uri)
+            response = _signed(acme._post_as_get, order.uri)
             interval = self._pause(response, interval, deadline, hostname, "issuance")
             order = order.update(body=messages.Order.from_json(response.json()))
 
@@ -310,6 +314,22 @@ class AcmeClient:
             )
         self._sleep(wait)
         return min(interval * POLL_GROWTH, POLL_MAX_INTERVAL)
+
+
+def _signed(call: Callable[..., T], *args: object) -> T:
+    """Send a signed request, retrying while the CA rejects our nonce.
+
+    RFC 8555 (6.5) tells clients to retry a ``badNonce`` with the fresh nonce the
+    error carried; the library retries once, a busy CA may need a few more.
+    """
+    for attempt in range(1, BAD_NONCE_ATTEMPTS + 1):
+        try:
+            return call(*args)
+        except messages.Error as err:
+            if err.code != "badNonce" or attempt == BAD_NONCE_ATTEMPTS:
+                raise
+            logger.debug("ACME nonce rejected (attempt %d); retrying", attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _http01(authzr: messages.AuthorizationResource, hostname: str) -> messages.ChallengeBody:
