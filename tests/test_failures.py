@@ -308,3 +308,24 @@ def test_the_ca_forgetting_our_account_is_recovered(chain: Chain):
     assert second.status == constants.STATUS_ACTIVE, second.last_error
     account_step = second.events.get(step=constants.STEP_ACCOUNT)
     assert account_step.outcome == constants.OUTCOME_OK
+
+
+def test_a_site_written_but_never_loaded_is_loaded_by_the_next_run(chain: Chain):
+    """E.g. a worker killed between writing the site file and the reload."""
+    set_parameters(enable_letsencrypt=False)
+    host = VirtualHost.objects.create(hostname="unloaded.example.test")
+    chain.drain()
+    site = chain.nginx.sites_dir / "unloaded.example.test.conf"
+    content = site.read_text()
+    site.unlink()
+    chain.nginx.reload()
+    assert http_get(chain, "unloaded.example.test").status_code == 404
+    site.write_text(content)  # on disk, unknown to nginx
+
+    services.retry_provisioning(host)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_HTTP_ONLY, host.last_error
+    assert http_get(chain, "unloaded.example.test").content == BACKEND_BODY
+    step = host.events.filter(step=constants.STEP_HTTP_SITE).first()
+    assert step is not None and "not loaded by nginx; reloaded" in step.message

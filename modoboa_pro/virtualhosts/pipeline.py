@@ -159,14 +159,20 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
         # nginx's workers (an unprivileged user) traverse the root to reach the webroot.
         storage.ensure_dir(s.storage_root, constants.STORAGE_ROOT_MODE)
         storage.ensure_dir(s.webroot, constants.WEBROOT_DIR_MODE)
+        # Every run leaves this step only once nginx is seen serving the challenge path
+        # for this name: a failed validation at the CA costs rate limit.
         current = _read_site(s.conf_dir, hostname)
-        if current is not None and "/.well-known/acme-challenge/" in current:
-            step.skip("the site already serves the challenge path")
-        else:
+        if current is None or "/.well-known/acme-challenge/" not in current:
             apply_site(s.conf_dir, hostname, render_http_only(site), ctx.reload)
-            # The reload took effect: nginx serves the challenge path for this name.
             verification.preflight(s.endpoint, hostname)
             step.message = f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served"
+        elif verification.serves_challenge(s.endpoint, hostname):
+            step.skip("the site is in place and served")
+        else:
+            # Written but never loaded (a run stopped before its reload): load it now.
+            ctx.reload()
+            verification.preflight(s.endpoint, hostname)
+            step.message = "the site file was in place but not loaded by nginx; reloaded"
 
     if not s.letsencrypt:
         history.mark_success(
@@ -196,8 +202,6 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
                 f"is valid until {existing.not_after:%Y-%m-%d}"
             )
         else:
-            # A failed validation costs CA rate limit: check it ourselves first.
-            verification.preflight(s.endpoint, hostname)
             key_pem = storage.generate_private_key(s.key_type)
             csr_pem = storage.make_csr(hostname, key_pem)
             fullchain = ca.obtain_certificate(

@@ -82,6 +82,11 @@ def preflight(s: Endpoint, hostname: str) -> None:
         )
 
 
+def serves_challenge(s: Endpoint, hostname: str) -> bool:
+    """Whether nginx steadily serves this host's challenge path (no exception)."""
+    return probe_challenge(s, hostname, served=True)[0]
+
+
 def confirm_removed(s: Endpoint, hostname: str) -> None:
     """Check that nginx no longer serves a removed host's site."""
     ok, got, url = probe_challenge(s, hostname, served=False)
