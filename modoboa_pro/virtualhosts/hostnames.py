@@ -84,11 +84,3 @@ def normalize_hostname(value: str) -> str:
     if labels[-1].isdigit():
         raise InvalidHostname("The last label (the top-level domain) cannot be all digits.")
     return ascii_name
-
-
-def is_valid_hostname(value: str) -> bool:
-    """Return True when ``value`` is already a normalised, valid hostname."""
-    try:
-        return normalize_hostname(value) == value
-    except InvalidHostname:
-        return False

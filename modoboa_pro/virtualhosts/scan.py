@@ -38,10 +38,6 @@ ENQUEUE_LOCK_TTL = datetime.timedelta(seconds=30)
 # A renewal may wait for the CA (ACME_ORDER_TIMEOUT) and for the privileged
 # worker's reload (VIRTUALHOSTS_RELOAD_TIMEOUT): RQ's default 180 s is too short.
 RENEWAL_JOB_TIMEOUT = 600
-# RQ job states in which the job will still run (or is running).
-PENDING_STATES = frozenset(
-    {"created", "queued", "started", "deferred", "scheduled", "rate_limited"}
-)
 
 SKIP_LETSENCRYPT_OFF = "letsencrypt_disabled"
 NO_CERT_PROVISIONING = "provisioning"
@@ -328,10 +324,10 @@ def enqueue_renewal_once(host: VirtualHost, func: Callable[[int], object]) -> bo
             except NoSuchJobError:
                 job = None
             if job is not None:
-                status = job.get_status(refresh=False)
-                if status is not None and str(getattr(status, "value", status)) in PENDING_STATES:
+                state = services.job_state(job)
+                if state in services.PENDING_STATES:
                     return False
-                if str(getattr(status, "value", status)) == "failed":
+                if state == "failed":
                     queue.failed_job_registry.requeue(job)
                     return True
                 job.delete()

@@ -20,8 +20,11 @@ from .models import VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
 
-# Job states in which a queued job will still run: enqueueing again would be a duplicate.
-_PENDING_STATES = ("queued", "started", "deferred", "scheduled")
+# RQ job states in which a job will still run (or is running): enqueueing again would
+# be a duplicate.
+PENDING_STATES = frozenset(
+    {"created", "queued", "started", "deferred", "scheduled", "rate_limited"}
+)
 
 
 def job_id(action: str, host_id: int) -> str:
@@ -40,7 +43,13 @@ def pending_job(action: str, host_id: int) -> Job | None:
         job = Job.fetch(job_id(action, host_id), connection=queue.connection)
     except NoSuchJobError:
         return None
-    return job if job.get_status(refresh=False) in _PENDING_STATES else None
+    return job if job_state(job) in PENDING_STATES else None
+
+
+def job_state(job: Job) -> str:
+    """The job's RQ status as plain text ("queued", "failed"...)."""
+    status = job.get_status(refresh=False)
+    return str(getattr(status, "value", status))
 
 
 def is_busy(host: VirtualHost) -> bool:
