@@ -15,8 +15,9 @@ from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from modoboa_pro.testing import pki
-from modoboa_pro.virtualhosts import constants, status
-from modoboa_pro.virtualhosts.adapters import storage
+from modoboa_pro.virtualhosts import constants
+from modoboa_pro.virtualhosts.adapters import files, storage
+from modoboa_pro.virtualhosts.management.commands import virtualhosts as command
 from modoboa_pro.virtualhosts.models import VirtualHost, VirtualHostEvent
 
 from .conftest import set_parameters
@@ -92,7 +93,7 @@ def test_list_table_when_all_is_fine(configured):
     active("www.example.test", left=datetime.timedelta(days=60, hours=1))
     VirtualHost.objects.create(hostname="new.example.test")
     code, out, _ = run("list")
-    assert code == status.EXIT_OK
+    assert code == command.EXIT_OK
     lines = out.splitlines()
     assert lines[0].split() == [
         "HOSTNAME",
@@ -115,7 +116,7 @@ def test_list_exits_3_when_a_host_failed(configured):
     active("www.example.test", left=datetime.timedelta(days=60))
     failed("bad.example.test")
     code, out, message = run("list")
-    assert code == status.EXIT_FAILED
+    assert code == command.EXIT_FAILED
     row = next(line for line in out.splitlines() if line.startswith("bad.example.test"))
     assert "failed" in row and "retry 20" in row
     assert "The CA could not resolve bad.example.test" in row
@@ -127,13 +128,13 @@ def test_list_exits_4_when_a_certificate_is_overdue_or_expired(configured):
     # Due 25 days ago (5 days left of 90): the renewals are not happening.
     active("late.example.test", left=datetime.timedelta(days=5))
     code, out, message = run("list")
-    assert code == status.EXIT_OVERDUE
+    assert code == command.EXIT_OVERDUE
     assert "late.example.test (certificate overdue for renewal (4 days left))" in message
 
     VirtualHost.objects.filter(hostname="late.example.test").delete()
     active("gone.example.test", left=-datetime.timedelta(hours=3))
     code, out, message = run("list")
-    assert code == status.EXIT_OVERDUE
+    assert code == command.EXIT_OVERDUE
     assert "expired" in next(line for line in out.splitlines() if line.startswith("gone."))
     assert "gone.example.test (certificate expired on" in message
 
@@ -143,14 +144,14 @@ def test_due_but_not_yet_overdue_and_disabled_hosts_are_fine(configured):
     active("due.example.test", left=datetime.timedelta(days=29))
     # A disabled host's old certificate is nobody's emergency.
     active("off.example.test", left=-datetime.timedelta(days=3), enabled=False)
-    assert run("list")[0] == status.EXIT_OK
+    assert run("list")[0] == command.EXIT_OK
 
 
 def test_list_json(configured):
     active("www.example.test", left=datetime.timedelta(days=60, hours=1))
     failed("bad.example.test")
     code, out, _ = run("list", "--json")
-    assert code == status.EXIT_FAILED
+    assert code == command.EXIT_FAILED
     data = {h["hostname"]: h for h in json.loads(out)}
     www = data["www.example.test"]
     assert www["status"] == "active"
@@ -167,7 +168,7 @@ def test_list_filters_by_status(configured):
     active("www.example.test", left=datetime.timedelta(days=60))
     failed("bad.example.test")
     code, out, _ = run("list", "--status", "active")
-    assert code == status.EXIT_OK
+    assert code == command.EXIT_OK
     assert "bad.example.test" not in out and "www.example.test" in out
 
 
@@ -188,7 +189,7 @@ def test_show_everything_with_history(configured):
             virtualhost=host, step=step, outcome=outcome, duration=0.42, message=message
         )
     code, out, _ = run("show", "WWW.Example.Test")
-    assert code == status.EXIT_OK
+    assert code == command.EXIT_OK
     assert "Hostname:        www.example.test" in out
     assert "Status:          active" in out
     assert "Certificate:     serial 5e41a1" in out
@@ -207,7 +208,7 @@ def test_show_everything_with_history(configured):
 def test_show_a_failed_host_exits_3(configured):
     failed("bad.example.test")
     code, out, message = run("show", "bad.example.test")
-    assert code == status.EXIT_FAILED
+    assert code == command.EXIT_FAILED
     assert "Last error:      The CA could not resolve" in out
     assert "Failed step:     order" in out
     assert "(no runs yet)" in out
@@ -216,7 +217,7 @@ def test_show_a_failed_host_exits_3(configured):
 def test_unknown_host_exits_1(configured):
     for action in ("show", "retry", "renew", "remove", "enable", "disable"):
         code, _, message = run(action, "nope.example.test")
-        assert code == status.EXIT_ERROR
+        assert code == command.EXIT_ERROR
         assert "No virtual host named nope.example.test" in message
 
 
@@ -234,7 +235,7 @@ def test_retry_and_renew_enqueue_and_refuse_while_busy(configured, redis_server,
 
     for action in ("retry", "renew"):
         code, _, message = run(action, "bad.example.test")
-        assert code == status.EXIT_ERROR
+        assert code == command.EXIT_ERROR
         assert "already in progress" in message
     assert len(queued()) == 1
 
@@ -242,19 +243,19 @@ def test_retry_and_renew_enqueue_and_refuse_while_busy(configured, redis_server,
     with commit():
         code, out, _ = run("renew", "www.example.test")
     assert code == 0 and "Renewal of www.example.test queued" in out
-    assert ("renew_virtualhost", (other.pk,)) in queued()
+    assert ("renew_virtualhost", (other.pk, True)) in queued()
 
 
 def test_actions_explain_configuration_problems(configured, redis_server):
     active("www.example.test", left=datetime.timedelta(days=60))
     set_parameters(enable_letsencrypt=False)
     code, _, message = run("renew", "www.example.test")
-    assert code == status.EXIT_ERROR and "Let's Encrypt is disabled" in message
+    assert code == command.EXIT_ERROR and "Let's Encrypt is disabled" in message
     set_parameters(enable_letsencrypt=True, acme_account_email="")
     code, _, message = run("retry", "www.example.test")
-    assert code == status.EXIT_ERROR and "ACME account email" in message
+    assert code == command.EXIT_ERROR and "ACME account email" in message
     code, _, message = run("add", "new.example.test")
-    assert code == status.EXIT_ERROR and "ACME account email" in message
+    assert code == command.EXIT_ERROR and "ACME account email" in message
     assert not VirtualHost.objects.filter(hostname="new.example.test").exists()
     assert queued() == []
 
@@ -298,7 +299,7 @@ def test_add_enable_disable_remove(configured, redis_server, commit):
 def install_certificate(root: Path, hostname: str, left: datetime.timedelta) -> None:
     not_before, not_after = pki.validity(lifetime=datetime.timedelta(days=90), remaining=left)
     fullchain, key = pki.make_chain_pem([hostname], not_before=not_before, not_after=not_after)
-    storage.ensure_dir(root, constants.STORAGE_ROOT_MODE)
+    files.ensure_dir(root, constants.STORAGE_ROOT_MODE)
     storage.write_certificate_pair(root, hostname, fullchain, key)
 
 
@@ -327,7 +328,7 @@ def test_scan_dry_run_says_what_it_would_do_and_enqueues_nothing(scan_hosts, red
     assert "disabled" in rows["off.example.test"]
     # An unusable file is replaced by a new order, like the scan does.
     assert "would renew" in rows["broken.example.test"]
-    assert "certificate unreadable" in rows["broken.example.test"]
+    assert "certificate unusable" in rows["broken.example.test"]
     assert "2 of 5 host(s) due for renewal" in out and "nothing enqueued (dry run)" in out
     assert queued() == []
 
@@ -349,7 +350,7 @@ def test_scan_enqueues_the_due_renewals(scan_hosts, redis_server, commit):
     assert due.pk in renewed
     for name in ("fresh", "off", "new"):
         assert VirtualHost.objects.get(hostname=f"{name}.example.test").pk not in renewed
-    assert out.startswith("Renewal scan: ") and "1 due" in out
+    assert out.startswith("Renewal scan: ") and "2 due" in out  # the unusable file too
 
 
 # -- a real process, as cron or monitoring runs it ------------------------------------
@@ -375,7 +376,7 @@ def test_subprocess_list_json_and_exit_codes(transactional_db, configured):
 
     failed("bad.example.test")
     result = manage("list", "--json")
-    assert result.returncode == status.EXIT_FAILED
+    assert result.returncode == command.EXIT_FAILED
     assert {h["hostname"] for h in json.loads(result.stdout)} == {
         "bad.example.test",
         "www.example.test",
@@ -383,7 +384,7 @@ def test_subprocess_list_json_and_exit_codes(transactional_db, configured):
     assert "bad.example.test (failed at order" in result.stderr
 
     result = manage("show", "nope.example.test")
-    assert result.returncode == status.EXIT_ERROR
+    assert result.returncode == command.EXIT_ERROR
     assert "No virtual host named nope.example.test" in result.stderr
 
 
@@ -392,10 +393,10 @@ def test_subprocess_usage(transactional_db):
     assert result.returncode == 0
     assert "scan" in result.stdout and "Exit codes" in result.stdout
     result = manage("frobnicate")
-    assert result.returncode == status.EXIT_USAGE
+    assert result.returncode == command.EXIT_USAGE
     assert "invalid choice" in result.stderr
     result = manage("show")
-    assert result.returncode == status.EXIT_USAGE
+    assert result.returncode == command.EXIT_USAGE
 
 
 def test_scan_dry_run_respects_a_failed_renewal_backoff(configured, redis_server):
@@ -421,7 +422,7 @@ def test_list_warns_and_exits_5_when_the_renewal_scan_is_not_running(configured)
         created_at=timezone.now() - datetime.timedelta(days=3)
     )
     code, out, message = run("list")
-    assert code == status.EXIT_SCAN_STALE
+    assert code == command.EXIT_SCAN_STALE
     assert "has not run for more than 26 hours (it has never run)" in message
     assert "rqcron" in message
     assert "Renewal scan: has not run yet." in out
@@ -430,5 +431,5 @@ def test_list_warns_and_exits_5_when_the_renewal_scan_is_not_running(configured)
         started_at=timezone.now(), finished_at=timezone.now(), summary="1 enabled host(s) seen"
     )
     code, out, _ = run("list")
-    assert code == status.EXIT_OK
+    assert code == command.EXIT_OK
     assert "Renewal scan: last run" in out and "1 enabled host(s) seen" in out

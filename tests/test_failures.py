@@ -10,9 +10,9 @@ import pytest
 import requests
 
 from modoboa_pro.testing import free_port
-from modoboa_pro.virtualhosts import constants, jobs, services
-from modoboa_pro.virtualhosts.adapters import locks, tls
-from modoboa_pro.virtualhosts.errors import ConfigurationError, LockHeld
+from modoboa_pro.virtualhosts import constants, jobs, queueing, services
+from modoboa_pro.virtualhosts.adapters import locks, tls, x509
+from modoboa_pro.virtualhosts.errors import ConfigurationError, RunInProgress
 from modoboa_pro.virtualhosts.models import VirtualHost
 
 from .conftest import BACKEND_BODY, Chain, set_parameters
@@ -165,12 +165,12 @@ def test_retry_while_a_run_holds_the_lock(chain: Chain):
     host.refresh_from_db()
     connection = chain.redis.client()
     with locks.HostLock(connection, host.hostname, constants.HOST_LOCK_TTL):
-        assert services.is_busy(host)
-        with pytest.raises(LockHeld, match="already in progress"):
+        assert queueing.is_busy(host.pk, host.hostname)
+        with pytest.raises(RunInProgress, match="already in progress"):
             services.retry_provisioning(host)
         # A job that runs anyway (e.g. a second scheduler) steps aside without acting.
         assert jobs.provision_virtualhost(host.pk) == "busy"
-    assert not services.is_busy(host)
+    assert not queueing.is_busy(host.pk, host.hostname)
 
 
 def test_disable_removes_the_site_and_reenable_restores_it_without_a_new_order(chain: Chain):
@@ -211,10 +211,9 @@ def test_delete_removes_the_site_and_archives_the_certificate(chain: Chain):
     assert not (chain.storage / "certs" / "gone.example.test").exists()
     archived = list((chain.storage / "archive").glob("gone.example.test-*"))
     assert len(archived) == 1
-    from modoboa_pro.virtualhosts.adapters import storage
 
     chains = [p for p in archived[0].rglob("fullchain.pem") if p.is_file()]
-    assert any(storage.parse_leaf(p.read_bytes()).serial == serial for p in chains)
+    assert any(x509.parse_leaf(p.read_bytes()).serial == serial for p in chains)
 
 
 def test_reload_through_the_privileged_worker(chain: Chain, privileged_worker):
@@ -277,7 +276,7 @@ def test_a_run_reloads_nginx_when_it_still_serves_an_older_certificate(chain: Ch
         ["stale.example.test"], not_before=not_before, not_after=not_after
     )
     storage.write_certificate_pair(chain.storage, "stale.example.test", fullchain, key)
-    new_serial = storage.parse_leaf(fullchain).serial
+    new_serial = x509.parse_leaf(fullchain).serial
     assert (
         tls.fetch_served_certificate(
             "127.0.0.1", chain.nginx.https_port, "stale.example.test"

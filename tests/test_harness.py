@@ -281,3 +281,22 @@ def test_pebble_validates_http01_through_dns_and_nginx(
     assert fetches and {(e.host, e.status) for e in fetches} == {("www.example.test", 200)}
     assert all(e.user_agent.startswith("LetsEncrypt-Pebble-VA") for e in fetches)
     assert ("udp", "www.example.test", 28) in dns.queries  # AAAA asked, answered empty
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def test_job_round_trip_through_redis(redis_server, db):
+    """A job enqueued on the modoboa queue runs in a burst worker and returns its result."""
+    import django_rq
+    from rq import SimpleWorker
+
+    queue = django_rq.get_queue("modoboa")
+    assert queue.connection.connection_pool.connection_kwargs["path"] == str(
+        redis_server.socket_path
+    )
+    job = queue.enqueue(add, 2, 3)
+    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    assert job.get_status(refresh=True) == "finished"
+    assert job.return_value() == 5

@@ -1,4 +1,4 @@
-"""Faults injected at the pipeline's seams (CA, verification), on real nginx and Redis."""
+"""Faults injected at the pipeline's seams (CA, served certificate), on real nginx and Redis."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import datetime
 import pytest
 from django.utils import timezone
 
-from modoboa_pro.virtualhosts import constants, jobs, pipeline, verification
-from modoboa_pro.virtualhosts.adapters.storage import CertificateFacts
+from modoboa_pro.virtualhosts import constants, jobs, pipeline
+from modoboa_pro.virtualhosts.adapters import probe
+from modoboa_pro.virtualhosts.adapters.x509 import CertificateFacts
 from modoboa_pro.virtualhosts.errors import AcmeRateLimited
 from modoboa_pro.virtualhosts.models import VirtualHost
 
@@ -68,7 +69,7 @@ def test_a_bug_is_recorded_and_reaches_rq(chain: Chain):
 
 
 def test_nginx_serving_another_certificate_is_not_active(chain: Chain, monkeypatch):
-    monkeypatch.setattr(verification, "VERIFY_TIMEOUT", 0.5)
+    monkeypatch.setattr(probe, "VERIFY_TIMEOUT", 0.5)
     host = new_host("stale.example.test")
     ctx = jobs.build_context()
     stale = CertificateFacts(

@@ -19,8 +19,9 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from modoboa_pro.testing import make_chain_pem, validity
-from modoboa_pro.virtualhosts import constants, jobs, scan, services
-from modoboa_pro.virtualhosts.adapters import nginx, storage, tls
+from modoboa_pro.virtualhosts import alarms, constants, jobs, queueing
+from modoboa_pro.virtualhosts.adapters import nginx, storage, tls, x509
+from modoboa_pro.virtualhosts.adapters.files import ensure_dir
 from modoboa_pro.virtualhosts.checks import check_renewal_scan
 from modoboa_pro.virtualhosts.models import RenewalScan, VirtualHost
 from modoboa_pro.virtualhosts.rendering import render_https
@@ -51,7 +52,7 @@ def stand_in(
         not_before, not_after = validity(lifetime=lifetime * DAY, remaining=remaining * DAY)
         fullchain, key = make_chain_pem([hostname], not_before=not_before, not_after=not_after)
         storage.write_certificate_pair(chain.storage, hostname, fullchain, key)
-        facts = storage.parse_leaf(fullchain)
+        facts = x509.parse_leaf(fullchain)
         host.cert_serial = facts.serial
         host.cert_issuer = facts.issuer
         host.cert_not_before, host.cert_not_after = facts.not_before, facts.not_after
@@ -59,8 +60,8 @@ def stand_in(
         host.status = constants.STATUS_PENDING
     if site:
         settings = jobs.read_settings()
-        storage.ensure_dir(settings.storage_root, constants.STORAGE_ROOT_MODE)
-        storage.ensure_dir(settings.webroot, constants.WEBROOT_DIR_MODE)
+        ensure_dir(settings.storage_root, constants.STORAGE_ROOT_MODE)
+        ensure_dir(settings.webroot, constants.WEBROOT_DIR_MODE)
         nginx.write_site(settings.conf_dir, hostname, render_https(settings.site_context(hostname)))
     return VirtualHost.objects.bulk_create([host])[0]
 
@@ -75,7 +76,7 @@ def queued_renewals() -> list[str]:
 
 
 def renew_id(host: VirtualHost) -> str:
-    return services.job_id("renew", host.pk)
+    return queueing.job_id(queueing.RENEW, host.pk)
 
 
 def jobs_messages(caplog) -> list[str]:
@@ -158,7 +159,7 @@ def test_renewal_enqueued_twice_orders_once(chain: Chain):
     host.refresh_from_db()
     serial = host.cert_serial
     # A late duplicate (e.g. queued by an older release without deduplication).
-    django_rq.get_queue("modoboa").enqueue(jobs.renew_due_virtualhost, host.pk)
+    django_rq.get_queue("modoboa").enqueue(jobs.renew_virtualhost, host.pk)
     chain.drain()
     host.refresh_from_db()
     assert host.cert_serial == serial
@@ -247,7 +248,7 @@ def test_unusable_files_are_reported_and_do_not_stop_the_scan(chain: Chain, capl
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(m.startswith("virtualhost garbage.example.test: ") for m in warnings)
     drifted.refresh_from_db()
-    on_disk = storage.parse_leaf(storage.read_fullchain(chain.storage, drifted.hostname) or b"")
+    on_disk = x509.parse_leaf(storage.read_fullchain(chain.storage, drifted.hostname) or b"")
     assert (drifted.cert_serial, drifted.cert_not_after) == (on_disk.serial, on_disk.not_after)
     django_rq.get_queue("modoboa").empty()
 
@@ -277,12 +278,12 @@ def test_stale_scan_warns_through_a_system_check_and_an_alarm(chain: Chain):
     (warning,) = check_renewal_scan()
     assert warning.id == "virtualhosts.W001"
     assert "it has never run" in warning.msg
-    assert scan.refresh_staleness_alarm() is not None
-    assert Alarm.objects.filter(internal_name=scan.SCAN_ALARM, status=1).count() == 1
+    assert alarms.refresh_staleness_alarm() is not None
+    assert Alarm.objects.filter(internal_name=alarms.SCAN_ALARM, status=1).count() == 1
 
     jobs.check_certificate_renewals()
     assert check_renewal_scan() == []
-    assert not Alarm.objects.filter(internal_name=scan.SCAN_ALARM, status=1).exists()
+    assert not Alarm.objects.filter(internal_name=alarms.SCAN_ALARM, status=1).exists()
 
     RenewalScan.objects.update(finished_at=timezone.now() - datetime.timedelta(hours=27))
     (warning,) = check_renewal_scan()
@@ -317,7 +318,7 @@ def renew_many_at_once(chain: Chain) -> tuple[list[VirtualHost], int, dict[str, 
     def one_worker() -> str:
         with lock:
             host_id = next(ids)
-        return jobs.renew_due_virtualhost(host_id)
+        return jobs.renew_virtualhost(host_id)
 
     started = time.monotonic()
     statuses = in_threads(one_worker, RENEWED_TOGETHER)
@@ -388,21 +389,21 @@ def test_one_renewal_job_per_host_whatever_the_previous_job_became(chain: Chain)
 
     host = stand_in(chain, "dedup.example.test", site=False)
     queue = django_rq.get_queue("modoboa")
-    assert scan.enqueue_renewal_once(host, jobs.renew_due_virtualhost) is True
-    assert scan.enqueue_renewal_once(host, jobs.renew_due_virtualhost) is False
+    assert queueing.enqueue_once(queueing.RENEW, host.pk, host.pk, False) is True
+    assert queueing.enqueue_once(queueing.RENEW, host.pk, host.pk, False) is False
     assert queue.get_job_ids() == [renew_id(host)]
 
     job = Job.fetch(renew_id(host), connection=queue.connection)
     queue.remove(job)
     job.set_status(JobStatus.FAILED)
     queue.failed_job_registry.add(job, ttl=3600)
-    assert scan.enqueue_renewal_once(host, jobs.renew_due_virtualhost) is True
+    assert queueing.enqueue_once(queueing.RENEW, host.pk, host.pk, False) is True
     assert queue.get_job_ids() == [renew_id(host)]
     assert queue.failed_job_registry.get_job_ids() == []
 
     queue.remove(job)
     job.set_status(JobStatus.FINISHED)
-    assert scan.enqueue_renewal_once(host, jobs.renew_due_virtualhost) is True
+    assert queueing.enqueue_once(queueing.RENEW, host.pk, host.pk, False) is True
     assert queue.get_job_ids() == [renew_id(host)]
     assert Job.fetch(renew_id(host), connection=queue.connection).get_status() == "queued"
     queue.empty()

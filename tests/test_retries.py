@@ -82,7 +82,7 @@ def test_a_failed_renewal_is_retried_through_the_renewal_path(chain: Chain):
     )
     assert jobs.retry_due_virtualhosts()["retried"] == ["again.example.test"]
     queued = django_rq.get_queue("modoboa").get_jobs()
-    assert [j.func_name.rsplit(".", 1)[-1] for j in queued] == ["renew_due_virtualhost"]
+    assert [j.func_name.rsplit(".", 1)[-1] for j in queued] == ["renew_virtualhost"]
     chain.drain()
     host.refresh_from_db()
     # Not due any more: the renewal re-checks, orders nothing, verifies what is served.

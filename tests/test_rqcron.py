@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 from django_rq.cron import DjangoCronScheduler
 from rq import SimpleWorker
 
-from modoboa_pro.virtualhosts import jobs, services
+from modoboa_pro.virtualhosts import jobs, queueing
 from modoboa_pro.virtualhosts.models import RenewalScan
 
 from .conftest import Chain
@@ -77,7 +77,7 @@ def test_rqcron_loads_the_config_and_the_scan_enqueues_renewals(
     scan_job = queue.fetch_job(scan_job_id)
     assert scan_job is not None and scan_job.get_status() == "finished"
     assert scan_job.return_value()["enqueued"] == ["cron-due.example.test"]
-    assert queue.get_job_ids() == [services.job_id("renew", due.pk)]
+    assert queue.get_job_ids() == [queueing.job_id(queueing.RENEW, due.pk)]
     assert RenewalScan.objects.filter(finished_at__isnull=False).count() == 1
 
 

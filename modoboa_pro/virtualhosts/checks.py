@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
-from . import conf, constants
+from . import conf, constants, queueing
 
 
 def _queue_errors() -> list[checks.CheckMessage]:
@@ -146,7 +146,7 @@ def _renewal_warnings() -> list[checks.CheckMessage]:
     """Certificates exist but the daily renewal scan has not run: they will expire silently."""
     from django.db import DatabaseError
 
-    from .scan import staleness
+    from .alarms import staleness
 
     try:
         reason = staleness()
@@ -171,7 +171,6 @@ def check_virtualhosts(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
     return _queue_errors() + _command_errors() + _directory_errors() + _setting_errors()
 
 
-SCAN_JOB = "modoboa_pro.virtualhosts.jobs.check_certificate_renewals"
 
 
 def _scheduler_warnings() -> list[checks.CheckMessage]:
@@ -185,7 +184,7 @@ def _scheduler_warnings() -> list[checks.CheckMessage]:
     except (RedisError, KeyError):
         return []
     if not schedulers or any(
-        job.func_name == SCAN_JOB for scheduler in schedulers for job in scheduler.get_jobs()
+        job.func_name == queueing.SCAN for scheduler in schedulers for job in scheduler.get_jobs()
     ):
         return []  # no scheduler running (W001 tells in time), or one has the scan
     return [

@@ -1,7 +1,8 @@
 """Django settings of the app, read at call time, each with its documented default.
 
 Instance-wide parameters an admin edits in the UI (email, storage path,
-threshold) are Modoboa parameters instead: see ``parameters.py``.
+threshold) are Modoboa parameters instead, declared in ``parameters.py`` and
+read with ``param()``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from typing import Any
 from django.conf import settings
 
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
-LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
 
 DEFAULTS: dict[str, Any] = {
     # The certificate authority's ACME directory.
@@ -53,3 +53,14 @@ def get(name: str) -> Any:
     if name not in DEFAULTS:
         raise KeyError(f"unknown modoboa_pro.virtualhosts setting {name}")
     return getattr(settings, name, DEFAULTS[name])
+
+
+# The app name Modoboa files the parameters of ``parameters.py`` under.
+PARAMETERS_APP = "virtualhosts"
+
+
+def param(name: str) -> Any:
+    """Return the current value of the Modoboa global parameter ``name`` (Settings page)."""
+    from modoboa.parameters import tools as param_tools
+
+    return param_tools.get_global_parameter(name, app=PARAMETERS_APP)

@@ -44,6 +44,15 @@ STEPS = (
     (STEP_RENEW, "Renewal"),
 )
 
+# What a run is doing (its history entries and log lines say it).
+KIND_PROVISION = "provisioning"
+KIND_RENEWAL = "renewal"
+KIND_DISABLE = "disable"
+
+# What a job returns besides a status: the host was deleted, or another run holds it.
+RESULT_GONE = "gone"
+RESULT_BUSY = "busy"
+
 OUTCOME_OK = "ok"
 OUTCOME_FAILED = "failed"
 OUTCOME_SKIPPED = "skipped"
@@ -73,6 +82,11 @@ WEBROOT_DIR_MODE = 0o755
 # A lock outlives any sane chain run (ACME polling is bounded well below it)
 # but expires on its own if a worker is SIGKILLed mid-run.
 HOST_LOCK_TTL = datetime.timedelta(minutes=15)
+# Disable and remove wait this long for the run in progress to finish: a run is
+# bounded by ACME_ORDER_TIMEOUT plus VIRTUALHOSTS_RELOAD_TIMEOUT plus verification,
+# a few minutes with the defaults. Past it (a crashed run's lock), the disable
+# fails retryably and the retry sweep tries again.
+DESIRED_STATE_LOCK_WAIT = datetime.timedelta(minutes=5)
 
 # Hostname rules (RFC 1035 / RFC 5890).
 HOSTNAME_MAX_LENGTH = 253

@@ -16,6 +16,8 @@ class VirtualHostError(Exception):
     """
 
     retryable: bool = False
+    # The HTTP status the API answers with when this error reaches a request.
+    http_status: int = 500
 
     def __init__(
         self,
@@ -39,9 +41,37 @@ class VirtualHostError(Exception):
 class ConfigurationError(VirtualHostError, ImproperlyConfigured):
     """The instance is misconfigured; an operator must change a setting."""
 
+    http_status = 400
+
 
 class InvalidHostname(VirtualHostError, ValueError):
     """A hostname that must never reach a file path or an nginx config."""
+
+    http_status = 400
+
+
+class DuplicateHost(VirtualHostError, ValueError):
+    """A virtual host with this (normalised) name already exists."""
+
+    http_status = 400
+
+
+class RunInProgress(VirtualHostError):
+    """A provisioning or renewal run for this host is queued or running."""
+
+    http_status = 409
+
+
+class DesiredStateChanged(VirtualHostError):
+    """The host was disabled or deleted during a run: the run stops where it is.
+
+    Not a failure: the disable or removal job, queued by the change, takes over
+    once this run has released the host.
+    """
+
+    def __init__(self, message: str, *, gone: bool) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 class InvalidToken(VirtualHostError, ValueError):
@@ -114,13 +144,8 @@ class LockHeld(VirtualHostError):
     retryable = True
 
 
-class LockLost(VirtualHostError):
-    """This worker's host lock expired and may now be held by another run."""
-
-    retryable = True
-
-
 class LockUnavailable(VirtualHostError):
     """Redis could not be reached to take or release a host lock."""
 
     retryable = True
+    http_status = 503

@@ -1,17 +1,18 @@
 """RQ entry points: thin, take ids, build the real adapters, let the pipeline act.
 
-``check_certificate_renewals`` is the daily scan registered in cron_config.py.
+Enqueued by dotted path (``queueing``); ``check_certificate_renewals`` is the
+daily scan registered in cron_config.py, ``retry_due_virtualhosts`` the retry sweep.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
 
 import django_rq
-from django.utils import timezone
 
-from . import conf, constants, parameters, pipeline, renewal, retries, scan, services
+from . import alarms, conf, constants, pipeline, queueing, retries, scan
 from .adapters import acme, locks, tls
 from .adapters import nginx as nginx_adapter
 from .adapters.reloader import (
@@ -20,6 +21,7 @@ from .adapters.reloader import (
     outcome_of,
     serve_reload_requests,
 )
+from .models import VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -27,10 +29,10 @@ logger = logging.getLogger("modoboa.jobs")
 def read_settings() -> pipeline.Settings:
     """Every setting and parameter, read now (they may change between runs)."""
     return pipeline.Settings(
-        letsencrypt=bool(parameters.get("enable_letsencrypt")),
-        email=str(parameters.get("acme_account_email") or ""),
-        storage_root=Path(str(parameters.get("acme_account_storage_path"))),
-        threshold_days=int(parameters.get("certificate_renewal_threshold")),
+        letsencrypt=bool(conf.param("enable_letsencrypt")),
+        email=str(conf.param("acme_account_email") or ""),
+        storage_root=Path(str(conf.param("acme_account_storage_path"))),
+        threshold_days=int(conf.param("certificate_renewal_threshold")),
         directory_url=str(conf.get("ACME_DIRECTORY_URL")),
         ca_bundle=conf.get("ACME_CA_BUNDLE"),
         key_type=str(conf.get("ACME_KEY_TYPE")),
@@ -56,7 +58,7 @@ def build_reloader():
             timeout=timeout,
         )
     return PrivilegedReloader(
-        django_rq.get_queue(constants.QUEUE_PRIVILEGED), nginx_test_and_reload, timeout
+        django_rq.get_queue(constants.QUEUE_PRIVILEGED), queueing.RELOAD, timeout
     )
 
 
@@ -73,8 +75,8 @@ def build_context() -> pipeline.Context:
             order_timeout=s.order_timeout,
         )
 
-    def lock(hostname: str) -> locks.HostLock:
-        return locks.HostLock(connection, hostname, constants.HOST_LOCK_TTL)
+    def lock(hostname: str, *, wait: datetime.timedelta = datetime.timedelta(0)):
+        return locks.HostLock(connection, hostname, constants.HOST_LOCK_TTL, wait=wait)
 
     def served(hostname: str):
         return tls.fetch_served_certificate(settings.verify_address, settings.https_port, hostname)
@@ -82,13 +84,6 @@ def build_context() -> pipeline.Context:
     return pipeline.Context(
         settings=settings, reload=build_reloader(), acme=make_acme, lock=lock, served=served
     )
-
-
-def provision_virtualhost(host_id: int) -> str:
-    """Provision (or resume provisioning of) one host."""
-    status = pipeline.provision(host_id, build_context())
-    _check_scan_alive()
-    return status
 
 
 def renewal_context() -> pipeline.Context:
@@ -100,34 +95,39 @@ def renewal_context() -> pipeline.Context:
 
 def defer_finish_renewal(host_id: int, generation: int, run_id: str) -> None:
     """Queue the second half of a renewal behind the renewals already queued."""
-    from . import services
-
-    django_rq.get_queue(constants.QUEUE_DEFAULT).enqueue(
-        finish_renewal,
+    queueing.queue().enqueue(
+        queueing.FINISH_RENEWAL,
         host_id,
         generation,
         run_id,
-        job_id=services.job_id("finish", host_id),
-        job_timeout=scan.RENEWAL_JOB_TIMEOUT,
+        job_id=queueing.job_id(queueing.FINISH_RENEWAL, host_id),
+        job_timeout=queueing.CHAIN_JOB_TIMEOUT,
     )
 
 
-def renew_virtualhost(host_id: int) -> str:
-    """Renew one host's certificate now, through the same chain."""
-    status = pipeline.provision(host_id, renewal_context(), force_order=True, kind="renewal")
-    _after_renewal(host_id, status)
+def provision_virtualhost(host_id: int) -> str:
+    """Provision (or resume provisioning of) one host."""
+    status = pipeline.provision(host_id, build_context())
+    _check_scan_alive()
+    return status
+
+
+def renew_virtualhost(host_id: int, force: bool = False) -> str:
+    """Renew one host's certificate: when due (the scan, retries), or now (``force``)."""
+    status = pipeline.renew(host_id, renewal_context(), force=force)
+    _check_scan_alive()
     return status
 
 
 def finish_renewal(host_id: int, generation: int, run_id: str) -> str:
     """Wait for the nginx reload shared by queued renewals, verify, record."""
     status = pipeline.finish_renewal(host_id, build_context(), generation, run_id)
-    _after_renewal(host_id, status)
+    _check_scan_alive()
     return status
 
 
 def disable_virtualhost(host_id: int) -> str:
-    """Remove a disabled host's site from nginx."""
+    """Remove a disabled host's site from nginx, after the run in progress if any."""
     return pipeline.disable(host_id, build_context())
 
 
@@ -169,18 +169,16 @@ def nginx_test_and_reload() -> dict:
 
 def check_certificate_renewals() -> dict:
     """The daily scan (cron_config.py): enqueue one renewal per due host on ``modoboa``."""
-    if not parameters.get("enable_letsencrypt"):
+    settings = read_settings()
+    if not settings.letsencrypt:
         logger.warning(
             "certificate renewal scan: Let's Encrypt is disabled in Settings > Virtual hosts; "
             "no certificate is renewed"
         )
-    settings = read_settings()
     report = scan.run(
         settings.storage_root,
         settings.threshold_days,
-        (lambda host: scan.enqueue_renewal_once(host, renew_due_virtualhost))
-        if settings.letsencrypt
-        else None,
+        _enqueue_scheduled_renewal if settings.letsencrypt else None,
     )
     retried = retry_due_virtualhosts()  # the safety net when the retry cron is not set up
     return {
@@ -194,47 +192,22 @@ def check_certificate_renewals() -> dict:
     }
 
 
+def _enqueue_scheduled_renewal(host: VirtualHost) -> bool:
+    return queueing.enqueue_once(
+        queueing.RENEW, host.pk, host.pk, False, description=f"renew {host.hostname}"
+    )
+
+
 def retry_due_virtualhosts() -> dict:
     """Every few minutes (cron_config.py): retry failed runs whose time has come, and hosts
     a crash left pending or provisioning."""
-    letsencrypt = bool(parameters.get("enable_letsencrypt"))
-    report = retries.run(
-        services.enqueue_provisioning,
-        (lambda host: scan.enqueue_renewal_once(host, renew_due_virtualhost))
-        if letsencrypt
-        else None,
-    )
+    report = retries.run(letsencrypt=bool(conf.param("enable_letsencrypt")))
     return {"retried": report.retried, "busy": report.busy, "summary": report.summary()}
-
-
-def renew_due_virtualhost(host_id: int) -> str:
-    """Renewal enqueued by the scan: re-checks under the host lock that it is still due.
-
-    A host renewed meanwhile (by "Renew now" or another scheduler's job) only
-    gets its served certificate verified: no second order is placed.
-    """
-    status = pipeline.provision(host_id, renewal_context(), kind="renewal")
-    _after_renewal(host_id, status)
-    return status
 
 
 def _check_scan_alive() -> None:
     """Open the alarm when the daily scan stopped running (jobs run even when rqcron does not)."""
     try:
-        scan.refresh_staleness_alarm()
+        alarms.refresh_staleness_alarm()
     except Exception:  # never fail a run over this warning
         logger.exception("Cannot check when the certificate renewal scan last ran")
-
-
-def _after_renewal(host_id: int, status: str) -> None:
-    """A failed renewal of a certificate close to expiry raises the urgent alarm."""
-    _check_scan_alive()
-    if status != constants.STATUS_FAILED:
-        return
-    from .models import VirtualHost
-
-    host = VirtualHost.objects.filter(pk=host_id).first()
-    now = timezone.now()
-    if host is not None and host.cert_not_after is not None:
-        if renewal.is_urgent(now, host.cert_not_after, host.attempts):
-            scan.alarm_urgent(host, host.cert_not_after, now)

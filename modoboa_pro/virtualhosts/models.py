@@ -22,6 +22,25 @@ def validate_hostname(value: str) -> None:
         raise ValidationError(err.message, code="invalid_hostname") from err
 
 
+# Desired state: written by services (API, CLI, admin) only.
+DESIRED_FIELDS = ("hostname", "domain", "enabled", "updated_at")
+# Observed state: written by jobs only (``recording``), field by field, so that a
+# run never overwrites a change an admin made while it ran.
+OBSERVED_FIELDS = (
+    "status",
+    "last_error",
+    "failed_step",
+    "attempts",
+    "next_attempt_at",
+    "cert_serial",
+    "cert_issuer",
+    "cert_not_before",
+    "cert_not_after",
+    "last_success_at",
+    "updated_at",
+)
+
+
 class VirtualHost(models.Model):
     """A name served by nginx, with its certificate's observed facts."""
 
@@ -63,6 +82,9 @@ class VirtualHost(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    # ``enabled`` as last loaded from or saved to the database (None: not known).
+    loaded_enabled: bool | None = None
+
     class Meta:
         ordering = ["hostname"]
         verbose_name = _("virtual host")
@@ -75,6 +97,16 @@ class VirtualHost(models.Model):
         # Normalise here too, so the ORM cannot store a name that could reach a path or config.
         self.hostname = normalize_hostname(self.hostname)
         super().save(*args, **kwargs)
+
+    @classmethod
+    def from_db(cls, db, field_names, values):
+        instance = super().from_db(db, field_names, values)
+        # What the row said when loaded: the post_save handler reacts to a change of
+        # ``enabled`` without a query of its own (Modoboa's idiom, see admin.Domain).
+        instance.loaded_enabled = (
+            values[field_names.index("enabled")] if "enabled" in field_names else None
+        )
+        return instance
 
     @property
     def has_certificate(self) -> bool:

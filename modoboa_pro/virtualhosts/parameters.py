@@ -8,7 +8,7 @@ import os
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
-APP = "virtualhosts"
+from .conf import PARAMETERS_APP as APP
 
 DEFAULT_STORAGE_PATH = "/var/lib/modoboa/acme"
 DEFAULT_RENEWAL_THRESHOLD_DAYS = 30
@@ -147,9 +147,3 @@ def register() -> None:
         is_extension=True,
     )
 
-
-def get(name: str):
-    """Return the current value of global parameter ``name``."""
-    from modoboa.parameters import tools as param_tools
-
-    return param_tools.get_global_parameter(name, app=APP)

@@ -1,12 +1,14 @@
-"""The provisioning chain: lock -> re-check -> act step by step -> record.
+"""The chain: ``provision``, ``renew``, ``disable``, ``remove``: lock -> re-check -> act -> record.
 
 HTTP-only site, ACME account, order, store the pair, HTTPS site, verify the
 served certificate. Each step is idempotent, so a retry (or a run after a
-crash) skips what is already done and never places a needless order.
+crash) skips what is already done and never places a needless order. Whether
+to order is ``policy.decide``; what a run writes is ``recording``.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import uuid
 from collections.abc import Callable
@@ -17,10 +19,10 @@ from typing import Protocol
 
 from django.utils import timezone
 
-from . import constants, history, renewal, verification
-from .adapters import nginx, storage, webroot
+from . import constants, policy, recording
+from .adapters import files, nginx, probe, storage, webroot, x509
 from .adapters.reloader import Reloader
-from .adapters.storage import CertificateFacts
+from .adapters.x509 import CertificateFacts
 from .errors import (
     LockHeld,
     NginxConfigTestFailed,
@@ -59,8 +61,8 @@ class Settings:
         return self.storage_root / constants.WEBROOT_DIRNAME
 
     @property
-    def endpoint(self) -> verification.Endpoint:
-        return verification.Endpoint(
+    def endpoint(self) -> probe.Endpoint:
+        return probe.Endpoint(
             self.webroot, self.verify_address, self.http_port, self.conf_dir
         )
 
@@ -87,6 +89,12 @@ class CertificateAuthority(Protocol):
     ) -> bytes: ...
 
 
+class LockFactory(Protocol):
+    def __call__(
+        self, hostname: str, *, wait: datetime.timedelta = ...
+    ) -> AbstractContextManager[object]: ...
+
+
 @dataclass
 class Context:
     """The adapters a run uses; jobs build the real ones, tests may inject faults."""
@@ -94,95 +102,94 @@ class Context:
     settings: Settings
     reload: Reloader
     acme: Callable[[Settings], CertificateAuthority]
-    lock: Callable[[str], AbstractContextManager[object]]
+    lock: LockFactory  # the host's lock; ``wait`` for the holder to finish
     served: Callable[[str], CertificateFacts]  # one TLS handshake with SNI
     # Renewals only: queue ``finish_renewal(host_id, generation, run_id)`` behind the
     # other renewals, so that one nginx reload serves them all (None: reload inline).
     defer: Callable[[int, int, str], None] | None = None
 
 
-def provision(
-    host_id: int, ctx: Context, *, force_order: bool = False, kind: str = "provision"
-) -> str:
-    """Run the chain for one host; return the resulting status (or "busy"/"gone")."""
+def provision(host_id: int, ctx: Context) -> str:
+    """Provision (or resume provisioning of) one host; return its status, or gone/busy."""
+    return _run_chain(host_id, ctx, kind=constants.KIND_PROVISION, force_order=False)
+
+
+def renew(host_id: int, ctx: Context, *, force: bool = False) -> str:
+    """Renew one host's certificate through the same chain.
+
+    Without ``force`` (the scan, retries), the order is placed only if
+    ``policy.decide`` still says so under the host lock: a host renewed
+    meanwhile only gets its served certificate verified.
+    """
+    return _run_chain(host_id, ctx, kind=constants.KIND_RENEWAL, force_order=force)
+
+
+def _new_run_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def _run_chain(host_id: int, ctx: Context, *, kind: str, force_order: bool) -> str:
     host = VirtualHost.objects.filter(pk=host_id).first()
     if host is None:
         logger.info("virtualhost #%s: gone before its %s ran; nothing to do", host_id, kind)
-        return "gone"
+        return constants.RESULT_GONE
     try:
         with ctx.lock(host.hostname):
-            host.refresh_from_db()  # re-check under the lock: another run may have finished
+            # Re-check under the lock: another run may have finished, the admin may
+            # have disabled or deleted the host.
+            host = VirtualHost.objects.filter(pk=host_id).first()
+            if host is None:
+                return constants.RESULT_GONE
             if not host.enabled:
                 logger.info("virtualhost %s: disabled; %s skipped", host.hostname, kind)
                 return constants.STATUS_DISABLED
-            return _run(host, ctx, force_order=force_order, kind=kind)
+            run = recording.Run(host, _new_run_id(), kind)
+            recording.mark_status(host, constants.STATUS_PROVISIONING)
+            logger.info("virtualhost %s: %s started", host.hostname, kind)
+            with recording.outcome(run) as result:
+                result.status = _chain(host, run, ctx, force_order=force_order)
+            return result.status
     except LockHeld:
         logger.info("virtualhost %s: another run is in progress; %s skipped", host.hostname, kind)
-        return "busy"
+        return constants.RESULT_BUSY
 
 
-def _run(host: VirtualHost, ctx: Context, *, force_order: bool, kind: str) -> str:
-    run = history.Run(host, uuid.uuid4().hex[:12], kind)
-    history.mark_status(host, constants.STATUS_PROVISIONING)
-    logger.info("virtualhost %s: %s started", host.hostname, kind)
-    try:
-        status = _chain(host, run, ctx, force_order=force_order)
-    except VirtualHostError as err:
-        history.mark_failure(host, run.current_step, err)
-        logger.error(
-            "virtualhost %s: %s failed at %s: %s",
-            host.hostname,
-            kind,
-            run.current_step,
-            err.message,
-        )
-        return constants.STATUS_FAILED
-    except Exception as err:
-        # A bug: record what the operator needs, then let RQ keep the traceback.
-        history.mark_failure(
-            host,
-            run.current_step,
-            VirtualHostError(
-                f"Internal error during {run.current_step}: {err!r}. See the RQ failed jobs."
-            ),
-        )
-        raise
-    return status
-
-
-def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bool) -> str:
+def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: bool) -> str:
     s = ctx.settings
     hostname = host.hostname
     site = s.site_context(hostname)
 
     with run.step(constants.STEP_HTTP_SITE) as step:
         # nginx's workers (an unprivileged user) traverse the root to reach the webroot.
-        storage.ensure_dir(s.storage_root, constants.STORAGE_ROOT_MODE)
-        storage.ensure_dir(s.webroot, constants.WEBROOT_DIR_MODE)
+        files.ensure_dir(s.storage_root, constants.STORAGE_ROOT_MODE)
+        files.ensure_dir(s.webroot, constants.WEBROOT_DIR_MODE)
         # Every run leaves this step only once nginx is seen serving the challenge path
         # for this name: a failed validation at the CA costs rate limit.
         current = _read_site(s.conf_dir, hostname)
         if current is None or "/.well-known/acme-challenge/" not in current:
             apply_site(s.conf_dir, hostname, render_http_only(site), ctx.reload)
-            verification.preflight(s.endpoint, hostname)
+            probe.preflight(s.endpoint, hostname)
             step.message = f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served"
-        elif verification.serves_challenge(s.endpoint, hostname):
+        elif probe.serves_challenge(s.endpoint, hostname):
             step.skip("the site is in place and served")
         else:
             # Written but never loaded (a run stopped before its reload): load it now.
             ctx.reload()
-            verification.preflight(s.endpoint, hostname)
+            probe.preflight(s.endpoint, hostname)
             step.message = "the site file was in place but not loaded by nginx; reloaded"
 
     if not s.letsencrypt:
-        history.mark_success(
+        recording.mark_success(
             host, None, status=constants.STATUS_HTTP_ONLY, threshold_days=s.threshold_days
         )
         logger.info("virtualhost %s: served over HTTP only (Let's Encrypt is disabled)", hostname)
         return constants.STATUS_HTTP_ONLY
 
-    existing = _existing_certificate(s.storage_root, hostname)
-    reason = _order_reason(existing, hostname, s.threshold_days, force_order)
+    stored = storage.read_current(s.storage_root, hostname, issued_serial=host.cert_serial)
+    if stored.problem is not None:
+        logger.warning("virtualhost %s: %s", hostname, stored.problem)
+    existing = stored.facts
+    reason = _order_reason(stored, hostname, s.threshold_days, force_order)
     new_pair: tuple[bytes, bytes] | None = None
 
     with run.step(constants.STEP_ACCOUNT) as step:
@@ -202,8 +209,8 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
                 f"is valid until {existing.not_after:%Y-%m-%d}"
             )
         else:
-            key_pem = storage.generate_private_key(s.key_type)
-            csr_pem = storage.make_csr(hostname, key_pem)
+            key_pem = x509.generate_private_key(s.key_type)
+            csr_pem = x509.make_csr(hostname, key_pem)
             fullchain = ca.obtain_certificate(
                 hostname, csr_pem, webroot.WebrootPublisher(s.webroot)
             )
@@ -216,7 +223,7 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
             facts = existing
             step.skip("certificate files unchanged")
         else:
-            facts = storage.parse_leaf(new_pair[0])
+            facts = x509.parse_leaf(new_pair[0])
             storage.write_certificate_pair(s.storage_root, hostname, new_pair[0], new_pair[1])
             step.message = f"serial {facts.serial}, expires {facts.not_after:%Y-%m-%d %H:%M} UTC"
 
@@ -235,7 +242,7 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
                 # renewals queued behind this one share a single reload.
                 ctx.defer(host.pk, generation, run.run_id)
                 step.message = "new certificate in place; nginx reload queued with other renewals"
-                return constants.STATUS_PROVISIONING
+                return constants.STATUS_PROVISIONING  # finish_renewal records the outcome
             else:
                 ctx.reload()  # same config, new files: nginx re-reads them on reload
                 reloaded = True
@@ -251,7 +258,9 @@ def _chain(host: VirtualHost, run: history.Run, ctx: Context, *, force_order: bo
     return constants.STATUS_ACTIVE
 
 
-def _verify(run: history.Run, ctx: Context, hostname: str, serial: str, *, reloaded: bool) -> None:
+def _verify(
+    run: recording.Run, ctx: Context, hostname: str, serial: str, *, reloaded: bool
+) -> None:
     s = ctx.settings
     with run.step(constants.STEP_VERIFY) as step:
         if not reloaded and _served_serial(ctx, hostname) != serial:
@@ -259,7 +268,7 @@ def _verify(run: history.Run, ctx: Context, hostname: str, serial: str, *, reloa
             # the pair and reloading): reload before judging.
             ctx.reload()
             step.message = "nginx had not loaded the current certificate; reloaded. "
-        served = verification.confirm_served(ctx.served, hostname, serial, s.https_port)
+        served = probe.confirm_served(ctx.served, hostname, serial, s.https_port)
         step.message += f"nginx serves serial {served.serial} issued by {served.issuer}"
 
 
@@ -274,7 +283,7 @@ def _succeed(
     host: VirtualHost, facts: CertificateFacts, s: Settings, *, renewed: bool | None
 ) -> None:
     """Record success; ``renewed`` is None when no new certificate was obtained."""
-    history.mark_success(
+    recording.mark_success(
         host, facts, status=constants.STATUS_ACTIVE, threshold_days=s.threshold_days
     )
     if renewed is not None:
@@ -292,15 +301,17 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
     """Second half of a deferred renewal: wait for the shared reload, verify, record."""
     host = VirtualHost.objects.filter(pk=host_id).first()
     if host is None:
-        return "gone"
+        return constants.RESULT_GONE
     try:
         with ctx.lock(host.hostname):
-            host.refresh_from_db()
+            host = VirtualHost.objects.filter(pk=host_id).first()
+            if host is None:
+                return constants.RESULT_GONE
             if not host.enabled:
                 return constants.STATUS_DISABLED
-            run = history.Run(host, run_id, "renewal")
+            run = recording.Run(host, run_id, constants.KIND_RENEWAL)
             s = ctx.settings
-            try:
+            with recording.outcome(run) as result:
                 with run.step(constants.STEP_HTTPS_SITE) as step:
                     try:
                         ctx.reload.wait(generation)
@@ -311,53 +322,38 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
                 pem = storage.read_fullchain(s.storage_root, host.hostname)
                 if pem is None:
                     raise StorageError(f"The certificate of {host.hostname} vanished from disk.")
-                facts = storage.parse_leaf(pem)
+                facts = x509.parse_leaf(pem)
                 _verify(run, ctx, host.hostname, facts.serial, reloaded=True)
-            except VirtualHostError as err:
-                history.mark_failure(host, run.current_step, err)
-                logger.error(
-                    "virtualhost %s: renewal failed at %s: %s",
-                    host.hostname,
-                    run.current_step,
-                    err.message,
-                )
-                return constants.STATUS_FAILED
-            _succeed(host, facts, s, renewed=True)
-            return constants.STATUS_ACTIVE
+                _succeed(host, facts, s, renewed=True)
+                result.status = constants.STATUS_ACTIVE
+            return result.status
     except LockHeld:
         # Another run holds the host: it verifies what nginx serves itself.
         logger.info(
             "virtualhost %s: another run is in progress; it finishes the renewal", host.hostname
         )
-        return "busy"
+        return constants.RESULT_BUSY
 
 
 def _order_reason(
-    existing: CertificateFacts | None, hostname: str, threshold_days: int, force: bool
+    stored: storage.StoredCertificate, hostname: str, threshold_days: int, force: bool
 ) -> str | None:
-    """Why a new order is needed, or None when the current certificate will do."""
-    if existing is None:
-        return "no certificate yet"
-    if force:
-        return "renewal requested"
-    if hostname not in existing.names:
-        return f"the current certificate does not cover {hostname}"
-    now = timezone.now()
-    if existing.not_after <= now:
-        return "the current certificate has expired"
-    if renewal.is_due(now, threshold_days, existing.not_before, existing.not_after):
-        return "the current certificate is due for renewal"
-    return None
+    """Why a new order is needed, or None when the current certificate will do.
 
-
-def _existing_certificate(root: Path, hostname: str) -> CertificateFacts | None:
-    try:
-        pem = storage.read_fullchain(root, hostname)
-        return storage.parse_leaf(pem) if pem else None
-    except StorageError as err:
-        # An unreadable file is replaced by a fresh order rather than blocking the host.
-        logger.warning("virtualhost %s: ignoring unreadable certificate: %s", hostname, err.message)
-        return None
+    The same decision as the scan's, without the backoff: this run is the retry.
+    """
+    facts = stored.facts
+    decision = policy.decide(
+        timezone.now(),
+        threshold_days,
+        facts.not_before if facts else None,
+        facts.not_after if facts else None,
+        covers_hostname=facts is None or hostname in facts.names,
+        problem=stored.problem,
+    )
+    if decision.action in (policy.RENEW, policy.NO_CERTIFICATE):
+        return decision.reason
+    return "renewal requested" if force else None
 
 
 def _read_site(conf_dir: Path, hostname: str) -> str | None:
@@ -388,40 +384,46 @@ def remove_site(s: Settings, hostname: str, reload: Callable[[], str]) -> bool:
     except NginxConfigTestFailed:
         nginx.restore_site(s.conf_dir, hostname, previous)
         raise
-    verification.confirm_removed(s.endpoint, hostname)
+    probe.confirm_removed(s.endpoint, hostname)
     return True
 
 
 def disable(host_id: int, ctx: Context) -> str:
-    """Take a disabled host's site out of nginx (its certificate files are kept)."""
+    """Take a disabled host's site out of nginx (its certificate files are kept).
+
+    Runs after the run in progress, if any: it waits for the host lock.
+    """
     host = VirtualHost.objects.filter(pk=host_id).first()
     if host is None:
-        return "gone"
-    with ctx.lock(host.hostname):
-        host.refresh_from_db()
-        if host.enabled:
-            return host.status  # re-enabled meanwhile: provisioning takes over
-        run = history.Run(host, uuid.uuid4().hex[:12], "disable")
-        try:
-            with run.step(constants.STEP_REMOVE) as step:
-                if remove_site(ctx.settings, host.hostname, ctx.reload):
-                    step.message = "site removed; nginx reloaded"
-                else:
-                    step.skip("no site file")
-        except VirtualHostError as err:
-            history.mark_failure(host, constants.STEP_REMOVE, err)
-            return constants.STATUS_FAILED
-        host.status = constants.STATUS_DISABLED
-        host.next_attempt_at = None
-        host.last_error = ""
-        host.save(update_fields=["status", "next_attempt_at", "last_error", "updated_at"])
-        history.close_alarm(host)
-        return constants.STATUS_DISABLED
+        return constants.RESULT_GONE
+    try:
+        with ctx.lock(host.hostname, wait=constants.HOST_LOCK_TTL):
+            host = VirtualHost.objects.filter(pk=host_id).first()
+            if host is None:
+                return constants.RESULT_GONE  # the removal job takes over
+            if host.enabled:
+                return host.status  # re-enabled meanwhile: provisioning takes over
+            run = recording.Run(host, _new_run_id(), constants.KIND_DISABLE)
+            with recording.outcome(run) as result:
+                with run.step(constants.STEP_REMOVE) as step:
+                    if remove_site(ctx.settings, host.hostname, ctx.reload):
+                        step.message = "site removed; nginx reloaded"
+                    else:
+                        step.skip("no site file")
+                recording.mark_disabled(host)
+                result.status = constants.STATUS_DISABLED
+            return result.status
+    except LockHeld as err:  # held for longer than any run lasts: retried by the sweep
+        recording.mark_failure(host, constants.STEP_REMOVE, err)
+        return constants.STATUS_FAILED
 
 
 def remove(hostname: str, ctx: Context) -> Path | None:
-    """After a host was deleted: remove its site, archive its certificate files."""
-    with ctx.lock(hostname):
+    """After a host was deleted: remove its site, archive its certificate files.
+
+    Runs after the run in progress, if any: it waits for the host lock.
+    """
+    with ctx.lock(hostname, wait=constants.HOST_LOCK_TTL):
         if VirtualHost.objects.filter(hostname=hostname).exists():
             return None  # re-created meanwhile: keep everything
         remove_site(ctx.settings, hostname, ctx.reload)

@@ -1,21 +1,22 @@
-"""Retries: re-run what failed once its retry time has come, and what a crash left stuck.
+"""The retry sweep: re-run what failed once its retry time has come, and what a crash left stuck.
 
-Modoboa's RQ workers run without RQ's scheduler, so a failed run cannot
-schedule its own retry: ``jobs.retry_due_virtualhosts`` (every few minutes from
-cron, and at the end of the daily scan) selects what is due and enqueues it.
+The backoff itself (1 min, 10 min, 100 min, then daily, or the CA's
+retry-after) is ``policy.RETRY_BACKOFF``, applied by ``recording.mark_failure``
+when a run fails. Modoboa's RQ workers run without RQ's scheduler, so a failed
+run cannot schedule its own retry: ``jobs.retry_due_virtualhosts`` (every few
+minutes from cron, and at the end of the daily scan) selects what is due here.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.db.models import Q
 from django.utils import timezone
 
-from . import constants, renewal, services
+from . import constants, policy, queueing
 from .models import VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
@@ -31,37 +32,44 @@ class RetryReport:
 
 
 def due(now: datetime.datetime) -> Q:
-    """Enabled hosts whose retry time has come, or left pending/provisioning by a crash."""
+    """Hosts whose retry time has come, or left pending/provisioning by a crash.
+
+    Disabled hosts count too: a failed or interrupted disable is retried like a run.
+    """
     failed = Q(status=constants.STATUS_FAILED, next_attempt_at__lte=now)
     stuck = Q(
         status__in=(constants.STATUS_PENDING, constants.STATUS_PROVISIONING),
-        updated_at__lt=now - renewal.PROVISIONING_STUCK_AFTER,
+        updated_at__lt=now - policy.PROVISIONING_STUCK_AFTER,
     )
-    return Q(enabled=True) & (failed | stuck)
+    return failed | stuck
 
 
-def run(
-    provision: Callable[[VirtualHost], None],
-    renew: Callable[[VirtualHost], bool] | None,
-    *,
-    now: datetime.datetime | None = None,
-) -> RetryReport:
-    """Enqueue ``provision(host)`` (no certificate yet) or ``renew(host)`` for each due host.
+def _job_for(host: VirtualHost, letsencrypt: bool) -> tuple[str, tuple[object, ...]] | None:
+    """Which job retries this host, with its arguments (None: nothing to retry now)."""
+    if not host.enabled:
+        return queueing.DISABLE, (host.pk,)
+    if host.cert_not_after is None:
+        return queueing.PROVISION, (host.pk,)
+    if not letsencrypt:
+        return None  # its certificate stays until Let's Encrypt is on again
+    return queueing.RENEW, (host.pk, False)
 
-    ``renew=None`` (Let's Encrypt disabled) leaves hosts with a certificate alone.
-    """
+
+def run(*, letsencrypt: bool, now: datetime.datetime | None = None) -> RetryReport:
+    """Enqueue the retry of each due host: provisioning, renewal, or disable."""
     now = now or timezone.now()
     report = RetryReport()
     for host in VirtualHost.objects.filter(due(now)).order_by("pk"):
-        if services.is_busy(host):
+        job = _job_for(host, letsencrypt)
+        if job is None:
+            continue
+        path, args = job
+        if queueing.is_busy(host.pk, host.hostname) or not queueing.enqueue_once(
+            path, host.pk, *args, description=f"retry {host.hostname}"
+        ):
             report.busy.append(host.hostname)
             continue
         why = "stuck" if host.status != constants.STATUS_FAILED else "retry time reached"
-        if host.cert_not_after is None:
-            provision(host)
-        elif renew is None or not renew(host):
-            report.busy.append(host.hostname)
-            continue
         report.retried.append(host.hostname)
         logger.info(
             "virtualhost %s: retry enqueued (%s, attempt %d)", host.hostname, why, host.attempts + 1

@@ -1,94 +1,84 @@
 """The only write entry points for the API, the CLI and signal handlers.
 
-Validate, save desired state, enqueue the work after the transaction commits.
+Validate, save desired state (only its own fields), enqueue the work after the
+transaction commits (``queueing``).
 """
 
 from __future__ import annotations
 
 import logging
 
-import django_rq
 from django.db import transaction
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
 
-from . import constants, parameters
-from .adapters import locks
-from .errors import ConfigurationError, LockHeld
+from . import conf, constants, queueing
+from .errors import ConfigurationError, DuplicateHost, RunInProgress
 from .hostnames import normalize_hostname
-from .models import VirtualHost
+from .models import DESIRED_FIELDS, VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
 
-# RQ job states in which a job will still run (or is running): enqueueing again would
-# be a duplicate.
-PENDING_STATES = frozenset(
-    {"created", "queued", "started", "deferred", "scheduled", "rate_limited"}
-)
 
-
-def job_id(action: str, host_id: int) -> str:
-    """A stable RQ job id (only [A-Za-z0-9_-], as RQ requires)."""
-    return f"virtualhosts-{action}-{int(host_id)}"
-
-
-def _queue():
-    return django_rq.get_queue(constants.QUEUE_DEFAULT)
-
-
-def pending_job(action: str, host_id: int) -> Job | None:
-    """The queued or running job for this host and action, if any."""
-    queue = _queue()
-    try:
-        job = Job.fetch(job_id(action, host_id), connection=queue.connection)
-    except NoSuchJobError:
-        return None
-    return job if job_state(job) in PENDING_STATES else None
-
-
-def job_state(job: Job) -> str:
-    """The job's RQ status as plain text ("queued", "failed"...)."""
-    status = job.get_status(refresh=False)
-    return str(getattr(status, "value", status))
-
-
-def is_busy(host: VirtualHost) -> bool:
-    """True while a provisioning or renewal run is queued or running for this host."""
-    connection = _queue().connection
-    return (
-        locks.is_locked(connection, host.hostname)
-        or pending_job("provision", host.pk) is not None
-        or pending_job("renew", host.pk) is not None
-        or pending_job("finish", host.pk) is not None
-    )
-
-
-def _enqueue(func_name: str, action: str, host_id: int) -> None:
-    from . import jobs
-
+def _enqueue_on_commit(path: str, host_id: int, *args: object, description: str = "") -> None:
     def send() -> None:
-        if pending_job(action, host_id) is not None:
-            logger.info("virtualhost #%s: %s already queued", host_id, action)
-            return
-        _queue().enqueue(getattr(jobs, func_name), host_id, job_id=job_id(action, host_id))
+        if not queueing.enqueue_once(path, host_id, *args, description=description):
+            logger.info(
+                "virtualhost #%s: %s already queued or running", host_id, queueing.ACTIONS[path]
+            )
 
     transaction.on_commit(send)
 
 
 def enqueue_provisioning(host: VirtualHost) -> None:
-    _enqueue("provision_virtualhost", "provision", host.pk)
+    _enqueue_on_commit(
+        queueing.PROVISION, host.pk, host.pk, description=f"provision {host.hostname}"
+    )
 
 
-def enqueue_renewal(host: VirtualHost) -> None:
-    """ "Renew now": once the transaction commits, unless a renewal is already pending."""
-    from . import jobs, scan
+def enqueue_renewal(host: VirtualHost, *, force: bool = False) -> None:
+    """Renew (``force``: order even if not due) once the transaction commits."""
+    _enqueue_on_commit(
+        queueing.RENEW, host.pk, host.pk, force, description=f"renew {host.hostname}"
+    )
 
-    transaction.on_commit(lambda: scan.enqueue_renewal_once(host, jobs.renew_virtualhost))
+
+def enqueue_disable(host: VirtualHost) -> None:
+    """Take the site out of nginx, after the run in progress if any."""
+    _enqueue_on_commit(queueing.DISABLE, host.pk, host.pk, description=f"disable {host.hostname}")
+
+
+def enqueue_removal(host: VirtualHost) -> None:
+    """After deletion: remove the site and archive the certificate files."""
+    _enqueue_on_commit(
+        queueing.REMOVE, host.pk, host.hostname, description=f"remove {host.hostname}"
+    )
+
+
+def _check_ready_for_letsencrypt() -> None:
+    if conf.param("enable_letsencrypt") and not conf.param("acme_account_email"):
+        raise ConfigurationError(
+            "Set the ACME account email in Settings > Virtual hosts before provisioning."
+        )
+
+
+def configuration_problem() -> str | None:
+    """What an operator must configure before hosts can get certificates, or None."""
+    try:
+        _check_ready_for_letsencrypt()
+    except ConfigurationError as err:
+        return err.message
+    return None
 
 
 def create_virtualhost(hostname: str, *, enabled: bool = True, domain=None) -> VirtualHost:
-    """Create a host; provisioning starts once the transaction commits."""
+    """Create a host; provisioning starts once the transaction commits.
+
+    Raises ConfigurationError (Let's Encrypt on without an account email),
+    InvalidHostname, or DuplicateHost (the normalised name exists).
+    """
+    _check_ready_for_letsencrypt()
     name = normalize_hostname(hostname)
+    if VirtualHost.objects.filter(hostname=name).exists():
+        raise DuplicateHost(f"A virtual host named {name} already exists.")
     host = VirtualHost(hostname=name, enabled=enabled, domain=domain)
     host.full_clean()
     host.save()  # the post_save handler enqueues provisioning
@@ -99,7 +89,8 @@ def set_enabled(host: VirtualHost, enabled: bool) -> VirtualHost:
     """Enable (provision) or disable (remove the site, stop renewals) a host."""
     if host.enabled != enabled:
         host.enabled = enabled
-        host.save()  # the post_save handler reacts to the change
+        # Desired state only: a run may be recording its outcome meanwhile.
+        host.save(update_fields=DESIRED_FIELDS)  # the post_save handler reacts
     return host
 
 
@@ -108,56 +99,46 @@ def delete_virtualhost(host: VirtualHost) -> None:
     host.delete()  # the post_delete handler enqueues the removal
 
 
-def _check_ready_for_letsencrypt() -> None:
-    if parameters.get("enable_letsencrypt") and not parameters.get("acme_account_email"):
-        raise ConfigurationError(
-            "Set the ACME account email in Settings > Virtual hosts before provisioning."
-        )
+def _check_idle(host: VirtualHost) -> None:
+    if queueing.is_busy(host.pk, host.hostname):
+        raise RunInProgress(f"A run for {host.hostname} is already in progress.")
 
 
 def retry_provisioning(host: VirtualHost) -> VirtualHost:
-    """Re-run the chain (steps already done are skipped). Raises LockHeld if busy."""
+    """Re-run the chain (steps already done are skipped). Raises RunInProgress if busy."""
     if not host.enabled:
         raise ConfigurationError(f"{host.hostname} is disabled: enable it to provision it.")
-    if is_busy(host):
-        raise LockHeld(f"A run for {host.hostname} is already in progress.")
+    _check_idle(host)
     _check_ready_for_letsencrypt()
-    host.status = constants.STATUS_PENDING
-    host.next_attempt_at = None
-    host.save(update_fields=["status", "next_attempt_at", "updated_at"])
+    # Shown at once in the UI; the run writes everything else.
+    VirtualHost.objects.filter(pk=host.pk).update(
+        status=constants.STATUS_PENDING, next_attempt_at=None
+    )
+    host.refresh_from_db()
     enqueue_provisioning(host)
     return host
 
 
 def renew_now(host: VirtualHost) -> VirtualHost:
-    """Order a new certificate now through the renewal chain. Raises LockHeld if busy."""
+    """Order a new certificate now through the renewal chain. Raises RunInProgress if busy."""
     if not host.enabled:
         raise ConfigurationError(f"{host.hostname} is disabled: enable it to renew it.")
-    if not parameters.get("enable_letsencrypt"):
+    if not conf.param("enable_letsencrypt"):
         raise ConfigurationError("Let's Encrypt is disabled in Settings > Virtual hosts.")
-    if is_busy(host):
-        raise LockHeld(f"A run for {host.hostname} is already in progress.")
+    _check_idle(host)
     _check_ready_for_letsencrypt()
-    enqueue_renewal(host)
+    enqueue_renewal(host, force=True)
     return host
 
 
 def provision_missing() -> int:
     """Enqueue provisioning for enabled hosts without a certificate (Let's Encrypt turned on)."""
     count = 0
-    for host in VirtualHost.objects.filter(enabled=True, cert_not_after__isnull=True).only("pk"):
+    hosts = VirtualHost.objects.filter(enabled=True, cert_not_after__isnull=True)
+    for host in hosts.only("pk", "hostname"):
         enqueue_provisioning(host)
         count += 1
     return count
-
-
-def configuration_problem() -> str | None:
-    """What an operator must configure before hosts can get certificates, or None."""
-    try:
-        _check_ready_for_letsencrypt()
-    except ConfigurationError as err:
-        return err.message
-    return None
 
 
 def find_virtualhost(hostname: str) -> VirtualHost:

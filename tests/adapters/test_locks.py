@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 
@@ -16,7 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from modoboa_pro.virtualhosts.adapters import locks
-from modoboa_pro.virtualhosts.errors import LockHeld, LockLost, LockUnavailable
+from modoboa_pro.virtualhosts.errors import LockHeld, LockUnavailable
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -116,21 +117,42 @@ def test_expired_holder_does_not_delete_the_new_holders_lock(connection):
 
     assert first.release() is False
     assert locks.is_locked(connection, HOST)
-    with pytest.raises(LockLost):
-        first.extend()
     assert second.release() is True
     assert not locks.is_locked(connection, HOST)
 
 
-def test_extend(connection):
-    key = "modoboa_pro:virtualhosts:lock:" + HOST
-    with locks.HostLock(connection, HOST, datetime.timedelta(milliseconds=300)) as lock:
-        lock.extend(MINUTE)
-        assert connection.pttl(key) > 50_000
-        time.sleep(0.4)
-        assert locks.is_locked(connection, HOST)
-        lock.extend()  # back to the original TTL
-        assert connection.pttl(key) <= 300
+def test_waiting_acquires_once_the_holder_releases(connection):
+    holder = locks.HostLock(connection, HOST, MINUTE)
+    holder.acquire()
+    releaser = threading.Timer(0.5, holder.release)
+    releaser.start()
+    try:
+        start = time.monotonic()
+        with locks.HostLock(connection, HOST, MINUTE, wait=datetime.timedelta(seconds=2)) as lock:
+            waited = time.monotonic() - start
+            assert lock.token
+            assert locks.is_locked(connection, HOST)
+    finally:
+        releaser.cancel()
+        releaser.join()
+    assert 0.4 <= waited < 2
+    assert holder.token == ""  # released by the holder, not taken over
+    assert not locks.is_locked(connection, HOST)
+
+
+def test_waiting_gives_up_while_the_holder_keeps_the_lock(connection):
+    key = locks.lock_key(HOST)
+    with locks.HostLock(connection, HOST, MINUTE) as holder:
+        value = connection.get(key)
+        start = time.monotonic()
+        with pytest.raises(LockHeld, match=f"Another run for {HOST} is in progress"):
+            locks.HostLock(connection, HOST, MINUTE, wait=datetime.timedelta(seconds=0.3)).acquire()
+        assert 0.3 <= time.monotonic() - start < 2
+        # The holder's lock is intact: same value, TTL not reset or dropped.
+        assert connection.get(key) == value
+        assert 55_000 < connection.pttl(key) <= 60_000
+        assert holder.release() is True
+    assert not locks.is_locked(connection, HOST)
 
 
 def test_works_with_decoded_responses(connection):

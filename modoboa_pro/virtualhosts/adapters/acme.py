@@ -36,7 +36,7 @@ from ..errors import (
     AcmeValidationFailed,
     ConfigurationError,
 )
-from . import storage
+from . import files
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -145,10 +145,10 @@ class AcmeClient:
                     "register a new account.",
                 ) from err
         # accounts/ and each account directory: only the Modoboa user may look inside.
-        storage.ensure_dir(directory.parent, constants.PRIVATE_DIR_MODE)
-        storage.ensure_dir(directory, constants.PRIVATE_DIR_MODE)
+        files.ensure_dir(directory.parent, constants.PRIVATE_DIR_MODE)
+        files.ensure_dir(directory, constants.PRIVATE_DIR_MODE)
         key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-        storage.atomic_write(key_path, key.json_dumps().encode(), constants.PRIVATE_FILE_MODE)
+        files.atomic_write(key_path, key.json_dumps().encode(), constants.PRIVATE_FILE_MODE)
         return key
 
     def _connect(self) -> client.ClientV2:
@@ -205,7 +205,7 @@ class AcmeClient:
     def _save_account_meta(self, uri: str) -> None:
         meta = {"uri": uri, "email": self.email, "directory_url": self.directory_url}
         path = account_dir(self.storage_root, self.directory_url) / "account.json"
-        storage.atomic_write(path, json.dumps(meta, indent=2).encode(), constants.PRIVATE_FILE_MODE)
+        files.atomic_write(path, json.dumps(meta, indent=2).encode(), constants.PRIVATE_FILE_MODE)
 
     # -- orders ------------------------------------------------------------
 

@@ -5,27 +5,25 @@ from __future__ import annotations
 import datetime
 import logging
 import secrets
+import time
 from types import TracebackType
 
 import redis
 
-from ..errors import LockHeld, LockLost, LockUnavailable
+from ..errors import LockHeld, LockUnavailable
 
 LOCK_KEY_PREFIX = "modoboa_pro:virtualhosts:lock:"
 
 logger = logging.getLogger(__name__)
 
-# Compare-and-act: only the holder of the token may delete or extend the key,
-# so a run whose lock expired never frees the lock of the run that took over.
+# How often a waiting run checks whether the holder has finished.
+WAIT_POLL_INTERVAL = 0.1
+
+# Compare-and-delete: only the holder of the token may delete the key, so a run
+# whose lock expired never frees the lock of the run that took over.
 _RELEASE = """
 if redis.call("get", KEYS[1]) == ARGV[1] then
     return redis.call("del", KEYS[1])
-end
-return 0
-"""
-_EXTEND = """
-if redis.call("get", KEYS[1]) == ARGV[1] then
-    return redis.call("pexpire", KEYS[1], ARGV[2])
 end
 return 0
 """
@@ -61,15 +59,34 @@ class HostLock:
     the start time tells a blocked operator how old the other run is.
     """
 
-    def __init__(self, connection: redis.Redis, name: str, ttl: datetime.timedelta) -> None:
+    def __init__(
+        self,
+        connection: redis.Redis,
+        name: str,
+        ttl: datetime.timedelta,
+        *,
+        wait: datetime.timedelta = datetime.timedelta(0),
+    ) -> None:
         self.connection = connection
         self.name = name
         self.key = lock_key(name)
         self.ttl_ms = _milliseconds(ttl)
+        self.wait = wait.total_seconds()
         self.token = ""
 
     def acquire(self) -> None:
-        """Take the lock or raise LockHeld."""
+        """Take the lock, waiting up to ``wait`` for its holder to finish, or raise LockHeld."""
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                self._try_acquire()
+                return
+            except LockHeld:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(WAIT_POLL_INTERVAL)
+
+    def _try_acquire(self) -> None:
         token = secrets.token_hex(16)
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         try:
@@ -87,21 +104,6 @@ class HostLock:
                 "stops to let it finish."
             )
         self.token = f"{token} {started}"
-
-    def extend(self, ttl: datetime.timedelta | None = None) -> None:
-        """Reset the lock's expiry (to ``ttl`` or the original TTL) for a long run."""
-        ms = _milliseconds(ttl) if ttl is not None else self.ttl_ms
-        try:
-            extended = self.connection.eval(_EXTEND, 1, self.key, self.token, ms)
-        except redis.RedisError as err:
-            raise LockUnavailable(
-                f"Cannot reach Redis to extend the lock for {self.name}: {err}."
-            ) from err
-        if not extended:
-            raise LockLost(
-                f"The lock for {self.name} expired before this run finished; another run "
-                "may be working on the host. This run stops; the host will be retried."
-            )
 
     def release(self) -> bool:
         """Drop the lock if this run still owns it; return whether it did."""

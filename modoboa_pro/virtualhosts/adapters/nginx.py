@@ -15,7 +15,7 @@ from ..errors import (
     NginxReloadFailed,
     StorageError,
 )
-from .storage import atomic_write, fsync_dir, safe_hostname
+from .files import atomic_write, fsync_dir, safe_hostname
 
 CONF_DIR_SETTING = "VIRTUALHOSTS_NGINX_CONF_DIR"
 TEST_COMMAND_SETTING = "VIRTUALHOSTS_NGINX_TEST_COMMAND"

@@ -308,7 +308,7 @@ class PrivilegedReloader:
     def __init__(
         self,
         queue: Any,
-        job_func: Callable[[], dict],
+        job_func: Callable[[], dict] | str,  # a dotted path keeps the caller import-free
         timeout: float,
         connection: redis.Redis | None = None,
     ) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import constants
 from ..errors import InvalidToken, StorageError
-from .storage import atomic_write, ensure_dir
+from .files import atomic_write, ensure_dir
 
 CHALLENGE_SUBPATH = (".well-known", "acme-challenge")
 

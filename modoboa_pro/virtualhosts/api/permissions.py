@@ -25,12 +25,10 @@ def is_admin(user) -> bool:
 
 
 def domains_for(user) -> QuerySet:
-    """The Modoboa domains ``user`` administers (all of them for a SuperAdmin)."""
+    """The Modoboa domains ``user`` administers (all of them for a SuperAdmin; none without one)."""
     from modoboa.admin.models import Domain
 
-    if user is None:
-        return Domain.objects.all()
-    if not is_admin(user):
+    if user is None or not is_admin(user):
         return Domain.objects.none()
     return Domain.objects.get_for_admin(user)
 

@@ -7,7 +7,7 @@ from typing import Any
 from django.utils.translation import gettext as _
 from rest_framework import serializers
 
-from .. import status
+from .. import presenters
 from ..errors import InvalidHostname
 from ..hostnames import normalize_hostname
 from ..models import VirtualHost, VirtualHostEvent
@@ -48,7 +48,7 @@ class VirtualHostSerializer(serializers.ModelSerializer):
     """
 
     domain = serializers.PrimaryKeyRelatedField(
-        queryset=permissions.domains_for(None),
+        queryset=permissions.domains_for(None),  # none; the caller's domains in get_fields
         required=False,
         allow_null=True,
         error_messages={
@@ -91,7 +91,7 @@ class VirtualHostSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         )
-        # Uniqueness is checked in validate_hostname, on the normalised name.
+        # Uniqueness is checked by services.create_virtualhost, on the normalised name.
         extra_kwargs: dict[str, dict[str, Any]] = {"hostname": {"validators": []}}
 
     def get_fields(self) -> dict[str, serializers.Field]:
@@ -105,28 +105,23 @@ class VirtualHostSerializer(serializers.ModelSerializer):
         return obj.domain.name if obj.domain_id and obj.domain else None
 
     def get_certificate(self, obj: VirtualHost) -> dict[str, Any] | None:
-        cert = status.certificate(obj)
+        cert = presenters.certificate(obj)
         return CertificateSerializer(cert).data if cert else None
 
     def get_next_action(self, obj: VirtualHost) -> str | None:
-        return status.next_action(obj)
+        return presenters.next_action(obj)
 
     def get_history(self, obj: VirtualHost) -> list[dict[str, Any]]:
         events = getattr(obj, "recent_events", None)
         if events is None:
-            events = status.history(obj)
+            events = presenters.history(obj)
         return VirtualHostEventSerializer(events, many=True).data
 
     def validate_hostname(self, value: str) -> str:
         try:
-            name = normalize_hostname(value)
+            return normalize_hostname(value)
         except InvalidHostname as err:
             raise serializers.ValidationError(err.message) from err
-        if VirtualHost.objects.filter(hostname=name).exists():
-            raise serializers.ValidationError(
-                _("A virtual host named %(name)s already exists.") % {"name": name}
-            )
-        return name
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         request = self.context.get("request")

@@ -12,25 +12,27 @@ from rest_framework import permissions as drf_permissions
 from rest_framework import status as http_status
 from rest_framework.decorators import action
 
-from .. import constants, services, status
-from ..errors import ConfigurationError, InvalidHostname, LockHeld, LockUnavailable
+from .. import constants, presenters, services
+from ..errors import (
+    ConfigurationError,
+    DuplicateHost,
+    InvalidHostname,
+    RunInProgress,
+    VirtualHostError,
+)
 from ..models import VirtualHost, VirtualHostEvent
 from . import permissions, serializers
 
 
-class RunInProgress(exceptions.APIException):
-    status_code = http_status.HTTP_409_CONFLICT
-    default_code = "run_in_progress"
+class VirtualHostAPIError(exceptions.APIException):
+    """An app error as an API answer: the status its class declares, its operator message."""
 
-
-class ConfigurationRequired(exceptions.APIException):
-    status_code = http_status.HTTP_400_BAD_REQUEST
-    default_code = "configuration_required"
-
-
-class QueueUnavailable(exceptions.APIException):
-    status_code = http_status.HTTP_503_SERVICE_UNAVAILABLE
-    default_code = "queue_unavailable"
+    def __init__(self, err: VirtualHostError) -> None:
+        message = err.message
+        if isinstance(err, RunInProgress):
+            message += " " + _("Wait for it to finish, then look at the host's status.")
+        super().__init__(message, code=type(err).__name__)
+        self.status_code = err.http_status
 
 
 class VirtualHostFilter(dj_filters.FilterSet):
@@ -66,7 +68,8 @@ class VirtualHostViewSet(
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def get_queryset(self):
-        recent = VirtualHostEvent.objects.order_by("-started_at", "-id")[: status.RECENT_HISTORY]
+        events = VirtualHostEvent.objects.order_by("-started_at", "-id")
+        recent = events[: presenters.RECENT_HISTORY]
         return (
             permissions.hosts_for(self.request.user)
             .select_related("domain")
@@ -84,15 +87,14 @@ class VirtualHostViewSet(
         return response.Response(data, status=code)
 
     def perform_create(self, serializer) -> None:
-        problem = services.configuration_problem()
-        if problem:
-            raise exceptions.ValidationError({"non_field_errors": [problem]})
         data = serializer.validated_data
         try:
             serializer.instance = services.create_virtualhost(
                 data["hostname"], enabled=data.get("enabled", True), domain=data.get("domain")
             )
-        except InvalidHostname as err:
+        except ConfigurationError as err:
+            raise exceptions.ValidationError({"non_field_errors": [err.message]}) from err
+        except (InvalidHostname, DuplicateHost) as err:
             raise exceptions.ValidationError({"hostname": [err.message]}) from err
         except DjangoValidationError as err:
             raise exceptions.ValidationError(err.message_dict) from err
@@ -117,15 +119,8 @@ class VirtualHostViewSet(
         host = self.get_object()
         try:
             run(host)
-        except LockHeld as err:
-            raise RunInProgress(
-                _("%(message)s Wait for it to finish, then look at the host's status.")
-                % {"message": err.message}
-            ) from err
-        except LockUnavailable as err:
-            raise QueueUnavailable(err.message) from err
-        except ConfigurationError as err:
-            raise ConfigurationRequired(err.message) from err
+        except VirtualHostError as err:
+            raise VirtualHostAPIError(err) from err
         return self._answer(host, http_status.HTTP_202_ACCEPTED)
 
     @action(methods=["post"], detail=True)

@@ -1,13 +1,15 @@
 """`manage.py virtualhosts`: status, retry, renew and the renewal scan from the shell.
 
-Exit codes (for scripts and monitoring): 0 all fine, 1 the command failed,
-2 bad usage, 3 a host is failed, 4 a certificate is overdue or expired.
+Exit codes (for scripts and monitoring, documented in docs/operations.md): 0 all
+fine, 1 the command failed, 2 bad usage, 3 a host is failed, 4 a certificate is
+overdue or expired, 5 the renewal scan has not run for 26 hours.
 """
 
 from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,29 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from ... import constants, parameters, scan, services, status
-from ...errors import ConfigurationError, InvalidHostname, LockHeld, VirtualHostError
-from ...hostnames import normalize_hostname
+from ... import alarms, conf, constants, presenters, scan, services
+from ...errors import RunInProgress, VirtualHostError
 from ...models import VirtualHost
 
 EMPTY = "-"
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # the command could not do what was asked (unknown host, busy, config)
+EXIT_USAGE = 2  # bad arguments (argparse)
+EXIT_FAILED = 3  # at least one enabled host is failed
+EXIT_OVERDUE = 4  # at least one certificate is overdue for renewal or expired
+EXIT_SCAN_STALE = 5  # the renewal scan has not run for 26 h while hosts have certificates
+
+
+def exit_code(hosts: Iterable[VirtualHost], threshold_days: int, now: datetime.datetime) -> int:
+    """The worst state among ``hosts`` as an exit code for scripts and monitoring."""
+    code = EXIT_OK
+    for host in hosts:
+        if presenters.is_overdue(host, threshold_days, now):
+            return EXIT_OVERDUE
+        if host.enabled and host.status == constants.STATUS_FAILED:
+            code = EXIT_FAILED
+    return code
 
 
 def _when(value: datetime.datetime | None) -> str:
@@ -39,7 +58,7 @@ def _expires_in(host: VirtualHost, now: datetime.datetime) -> str:
 
 
 def _next(host: VirtualHost) -> str:
-    action = status.next_action(host)
+    action = presenters.next_action(host)
     if action is None:
         return EMPTY
     return f"{action} {_when(host.next_attempt_at)}"
@@ -62,7 +81,8 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
 class Command(BaseCommand):
     help = (
         "Show and act on virtual hosts and their certificates. Exit codes: 0 all fine, "
-        "1 command failed, 2 bad usage, 3 a host is failed, 4 a certificate is overdue/expired."
+        "1 command failed, 2 bad usage, 3 a host is failed, 4 a certificate is overdue/expired, "
+        "5 the renewal scan is not running."
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -103,14 +123,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self.now = timezone.now()
-        self.threshold = int(parameters.get("certificate_renewal_threshold"))
+        self.threshold = int(conf.param("certificate_renewal_threshold"))
         action = options["action"]
         try:
             getattr(self, f"do_{action}")(options)
-        except LockHeld as err:
+        except RunInProgress as err:
             raise CommandError(f"{err.message} Try again once it has finished.") from err
-        except (ConfigurationError, InvalidHostname) as err:
-            raise CommandError(err.message) from err
         except VirtualHostError as err:
             raise CommandError(err.message) from err
 
@@ -129,17 +147,17 @@ class Command(BaseCommand):
 
     def _finish(self, hosts: list[VirtualHost], *, check_scan: bool = False) -> None:
         """Exit with the worst state among ``hosts``, naming what needs attention."""
-        code = status.exit_code(hosts, self.threshold, self.now)
-        stale = scan.staleness(self.now) if check_scan else None
-        if stale is not None and code != status.EXIT_OVERDUE:
+        code = exit_code(hosts, self.threshold, self.now)
+        stale = alarms.staleness(self.now) if check_scan else None
+        if stale is not None and code != EXIT_OVERDUE:
             # Nothing is overdue yet, but nothing will be renewed either: say it loudly.
-            raise CommandError(stale, returncode=status.EXIT_SCAN_STALE)
-        if code == status.EXIT_OK:
+            raise CommandError(stale, returncode=EXIT_SCAN_STALE)
+        if code == EXIT_OK:
             return
         names = [
             f"{h.hostname} ({'; '.join(p)})"
             for h in hosts
-            if (p := status.problems(h, self.threshold, self.now))
+            if (p := presenters.problems(h, self.threshold, self.now))
         ]
         raise CommandError(
             f"{len(names)} host(s) need attention: " + ", ".join(names), returncode=code
@@ -152,7 +170,7 @@ class Command(BaseCommand):
         if options.get("status"):
             hosts = [h for h in hosts if h.status == options["status"]]
         if options["json"]:
-            self._json([status.summary(h, self.threshold, self.now) for h in hosts])
+            self._json([presenters.summary(h, self.threshold, self.now) for h in hosts])
         elif not hosts:
             self.stdout.write("No virtual hosts.")
         else:
@@ -174,14 +192,14 @@ class Command(BaseCommand):
         self._finish(hosts, check_scan=True)
 
     def _scan_line(self) -> str:
-        latest = scan.last_scan()
+        latest = alarms.last_scan()
         if latest is None or latest.finished_at is None:
             return "\nRenewal scan: has not run yet."
         return f"\nRenewal scan: last run {latest.finished_at:%Y-%m-%d %H:%M} UTC: {latest.summary}"
 
     def do_show(self, options: dict[str, Any]) -> None:
         host = self._host(options["hostname"])
-        data = status.summary(host, self.threshold, self.now, with_history=True)
+        data = presenters.summary(host, self.threshold, self.now, with_history=True)
         if options["json"]:
             self._json(data)
         else:
@@ -241,24 +259,26 @@ class Command(BaseCommand):
         if not options["dry_run"]:
             self._run_scan(options)
             return
-        storage_root = Path(str(parameters.get("acme_account_storage_path")))
-        decisions = status.scan_plan(storage_root, self.threshold, self.now)
-        due = [d for d in decisions if d.action == status.SCAN_RENEW]
+        # The scan's own decisions, taken without writing or enqueueing anything.
+        report = scan.run(
+            Path(str(conf.param("acme_account_storage_path"))),
+            self.threshold,
+            None,
+            now=self.now,
+            dry_run=True,
+        )
+        verdicts = report.verdicts
         if options["json"]:
-            self._json([d.as_dict() for d in decisions])
+            self._json([v.as_dict() for v in verdicts])
             return
         rows = [
-            [
-                d.hostname,
-                "would renew" if d.action == status.SCAN_RENEW else "skip",
-                _oneline(d.reason, 100),
-            ]
-            for d in decisions
+            [v.hostname, "would renew" if v.renews else "skip", _oneline(v.reason, 100)]
+            for v in verdicts
         ]
         if rows:
             self.stdout.write(_table(["HOSTNAME", "ACTION", "WHY"], rows))
         self.stdout.write(
-            f"{len(due)} of {len(decisions)} host(s) due for renewal "
+            f"{report.due} of {len(verdicts)} host(s) due for renewal "
             f"(threshold {self.threshold} days, capped at half a certificate's lifetime); "
             "nothing enqueued (dry run)."
         )
@@ -281,13 +301,9 @@ class Command(BaseCommand):
             domain = Domain.objects.filter(name=options["domain"]).first()
             if domain is None:
                 raise CommandError(f"No Modoboa domain named {options['domain']}.")
-        problem = services.configuration_problem()
-        if problem:
-            raise CommandError(problem)
-        name = normalize_hostname(options["hostname"])
-        if VirtualHost.objects.filter(hostname=name).exists():
-            raise CommandError(f"A virtual host named {name} already exists.")
-        host = services.create_virtualhost(name, enabled=not options["disabled"], domain=domain)
+        host = services.create_virtualhost(
+            options["hostname"], enabled=not options["disabled"], domain=domain
+        )
         self.stdout.write(
             f"Created {host.hostname}"
             + (" (disabled)." if not host.enabled else "; provisioning queued.")

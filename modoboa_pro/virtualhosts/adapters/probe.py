@@ -15,9 +15,9 @@ from pathlib import Path
 
 import requests
 
-from .adapters import webroot
-from .adapters.storage import CertificateFacts
-from .errors import DeployNotVerified, NginxError, VirtualHostError
+from ..errors import DeployNotVerified, NginxError, VirtualHostError
+from . import webroot
+from .x509 import CertificateFacts
 
 PREFLIGHT_TIMEOUT = 5.0
 # Consecutive fresh-connection successes that prove a reload took effect everywhere.

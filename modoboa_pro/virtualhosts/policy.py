@@ -1,4 +1,8 @@
-"""Pure policy: when a certificate is due, when to retry after a failure."""
+"""Pure policy: when a certificate is due, when to retry, when to alarm.
+
+The one renewal decision (``decide``) is shared by the daily scan, its dry run
+and the pipeline's "why order now"; the retry backoff table is ``RETRY_BACKOFF``.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,12 @@ MAX_THRESHOLD_LIFETIME_RATIO = 0.5
 
 # An Alarm is raised when a certificate this close to expiry still fails to renew.
 URGENT_EXPIRY = datetime.timedelta(days=7)
+
+# The daily scan renews a certificate on the day it becomes due; a failed
+# renewal is retried within the day (1, 10, 100 minutes, then daily). A
+# certificate still not renewed this long after it became due means renewals
+# are not happening (scheduler stopped, host stuck): monitoring must alert.
+OVERDUE_GRACE = datetime.timedelta(days=2)
 
 
 def retry_delay(attempts: int) -> datetime.timedelta:
@@ -76,44 +86,56 @@ SCAN_STALE_AFTER = datetime.timedelta(hours=26)
 # reported as stuck: a provisioning run takes seconds to minutes.
 PROVISIONING_STUCK_AFTER = datetime.timedelta(hours=1)
 
+# The actions of a decision.
 RENEW = "renew"
 SKIP_NOT_DUE = "not_due"
 SKIP_BACKOFF = "backoff"
+NO_CERTIFICATE = "no_certificate"  # the scan skips it (provisioning's job); a run orders one
 
 
 @dataclass(frozen=True)
 class Decision:
-    """What the scan does with one host's certificate, and why (in words)."""
+    """What to do with one host's certificate, and why (in words)."""
 
-    action: str  # RENEW, SKIP_NOT_DUE or SKIP_BACKOFF
+    action: str  # RENEW, SKIP_NOT_DUE, SKIP_BACKOFF or NO_CERTIFICATE
     reason: str
-    due_at: datetime.datetime
+    due_at: datetime.datetime | None = None
 
 
 def decide(
     now: datetime.datetime,
     threshold_days: int,
-    not_before: datetime.datetime,
-    not_after: datetime.datetime,
+    not_before: datetime.datetime | None,
+    not_after: datetime.datetime | None,
     *,
     covers_hostname: bool = True,
+    problem: str | None = None,
     attempts: int = 0,
     next_attempt_at: datetime.datetime | None = None,
 ) -> Decision:
-    """Renew when due (or when the certificate does not cover the host), unless backing off.
+    """Renew when the certificate does not cover the name, has expired or is due, or when
+    its file is unusable (``problem``), unless a failed host is backing off.
 
     A failed renewal is retried when its backoff says so, not on every scan:
-    each failed order counts against the CA's rate limits.
+    each failed order counts against the CA's rate limits. A run that is itself
+    the retry passes no ``attempts``.
     """
-    due_at = renewal_due_at(threshold_days, not_before, not_after)
-    if not covers_hostname:
-        reason = "the certificate does not cover the hostname"
-    elif not_after <= now:
-        reason = f"expired on {not_after:%Y-%m-%d %H:%M} UTC"
-    elif now >= due_at:
-        reason = f"{_left(not_after - now)} left, due since {due_at:%Y-%m-%d %H:%M} UTC"
+    due_at = None
+    if problem is not None:
+        reason = problem  # a new order replaces the unusable file
+    elif not_before is None or not_after is None:
+        return Decision(NO_CERTIFICATE, "no certificate yet")
     else:
-        return Decision(SKIP_NOT_DUE, f"not due until {due_at:%Y-%m-%d %H:%M} UTC", due_at)
+        due_at = renewal_due_at(threshold_days, not_before, not_after)
+        if not covers_hostname:
+            reason = "the certificate does not cover the hostname"
+        elif not_after <= now:
+            reason = f"expired on {not_after:%Y-%m-%d %H:%M} UTC"
+        elif now >= due_at:
+            left = format_duration(not_after - now)
+            reason = f"{left} left, due since {due_at:%Y-%m-%d %H:%M} UTC"
+        else:
+            return Decision(SKIP_NOT_DUE, f"not due until {due_at:%Y-%m-%d %H:%M} UTC", due_at)
     if in_backoff(now, attempts, next_attempt_at):
         assert next_attempt_at is not None
         return Decision(
@@ -154,7 +176,24 @@ def is_scan_stale(
     return reference is None or now - reference > SCAN_STALE_AFTER
 
 
-def _left(delta: datetime.timedelta) -> str:
+def is_overdue(
+    now: datetime.datetime,
+    threshold_days: int,
+    not_before: datetime.datetime | None,
+    not_after: datetime.datetime | None,
+) -> bool:
+    """Expired, or due for renewal for longer than ``OVERDUE_GRACE``: renewals are not happening."""
+    if not_after is None:
+        return False
+    if not_after <= now:
+        return True
+    if not_before is None:
+        return False
+    return now >= renewal_due_at(threshold_days, not_before, not_after) + OVERDUE_GRACE
+
+
+def format_duration(delta: datetime.timedelta) -> str:
+    """"N day(s)" from a day up, else "N hour(s)" (never negative)."""
     if delta >= datetime.timedelta(days=1):
         return f"{delta.days} day(s)"
-    return f"{int(delta.total_seconds() // 3600)} hour(s)"
+    return f"{max(int(delta.total_seconds() // 3600), 0)} hour(s)"

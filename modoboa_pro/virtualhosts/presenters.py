@@ -1,0 +1,117 @@
+"""Read-only presentation of virtual hosts, shared by the API and the command line.
+
+Nothing here writes: it reads the model and says what an operator needs to know.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from . import constants, policy
+from .models import VirtualHost, VirtualHostEvent
+
+# How many history entries the API and `show` return inline: a full run is
+# six steps, so this covers the current run and the one before it.
+RECENT_HISTORY = 12
+
+NEXT_RETRY = "retry"
+NEXT_RENEWAL = "renewal"
+
+
+def certificate(host: VirtualHost, now: datetime.datetime | None = None) -> dict[str, Any] | None:
+    """The current certificate's facts as recorded by the last successful run."""
+    if host.cert_not_after is None:
+        return None
+    return {
+        "serial": host.cert_serial,
+        "issuer": host.cert_issuer,
+        "not_before": host.cert_not_before,
+        "not_after": host.cert_not_after,
+        "days_left": host.days_left(now),
+    }
+
+
+def next_action(host: VirtualHost) -> str | None:
+    """What ``next_attempt_at`` stands for: a retry after a failure, or a renewal."""
+    if host.next_attempt_at is None or not host.enabled:
+        return None
+    if host.status == constants.STATUS_FAILED:
+        return NEXT_RETRY
+    if host.cert_not_after is not None:
+        return NEXT_RENEWAL
+    return None
+
+
+def renewal_due_at(host: VirtualHost, threshold_days: int) -> datetime.datetime | None:
+    if host.cert_not_after is None or host.cert_not_before is None:
+        return None
+    return policy.renewal_due_at(threshold_days, host.cert_not_before, host.cert_not_after)
+
+
+def is_overdue(host: VirtualHost, threshold_days: int, now: datetime.datetime) -> bool:
+    """An enabled host whose certificate expired, or has been due for renewal too long."""
+    return host.enabled and policy.is_overdue(
+        now, threshold_days, host.cert_not_before, host.cert_not_after
+    )
+
+
+def problems(host: VirtualHost, threshold_days: int, now: datetime.datetime) -> list[str]:
+    """What is wrong with this host, in words, worst first (empty when fine)."""
+    found = []
+    if is_overdue(host, threshold_days, now):
+        assert host.cert_not_after is not None
+        if host.cert_not_after <= now:
+            found.append(f"certificate expired on {host.cert_not_after:%Y-%m-%d %H:%M} UTC")
+        else:
+            found.append(f"certificate overdue for renewal ({host.days_left(now)} days left)")
+    if host.enabled and host.status == constants.STATUS_FAILED:
+        step = f" at {host.failed_step}" if host.failed_step else ""
+        found.append(f"failed{step}: {host.last_error}")
+    return found
+
+
+def history(host: VirtualHost, limit: int = RECENT_HISTORY) -> list[VirtualHostEvent]:
+    """The host's most recent steps, newest first."""
+    return list(host.events.all()[:limit])
+
+
+def event_dict(event: VirtualHostEvent) -> dict[str, Any]:
+    return {
+        "step": event.step,
+        "outcome": event.outcome,
+        "started_at": event.started_at,
+        "duration": event.duration,
+        "message": event.message,
+        "run_id": event.run_id,
+    }
+
+
+def summary(
+    host: VirtualHost,
+    threshold_days: int,
+    now: datetime.datetime,
+    *,
+    with_history: bool = False,
+) -> dict[str, Any]:
+    """Everything the command line shows about one host (datetimes left as objects)."""
+    data: dict[str, Any] = {
+        "id": host.pk,
+        "hostname": host.hostname,
+        "enabled": host.enabled,
+        "domain": host.domain.name if host.domain_id and host.domain else None,
+        "status": host.status,
+        "last_error": host.last_error,
+        "failed_step": host.failed_step,
+        "attempts": host.attempts,
+        "certificate": certificate(host, now),
+        "next_action": next_action(host),
+        "next_attempt_at": host.next_attempt_at,
+        "renewal_due_at": renewal_due_at(host, threshold_days),
+        "overdue": is_overdue(host, threshold_days, now),
+        "last_success_at": host.last_success_at,
+        "created_at": host.created_at,
+    }
+    if with_history:
+        data["history"] = [event_dict(e) for e in history(host)]
+    return data

@@ -1,0 +1,129 @@
+"""Enqueueing, in one place: job paths and ids, "is one pending", enqueue once, timeouts.
+
+Jobs are enqueued by dotted path, so nothing below ``jobs`` imports it. Every
+job about a host has a stable id per action (``virtualhosts-<action>-<id>``),
+and ``enqueue_once`` never queues a second one while the first is pending,
+whoever asks (API, CLI, handlers, the scan, two schedulers at once).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+
+import django_rq
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job
+
+from . import constants
+from .adapters import locks
+from .errors import LockHeld
+
+logger = logging.getLogger("modoboa.jobs")
+
+_JOBS = "modoboa_pro.virtualhosts.jobs."
+PROVISION = _JOBS + "provision_virtualhost"
+RENEW = _JOBS + "renew_virtualhost"
+FINISH_RENEWAL = _JOBS + "finish_renewal"
+DISABLE = _JOBS + "disable_virtualhost"
+REMOVE = _JOBS + "remove_virtualhost"
+RELOAD = _JOBS + "nginx_test_and_reload"
+SCAN = _JOBS + "check_certificate_renewals"
+RETRY_SWEEP = _JOBS + "retry_due_virtualhosts"
+
+# The action part of a job id: one per job that acts on a host.
+ACTIONS = {
+    PROVISION: "provision",
+    RENEW: "renew",
+    FINISH_RENEWAL: "finish",
+    DISABLE: "disable",
+    REMOVE: "remove",
+}
+# Jobs that mean "a run is queued or running for this host".
+RUN_JOBS = (PROVISION, RENEW, FINISH_RENEWAL)
+
+# One timeout for every chain job. A run may wait for the CA (ACME_ORDER_TIMEOUT,
+# 90 s by default) and for the privileged worker's reload (VIRTUALHOSTS_RELOAD_TIMEOUT,
+# 120 s); disable and remove first wait for the run in progress
+# (constants.DESIRED_STATE_LOCK_WAIT, 5 min). RQ's default 180 s is too short.
+CHAIN_JOB_TIMEOUT = 600
+
+# RQ job states in which a job will still run (or is running): enqueueing again would
+# be a duplicate.
+PENDING_STATES = frozenset(
+    {"created", "queued", "started", "deferred", "scheduled", "rate_limited"}
+)
+
+# Serialises "is one queued? if not, enqueue one" for one host and action across
+# processes; a check-and-enqueue takes milliseconds.
+ENQUEUE_LOCK_TTL = datetime.timedelta(seconds=30)
+
+
+def queue():
+    return django_rq.get_queue(constants.QUEUE_DEFAULT)
+
+
+def job_id(path: str, host_id: int) -> str:
+    """The stable RQ job id of ``path`` for one host (only [A-Za-z0-9_-], as RQ requires)."""
+    return f"virtualhosts-{ACTIONS[path]}-{int(host_id)}"
+
+
+def job_state(job: Job) -> str:
+    """The job's RQ status as plain text ("queued", "failed"...)."""
+    status = job.get_status(refresh=False)
+    return str(getattr(status, "value", status))
+
+
+def pending_job(path: str, host_id: int) -> Job | None:
+    """The queued or running job ``path`` for this host, if any."""
+    try:
+        job = Job.fetch(job_id(path, host_id), connection=queue().connection)
+    except NoSuchJobError:
+        return None
+    return job if job_state(job) in PENDING_STATES else None
+
+
+def is_busy(host_id: int, hostname: str) -> bool:
+    """True while a provisioning or renewal run is queued, running, or holds the host."""
+    return locks.is_locked(queue().connection, hostname) or any(
+        pending_job(path, host_id) is not None for path in RUN_JOBS
+    )
+
+
+def enqueue_once(path: str, host_id: int, *args: object, description: str = "") -> bool:
+    """Enqueue ``path(*args)`` as this host's job unless one is queued or running.
+
+    Atomic across processes: a short Redis lock per host and action serialises
+    the check and the enqueue, and RQ's ``unique=True`` refuses a second job
+    with the same id anyway. A finished job's id is reused; a failed job with
+    the same arguments is requeued, so RQ keeps its traceback. Returns True
+    when this call enqueued.
+    """
+    q = queue()
+    connection = q.connection
+    jid = job_id(path, host_id)
+    try:
+        with locks.HostLock(connection, f"enqueue:{jid}", ENQUEUE_LOCK_TTL):
+            try:
+                job: Job | None = Job.fetch(jid, connection=connection)
+            except NoSuchJobError:
+                job = None
+            if job is not None:
+                state = job_state(job)
+                if state in PENDING_STATES:
+                    return False
+                if state == "failed" and tuple(job.args) == args:
+                    q.failed_job_registry.requeue(job)
+                    return True
+                job.delete()
+            q.enqueue(
+                path,
+                *args,
+                job_id=jid,
+                unique=True,
+                job_timeout=CHAIN_JOB_TIMEOUT,
+                description=description or f"{ACTIONS[path]} virtual host #{host_id}",
+            )
+            return True
+    except (LockHeld, DuplicateJobError):
+        return False

@@ -1,0 +1,292 @@
+"""Observed state, written by runs only: step history, status, certificate facts, outcome.
+
+Every write is an UPDATE of the fields a run owns (``models.OBSERVED_FIELDS``),
+filtered on the host's id: a run never overwrites an admin's change made while
+it ran (``enabled``), and never re-inserts a host deleted meanwhile.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from django.db import IntegrityError
+from django.utils import timezone
+
+from . import alarms, constants, policy
+from .adapters.x509 import CertificateFacts
+from .errors import DesiredStateChanged, VirtualHostError
+from .models import OBSERVED_FIELDS, VirtualHost, VirtualHostEvent
+
+logger = logging.getLogger("modoboa.jobs")
+
+
+class Run:
+    """One run for one host: records each step, and stops if the host is disabled or deleted."""
+
+    def __init__(self, host: VirtualHost, run_id: str, kind: str) -> None:
+        self.host = host
+        self.run_id = run_id
+        self.kind = kind
+        self.current_step = ""
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[StepResult]:
+        """Time a step, log it and store it in the host's history."""
+        self.current_step = name
+        self.check_desired_state()
+        result = StepResult()
+        started = timezone.now()
+        clock = time.monotonic()
+        logger.info("virtualhost %s: %s started", self.host.hostname, name)
+        try:
+            yield result
+        except VirtualHostError as err:
+            self._event(name, constants.OUTCOME_FAILED, started, clock, err.message)
+            logger.warning(
+                "virtualhost %s: %s failed after %.2fs: %s%s",
+                self.host.hostname,
+                name,
+                time.monotonic() - clock,
+                err.message,
+                f" (detail: {err.detail})" if err.detail else "",
+            )
+            raise
+        except Exception as err:
+            self._event(name, constants.OUTCOME_FAILED, started, clock, f"internal error: {err!r}")
+            raise
+        outcome = constants.OUTCOME_SKIPPED if result.skipped else constants.OUTCOME_OK
+        self._event(name, outcome, started, clock, result.message)
+        logger.info(
+            "virtualhost %s: %s %s in %.2fs%s",
+            self.host.hostname,
+            name,
+            outcome,
+            time.monotonic() - clock,
+            f": {result.message}" if result.message else "",
+        )
+
+    def check_desired_state(self) -> None:
+        """Stop here if an admin disabled or deleted the host since the run began."""
+        if self.kind == constants.KIND_DISABLE:
+            return  # the disable run is the one reacting to the change
+        enabled = VirtualHost.objects.filter(pk=self.host.pk).values_list("enabled", flat=True)
+        found = list(enabled)
+        if not found:
+            raise DesiredStateChanged(f"{self.host.hostname} was deleted", gone=True)
+        if not found[0]:
+            raise DesiredStateChanged(f"{self.host.hostname} was disabled", gone=False)
+
+    def _event(
+        self, step: str, outcome: str, started: datetime.datetime, clock: float, message: str
+    ) -> None:
+        try:
+            VirtualHostEvent.objects.create(
+                virtualhost_id=self.host.pk,
+                run_id=self.run_id,
+                step=step,
+                outcome=outcome,
+                started_at=started,
+                duration=round(time.monotonic() - clock, 3),
+                message=message[:4000],
+            )
+        except IntegrityError as err:  # the host row was deleted during the step
+            raise DesiredStateChanged(f"{self.host.hostname} was deleted", gone=True) from err
+        _prune(self.host)
+
+
+class StepResult:
+    """What a step reports: a message, and whether it was skipped as already done."""
+
+    def __init__(self) -> None:
+        self.message = ""
+        self.skipped = False
+
+    def skip(self, message: str) -> None:
+        self.skipped = True
+        self.message = message
+
+
+def _prune(host: VirtualHost) -> None:
+    stale = VirtualHostEvent.objects.filter(virtualhost_id=host.pk).values_list("id", flat=True)[
+        constants.HISTORY_KEEP :
+    ]
+    ids = list(stale)
+    if ids:
+        VirtualHostEvent.objects.filter(id__in=ids).delete()
+
+
+@dataclass
+class Outcome:
+    """How a run ended: a status, or "gone" / "disabled" when the admin changed the host."""
+
+    status: str = ""
+
+
+@contextmanager
+def outcome(run: Run) -> Iterator[Outcome]:
+    """Record how the run's body ended; expected failures end here, bugs go on to RQ.
+
+    ``with recording.outcome(run) as result: result.status = ...``
+    """
+    result = Outcome()
+    host = run.host
+    try:
+        yield result
+    except DesiredStateChanged as err:
+        result.status = constants.RESULT_GONE if err.gone else constants.STATUS_DISABLED
+        logger.info(
+            "virtualhost %s: %s during the %s; the run stops at %s",
+            host.hostname,
+            "deleted" if err.gone else "disabled",
+            run.kind,
+            run.current_step,
+        )
+    except VirtualHostError as err:
+        mark_failure(host, run.current_step, err)
+        logger.error(
+            "virtualhost %s: %s failed at %s: %s",
+            host.hostname,
+            run.kind,
+            run.current_step,
+            err.message,
+        )
+        result.status = constants.STATUS_FAILED
+    except Exception as err:
+        # A bug: record what the operator needs, then let RQ keep the traceback.
+        mark_failure(
+            host,
+            run.current_step,
+            VirtualHostError(
+                f"Internal error during {run.current_step}: {err!r}. See the RQ failed jobs."
+            ),
+        )
+        raise
+
+
+def _write(host: VirtualHost, **changes: object) -> bool:
+    """UPDATE the host's observed fields; mirror them on ``host``. False if the row is gone."""
+    unknown = set(changes) - set(OBSERVED_FIELDS)
+    assert not unknown, f"runs write observed fields only, not {sorted(unknown)}"
+    changes.setdefault("updated_at", timezone.now())
+    updated = VirtualHost.objects.filter(pk=host.pk).update(**changes)
+    for name, value in changes.items():
+        setattr(host, name, value)
+    return bool(updated)
+
+
+def mark_status(host: VirtualHost, status: str) -> None:
+    _write(host, status=status)
+
+
+def mark_success(
+    host: VirtualHost,
+    facts: CertificateFacts | None,
+    *,
+    status: str,
+    threshold_days: int,
+) -> None:
+    """The run succeeded: store certificate facts, plan the renewal, close the alarm."""
+    changes: dict[str, object] = {
+        "status": status,
+        "last_error": "",
+        "failed_step": "",
+        "attempts": 0,
+        "last_success_at": timezone.now(),
+        "next_attempt_at": None,
+    }
+    if facts is not None:
+        changes.update(
+            cert_serial=facts.serial,
+            cert_issuer=facts.issuer[:255],
+            cert_not_before=facts.not_before,
+            cert_not_after=facts.not_after,
+            next_attempt_at=policy.renewal_due_at(
+                threshold_days, facts.not_before, facts.not_after
+            ),
+        )
+    if _write(host, **changes):
+        alarms.close_host_alarm(host)
+
+
+def mark_failure(host: VirtualHost, step: str, err: VirtualHostError) -> None:
+    """The run failed at ``step``: keep the reason, plan the retry, raise an alarm.
+
+    A certificate close to expiry whose renewal keeps failing gets the urgent alarm.
+    """
+    now = timezone.now()
+    attempts = host.attempts + 1
+    if err.retryable or err.retry_after is not None:
+        next_attempt_at = policy.next_attempt(now, attempts, err.retry_after)
+    else:
+        next_attempt_at = None  # an operator must fix something, then retry
+    written = _write(
+        host,
+        attempts=attempts,
+        status=constants.STATUS_FAILED,
+        failed_step=step,
+        last_error=err.message[:4000],
+        next_attempt_at=next_attempt_at,
+        updated_at=now,
+    )
+    if not written:
+        return  # deleted meanwhile: nothing to show it on
+    if host.cert_not_after is not None and policy.is_urgent(now, host.cert_not_after, attempts):
+        alarms.alarm_urgent(host, host.cert_not_after, now)
+    else:
+        alarms.open_host_alarm(host, f"Virtual host {host.hostname}: {step} failed: {err.message}")
+
+
+def mark_disabled(host: VirtualHost) -> None:
+    """The disabled host's site is gone: nothing planned, nothing to alarm about."""
+    if _write(host, status=constants.STATUS_DISABLED, next_attempt_at=None, last_error=""):
+        alarms.close_host_alarm(host)
+
+
+# -- what the renewal scan finds on disk ----------------------------------------------
+
+
+def mark_unusable_file(host: VirtualHost, problem: str, now: datetime.datetime) -> None:
+    """Show an unusable certificate file on the host, unless a run is busy with it."""
+    message = problem[:4000]
+    if host.status == constants.STATUS_FAILED and host.last_error == message:
+        return
+    VirtualHost.objects.filter(pk=host.pk).exclude(status=constants.STATUS_PROVISIONING).update(
+        status=constants.STATUS_FAILED,
+        failed_step=constants.STEP_RENEW,
+        last_error=message,
+        updated_at=now,
+    )
+
+
+def sync_facts(host: VirtualHost, facts: CertificateFacts, threshold_days: int) -> None:
+    """Record the certificate found on disk when the model says otherwise."""
+    recorded = (host.cert_serial, host.cert_not_before, host.cert_not_after)
+    if recorded == (facts.serial, facts.not_before, facts.not_after):
+        return
+    changes: dict[str, object] = {
+        "cert_serial": facts.serial,
+        "cert_issuer": facts.issuer[:255],
+        "cert_not_before": facts.not_before,
+        "cert_not_after": facts.not_after,
+        "updated_at": timezone.now(),
+    }
+    if host.attempts == 0:
+        changes["next_attempt_at"] = policy.renewal_due_at(
+            threshold_days, facts.not_before, facts.not_after
+        )
+    # Conditional on what we read: a renewal finishing meanwhile wins.
+    updated = VirtualHost.objects.filter(pk=host.pk, cert_serial=host.cert_serial).update(**changes)
+    if updated:
+        for name, value in changes.items():
+            setattr(host, name, value)
+        logger.info(
+            "virtualhost %s: recorded the certificate found on disk (serial %s, expires %s)",
+            host.hostname,
+            facts.serial,
+            f"{facts.not_after:%Y-%m-%d %H:%M} UTC",
+        )
