@@ -4,11 +4,13 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck pytest system-deps venv clean
+.PHONY: test demo lint typecheck imports pytest system-deps venv clean
 
+# tox.ini runs the same commands, one environment each (lint, typecheck, tests).
 test: system-deps $(STAMP)
 	$(BIN)/ruff check modoboa_pro tests scripts
 	$(BIN)/mypy modoboa_pro
+	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 demo: system-deps $(STAMP)
@@ -31,8 +33,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy modoboa_pro
 
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
 pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .tox

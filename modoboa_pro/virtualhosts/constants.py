@@ -80,13 +80,10 @@ STORAGE_ROOT_MODE = 0o755
 WEBROOT_DIR_MODE = 0o755
 
 # A lock outlives any sane chain run (ACME polling is bounded well below it)
-# but expires on its own if a worker is SIGKILLed mid-run.
+# but expires on its own if a worker is SIGKILLed mid-run. Disable and remove
+# wait up to this long for the run in progress, so they never give up on a live one.
 HOST_LOCK_TTL = datetime.timedelta(minutes=15)
-# Disable and remove wait this long for the run in progress to finish: a run is
-# bounded by ACME_ORDER_TIMEOUT plus VIRTUALHOSTS_RELOAD_TIMEOUT plus verification,
-# a few minutes with the defaults. Past it (a crashed run's lock), the disable
-# fails retryably and the retry sweep tries again.
-DESIRED_STATE_LOCK_WAIT = datetime.timedelta(minutes=5)
+
 
 # Hostname rules (RFC 1035 / RFC 5890).
 HOSTNAME_MAX_LENGTH = 253

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import django_rq
 
-from . import alarms, conf, constants, pipeline, queueing, retries, scan
+from . import alarms, conf, constants, context, pipeline, queueing, retries, scan
 from .adapters import acme, locks, tls
 from .adapters import nginx as nginx_adapter
 from .adapters.reloader import (
@@ -26,9 +26,9 @@ from .models import VirtualHost
 logger = logging.getLogger("modoboa.jobs")
 
 
-def read_settings() -> pipeline.Settings:
+def read_settings() -> context.Settings:
     """Every setting and parameter, read now (they may change between runs)."""
-    return pipeline.Settings(
+    return context.Settings(
         letsencrypt=bool(conf.param("enable_letsencrypt")),
         email=str(conf.param("acme_account_email") or ""),
         storage_root=Path(str(conf.param("acme_account_storage_path"))),
@@ -62,11 +62,11 @@ def build_reloader():
     )
 
 
-def build_context() -> pipeline.Context:
+def build_context() -> context.Context:
     settings = read_settings()
     connection = django_rq.get_connection(constants.QUEUE_DEFAULT)
 
-    def make_acme(s: pipeline.Settings) -> acme.AcmeClient:
+    def make_acme(s: context.Settings) -> acme.AcmeClient:
         return acme.AcmeClient(
             s.directory_url,
             storage_root=s.storage_root,
@@ -81,12 +81,12 @@ def build_context() -> pipeline.Context:
     def served(hostname: str):
         return tls.fetch_served_certificate(settings.verify_address, settings.https_port, hostname)
 
-    return pipeline.Context(
+    return context.Context(
         settings=settings, reload=build_reloader(), acme=make_acme, lock=lock, served=served
     )
 
 
-def renewal_context() -> pipeline.Context:
+def renewal_context() -> context.Context:
     """Renewals reload nginx in a follow-up job, so that a burst shares one reload."""
     ctx = build_context()
     ctx.defer = defer_finish_renewal

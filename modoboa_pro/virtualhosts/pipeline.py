@@ -8,21 +8,17 @@ to order is ``policy.decide``; what a run writes is ``recording``.
 
 from __future__ import annotations
 
-import datetime
 import logging
 import uuid
 from collections.abc import Callable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 from django.utils import timezone
 
 from . import constants, policy, recording
 from .adapters import files, nginx, probe, storage, webroot, x509
-from .adapters.reloader import Reloader
 from .adapters.x509 import CertificateFacts
+from .context import Context, Settings
 from .errors import (
     LockHeld,
     NginxConfigTestFailed,
@@ -31,82 +27,9 @@ from .errors import (
     VirtualHostError,
 )
 from .models import VirtualHost
-from .rendering import SiteContext, render_http_only, render_https
+from .rendering import render_http_only, render_https
 
 logger = logging.getLogger("modoboa.jobs")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every setting and parameter the chain needs, read once at the start of a run."""
-
-    letsencrypt: bool
-    email: str
-    storage_root: Path
-    threshold_days: int
-    directory_url: str
-    ca_bundle: str | None
-    key_type: str
-    order_timeout: float
-    conf_dir: Path
-    http_port: int
-    https_port: int
-    listen_address: str
-    upstream: str
-    upstream_protocol: str
-    verify_address: str
-
-    @property
-    def webroot(self) -> Path:
-        return self.storage_root / constants.WEBROOT_DIRNAME
-
-    @property
-    def endpoint(self) -> probe.Endpoint:
-        return probe.Endpoint(
-            self.webroot, self.verify_address, self.http_port, self.conf_dir
-        )
-
-    def site_context(self, hostname: str) -> SiteContext:
-        fullchain, privkey = storage.certificate_paths(self.storage_root, hostname)
-        return SiteContext(
-            hostname=hostname,
-            http_port=self.http_port,
-            https_port=self.https_port,
-            listen_address=self.listen_address,
-            webroot=self.webroot,
-            fullchain=fullchain,
-            privkey=privkey,
-            upstream=self.upstream,
-            upstream_protocol=self.upstream_protocol,
-        )
-
-
-class CertificateAuthority(Protocol):
-    def ensure_account(self) -> object: ...
-
-    def obtain_certificate(
-        self, hostname: str, csr_pem: bytes, publisher: webroot.WebrootPublisher
-    ) -> bytes: ...
-
-
-class LockFactory(Protocol):
-    def __call__(
-        self, hostname: str, *, wait: datetime.timedelta = ...
-    ) -> AbstractContextManager[object]: ...
-
-
-@dataclass
-class Context:
-    """The adapters a run uses; jobs build the real ones, tests may inject faults."""
-
-    settings: Settings
-    reload: Reloader
-    acme: Callable[[Settings], CertificateAuthority]
-    lock: LockFactory  # the host's lock; ``wait`` for the holder to finish
-    served: Callable[[str], CertificateFacts]  # one TLS handshake with SNI
-    # Renewals only: queue ``finish_renewal(host_id, generation, run_id)`` behind the
-    # other renewals, so that one nginx reload serves them all (None: reload inline).
-    defer: Callable[[int, int, str], None] | None = None
 
 
 def provision(host_id: int, ctx: Context) -> str:
@@ -156,9 +79,32 @@ def _run_chain(host_id: int, ctx: Context, *, kind: str, force_order: bool) -> s
 
 def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: bool) -> str:
     s = ctx.settings
-    hostname = host.hostname
-    site = s.site_context(hostname)
+    _http_site(run, ctx, host.hostname)
+    if not s.letsencrypt:
+        recording.mark_success(
+            host, None, status=constants.STATUS_HTTP_ONLY, threshold_days=s.threshold_days
+        )
+        logger.info(
+            "virtualhost %s: served over HTTP only (Let's Encrypt is disabled)", host.hostname
+        )
+        return constants.STATUS_HTTP_ONLY
 
+    stored = storage.read_current(s.storage_root, host.hostname, issued_serial=host.cert_serial)
+    if stored.problem is not None:
+        logger.warning("virtualhost %s: %s", host.hostname, stored.problem)
+    reason = _order_reason(stored, host.hostname, s.threshold_days, force_order)
+    facts, renewed = _obtain(run, ctx, host.hostname, stored, reason)
+    reloaded = _https_site(run, ctx, host, new_files=renewed is not None, renewal=bool(renewed))
+    if reloaded is None:
+        return constants.STATUS_PROVISIONING  # deferred: finish_renewal records the outcome
+    _verify(run, ctx, host.hostname, facts.serial, reloaded=reloaded)
+    _succeed(host, facts, s, renewed=renewed)
+    return constants.STATUS_ACTIVE
+
+
+def _http_site(run: recording.Run, ctx: Context, hostname: str) -> None:
+    """Step 1: the HTTP-only site, seen served by nginx before the CA is asked anything."""
+    s = ctx.settings
     with run.step(constants.STEP_HTTP_SITE) as step:
         # nginx's workers (an unprivileged user) traverse the root to reach the webroot.
         files.ensure_dir(s.storage_root, constants.STORAGE_ROOT_MODE)
@@ -167,7 +113,7 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
         # for this name: a failed validation at the CA costs rate limit.
         current = _read_site(s.conf_dir, hostname)
         if current is None or "/.well-known/acme-challenge/" not in current:
-            apply_site(s.conf_dir, hostname, render_http_only(site), ctx.reload)
+            apply_site(s.conf_dir, hostname, render_http_only(s.site_context(hostname)), ctx.reload)
             probe.preflight(s.endpoint, hostname)
             step.message = f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served"
         elif probe.serves_challenge(s.endpoint, hostname):
@@ -178,31 +124,32 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
             probe.preflight(s.endpoint, hostname)
             step.message = "the site file was in place but not loaded by nginx; reloaded"
 
-    if not s.letsencrypt:
-        recording.mark_success(
-            host, None, status=constants.STATUS_HTTP_ONLY, threshold_days=s.threshold_days
-        )
-        logger.info("virtualhost %s: served over HTTP only (Let's Encrypt is disabled)", hostname)
-        return constants.STATUS_HTTP_ONLY
 
-    stored = storage.read_current(s.storage_root, hostname, issued_serial=host.cert_serial)
-    if stored.problem is not None:
-        logger.warning("virtualhost %s: %s", hostname, stored.problem)
+def _obtain(
+    run: recording.Run,
+    ctx: Context,
+    hostname: str,
+    stored: storage.StoredCertificate,
+    reason: str | None,
+) -> tuple[CertificateFacts, bool | None]:
+    """Steps 2-4: account, order, store, when ``reason`` says an order is needed.
+
+    Returns the facts of the certificate to serve, and whether it renewed one
+    (True), is a first one (False), or the current one is kept (None).
+    """
+    s = ctx.settings
     existing = stored.facts
-    reason = _order_reason(stored, hostname, s.threshold_days, force_order)
     new_pair: tuple[bytes, bytes] | None = None
-
     with run.step(constants.STEP_ACCOUNT) as step:
         if reason is None:
             step.skip("no order needed")
-            ca = None
         else:
             ca = ctx.acme(s)
             account = ca.ensure_account()
             step.message = f"account {getattr(account, 'uri', '')} ({s.email})"
 
     with run.step(constants.STEP_ORDER) as step:
-        if reason is None or ca is None:
+        if reason is None:
             assert existing is not None
             step.skip(
                 f"current certificate (serial {existing.serial}) "
@@ -220,42 +167,47 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
     with run.step(constants.STEP_STORE) as step:
         if new_pair is None:
             assert existing is not None
-            facts = existing
             step.skip("certificate files unchanged")
-        else:
-            facts = x509.parse_leaf(new_pair[0])
-            storage.write_certificate_pair(s.storage_root, hostname, new_pair[0], new_pair[1])
-            step.message = f"serial {facts.serial}, expires {facts.not_after:%Y-%m-%d %H:%M} UTC"
+            return existing, None
+        facts = x509.parse_leaf(new_pair[0])
+        storage.write_certificate_pair(s.storage_root, hostname, new_pair[0], new_pair[1])
+        step.message = f"serial {facts.serial}, expires {facts.not_after:%Y-%m-%d %H:%M} UTC"
+    return facts, existing is not None
 
-    reloaded = False
+
+def _https_site(
+    run: recording.Run, ctx: Context, host: VirtualHost, *, new_files: bool, renewal: bool
+) -> bool | None:
+    """Step 5: the HTTPS site; whether nginx was reloaded, None when the reload is deferred.
+
+    ``renewal``: new files replaced a previous pair, which a failed reload restores.
+    """
+    s = ctx.settings
+    hostname = host.hostname
     with run.step(constants.STEP_HTTPS_SITE) as step:
-        content = render_https(site)
+        content = render_https(s.site_context(hostname))
         try:
             if _read_site(s.conf_dir, hostname) != content:
                 apply_site(s.conf_dir, hostname, content, ctx.reload)
-                reloaded = True
                 step.message = "HTTPS site installed and nginx reloaded"
-            elif new_pair is None:
+                return True
+            if not new_files:
                 step.skip("HTTPS site already installed")
-            elif ctx.defer is not None and (generation := ctx.reload.request()) is not None:
+                return False
+            if ctx.defer is not None and (generation := ctx.reload.request()) is not None:
                 # Same config, new files: any reload from now on serves them. Let the
                 # renewals queued behind this one share a single reload.
                 ctx.defer(host.pk, generation, run.run_id)
                 step.message = "new certificate in place; nginx reload queued with other renewals"
-                return constants.STATUS_PROVISIONING  # finish_renewal records the outcome
-            else:
-                ctx.reload()  # same config, new files: nginx re-reads them on reload
-                reloaded = True
-                step.message = "nginx reloaded with the new certificate"
+                return None
+            ctx.reload()  # same config, new files: nginx re-reads them on reload
+            step.message = "nginx reloaded with the new certificate"
+            return True
         except NginxError:
-            if new_pair is not None and existing is not None:
+            if renewal:
                 # nginx still serves the previous pair: put its files back too.
                 storage.rollback_pair(s.storage_root, hostname)
             raise
-
-    _verify(run, ctx, hostname, facts.serial, reloaded=reloaded)
-    _succeed(host, facts, s, renewed=existing is not None if new_pair is not None else None)
-    return constants.STATUS_ACTIVE
 
 
 def _verify(

@@ -42,11 +42,12 @@ ACTIONS = {
 # Jobs that mean "a run is queued or running for this host".
 RUN_JOBS = (PROVISION, RENEW, FINISH_RENEWAL)
 
-# One timeout for every chain job. A run may wait for the CA (ACME_ORDER_TIMEOUT,
-# 90 s by default) and for the privileged worker's reload (VIRTUALHOSTS_RELOAD_TIMEOUT,
-# 120 s); disable and remove first wait for the run in progress
-# (constants.DESIRED_STATE_LOCK_WAIT, 5 min). RQ's default 180 s is too short.
-CHAIN_JOB_TIMEOUT = 600
+# One timeout for every chain job, a kill limit above any legitimate run. A run
+# waits for the CA (ACME_ORDER_TIMEOUT, 90 s by default) and for the privileged
+# worker's reload (VIRTUALHOSTS_RELOAD_TIMEOUT, 120 s); disable and remove first wait
+# for the run in progress, at most the host lock's lifetime (HOST_LOCK_TTL, 15 min).
+# RQ's default 180 s would kill healthy runs.
+CHAIN_JOB_TIMEOUT = int(constants.HOST_LOCK_TTL.total_seconds()) + 300
 
 # RQ job states in which a job will still run (or is running): enqueueing again would
 # be a duplicate.

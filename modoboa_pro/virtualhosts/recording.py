@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from django.db import IntegrityError
 from django.utils import timezone
+from rq.timeouts import JobTimeoutException
 
 from . import alarms, constants, policy
 from .adapters.x509 import CertificateFacts
@@ -53,7 +54,8 @@ class Run:
                 name,
                 time.monotonic() - clock,
                 err.message,
-                f" (detail: {err.detail})" if err.detail else "",
+                # The raw text (a CA's problem document...), unless the message quotes it.
+                f" (detail: {err.detail})" if err.detail and err.detail not in err.message else "",
             )
             raise
         except Exception as err:
@@ -146,6 +148,20 @@ def outcome(run: Run) -> Iterator[Outcome]:
             run.kind,
             run.current_step,
         )
+    except JobTimeoutException:
+        # RQ stops a job at its timeout: the host must not stay "provisioning" until the
+        # stuck-host sweep; record a retryable failure, and let RQ keep the job.
+        mark_failure(
+            host,
+            run.current_step,
+            VirtualHostError(
+                f"The {run.kind} took longer than its RQ job timeout and was stopped at "
+                f"{run.current_step}; it will be retried. Check that the CA and the "
+                "privileged worker answer in time.",
+                retryable=True,
+            ),
+        )
+        raise
     except VirtualHostError as err:
         mark_failure(host, run.current_step, err)
         logger.error(
@@ -243,7 +259,15 @@ def mark_failure(host: VirtualHost, step: str, err: VirtualHostError) -> None:
 
 def mark_disabled(host: VirtualHost) -> None:
     """The disabled host's site is gone: nothing planned, nothing to alarm about."""
-    if _write(host, status=constants.STATUS_DISABLED, next_attempt_at=None, last_error=""):
+    done = _write(
+        host,
+        status=constants.STATUS_DISABLED,
+        next_attempt_at=None,
+        last_error="",
+        failed_step="",
+        attempts=0,
+    )
+    if done:
         alarms.close_host_alarm(host)
 
 

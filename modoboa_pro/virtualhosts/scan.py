@@ -20,7 +20,7 @@ from django.utils import timezone
 from . import alarms, constants, policy, recording
 from .adapters import storage
 from .errors import VirtualHostError
-from .models import RenewalScan, VirtualHost
+from .models import OBSERVED_FIELDS, RenewalScan, VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -36,22 +36,8 @@ NO_CERT_STUCK = "stuck"
 NO_CERT_FAILED = "failed"
 NO_CERT_HTTP_ONLY = "http_only"
 
-_FIELDS = (
-    "id",
-    "hostname",
-    "domain_id",
-    "enabled",
-    "status",
-    "last_error",
-    "failed_step",
-    "attempts",
-    "next_attempt_at",
-    "cert_serial",
-    "cert_issuer",
-    "cert_not_before",
-    "cert_not_after",
-    "updated_at",
-)
+# What the scan reads of each host: identity, desired state, everything observed.
+_FIELDS = ("id", "hostname", "domain_id", "enabled", *OBSERVED_FIELDS)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,9 @@
-"""Nginx site files and the test / reload commands; rendering happens elsewhere."""
+"""Nginx site files (written atomically, restored on failure) and the test / reload commands.
+
+The content comes from ``../rendering.py``, which renders the templates in
+``templates/virtualhosts/nginx/``; ``pipeline.apply_site`` writes, tests,
+reloads and rolls back; ``reloader.py`` shares reloads between runs.
+"""
 
 from __future__ import annotations
 

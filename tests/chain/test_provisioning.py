@@ -13,7 +13,7 @@ from modoboa_pro.virtualhosts import constants, services
 from modoboa_pro.virtualhosts.adapters import tls
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from .conftest import BACKEND_BODY, FIRST_ISSUANCE_STEPS, Chain, set_parameters
+from ..conftest import BACKEND_BODY, FIRST_ISSUANCE_STEPS, Chain, set_parameters
 
 pytestmark = pytest.mark.chain
 

@@ -13,7 +13,7 @@ from modoboa_pro.virtualhosts.adapters.x509 import CertificateFacts
 from modoboa_pro.virtualhosts.errors import AcmeRateLimited
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from .conftest import Chain
+from ..conftest import Chain
 
 pytestmark = pytest.mark.chain
 

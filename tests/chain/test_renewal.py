@@ -26,7 +26,7 @@ from modoboa_pro.virtualhosts.checks import check_renewal_scan
 from modoboa_pro.virtualhosts.models import RenewalScan, VirtualHost
 from modoboa_pro.virtualhosts.rendering import render_https
 
-from .conftest import Chain
+from ..conftest import Chain
 
 pytestmark = pytest.mark.chain
 
@@ -383,27 +383,54 @@ def test_a_burst_of_renewals_on_a_single_worker_shares_one_reload(chain: Chain):
         assert (constants.STEP_ORDER, constants.OUTCOME_OK) in steps
 
 
-def test_one_renewal_job_per_host_whatever_the_previous_job_became(chain: Chain):
-    """Queued: refused. Failed: requeued (RQ keeps its traceback). Finished: replaced."""
-    from rq.job import Job, JobStatus
+def test_dry_run_and_scan_agree_host_by_host(chain: Chain):
+    """`virtualhosts scan --dry-run` renews exactly what the scan then enqueues, for the same
+    reasons: one decision serves both."""
+    import io
+    import json
 
-    host = stand_in(chain, "dedup.example.test", site=False)
-    queue = django_rq.get_queue("modoboa")
-    assert queueing.enqueue_once(queueing.RENEW, host.pk, host.pk, False) is True
-    assert queueing.enqueue_once(queueing.RENEW, host.pk, host.pk, False) is False
-    assert queue.get_job_ids() == [renew_id(host)]
+    from django.core.management import call_command
 
-    job = Job.fetch(renew_id(host), connection=queue.connection)
-    queue.remove(job)
-    job.set_status(JobStatus.FAILED)
-    queue.failed_job_registry.add(job, ttl=3600)
-    assert queueing.enqueue_once(queueing.RENEW, host.pk, host.pk, False) is True
-    assert queue.get_job_ids() == [renew_id(host)]
-    assert queue.failed_job_registry.get_job_ids() == []
+    stand_in(chain, "due.example.test", remaining=5, site=False)
+    stand_in(chain, "fresh.example.test", remaining=60, site=False)
+    stand_in(chain, "short.example.test", lifetime=6, remaining=2, site=False)
+    stand_in(chain, "expired.example.test", remaining=-1, site=False)
+    stand_in(chain, "off.example.test", remaining=2, enabled=False, site=False)
+    stand_in(chain, "new.example.test", files=False, site=False)
+    backing_off = stand_in(chain, "waiting.example.test", remaining=3, site=False)
+    VirtualHost.objects.filter(pk=backing_off.pk).update(
+        status=constants.STATUS_FAILED, attempts=2, next_attempt_at=timezone.now() + DAY
+    )
+    garbage = stand_in(chain, "garbage.example.test", remaining=60, site=False)
+    storage.certificate_paths(chain.storage, garbage.hostname)[0].write_text("not a certificate")
+    renamed = stand_in(chain, "renamed.example.test", remaining=60, site=False)
+    not_before, not_after = validity(remaining=60 * DAY)
+    other, key = make_chain_pem(["other.example.test"], not_before=not_before, not_after=not_after)
+    storage.write_certificate_pair(chain.storage, renamed.hostname, other, key)
 
-    queue.remove(job)
-    job.set_status(JobStatus.FINISHED)
-    assert queueing.enqueue_once(queueing.RENEW, host.pk, host.pk, False) is True
-    assert queue.get_job_ids() == [renew_id(host)]
-    assert Job.fetch(renew_id(host), connection=queue.connection).get_status() == "queued"
-    queue.empty()
+    out = io.StringIO()
+    call_command("virtualhosts", "scan", "--dry-run", "--json", stdout=out)
+    plan = {row["hostname"]: row for row in json.loads(out.getvalue())}
+    assert queued_renewals() == []  # the dry run enqueued nothing
+
+    jobs.check_certificate_renewals()
+    renewed_ids = {int(job_id.rsplit("-", 1)[1]) for job_id in queued_renewals()}
+    renewed = VirtualHost.objects.filter(pk__in=renewed_ids)
+    enqueued = set(renewed.values_list("hostname", flat=True))
+    assert len(plan) == VirtualHost.objects.count()
+    for hostname, row in plan.items():
+        assert (row["action"] == "renew") == (hostname in enqueued), (hostname, row["reason"])
+    assert enqueued == {
+        "due.example.test",
+        "short.example.test",
+        "expired.example.test",
+        "garbage.example.test",
+        "renamed.example.test",
+    }
+    assert "does not cover" in plan["renamed.example.test"]["reason"]
+    assert "next try after" in plan["waiting.example.test"]["reason"]
+    assert "disabled" in plan["off.example.test"]["reason"]
+    assert "no certificate yet" in plan["new.example.test"]["reason"]
+    # The real scan recorded the unusable file with the very reason the dry run gave.
+    garbage.refresh_from_db()
+    assert garbage.last_error == plan["garbage.example.test"]["reason"]

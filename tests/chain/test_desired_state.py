@@ -19,7 +19,7 @@ from modoboa_pro.virtualhosts import constants, jobs, services
 from modoboa_pro.virtualhosts.adapters import locks, nginx
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from .conftest import Chain
+from ..conftest import Chain
 from .test_failures import http_get
 
 pytestmark = pytest.mark.chain

@@ -18,7 +18,7 @@ from rq import SimpleWorker
 from modoboa_pro.virtualhosts import jobs, queueing
 from modoboa_pro.virtualhosts.models import RenewalScan
 
-from .conftest import Chain
+from ..conftest import Chain
 from .test_renewal import stand_in
 
 pytestmark = pytest.mark.chain
@@ -42,7 +42,7 @@ register(
 
 
 def test_documented_lines_are_the_ones_tested():
-    docs = (Path(__file__).resolve().parent.parent / "docs" / "renewal.md").read_text()
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "renewal.md").read_text()
     assert CRON_CONFIG in docs
 
 

@@ -15,7 +15,7 @@ from modoboa_pro.virtualhosts.adapters import locks, tls, x509
 from modoboa_pro.virtualhosts.errors import ConfigurationError, RunInProgress
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from .conftest import BACKEND_BODY, Chain, set_parameters
+from ..conftest import BACKEND_BODY, Chain, set_parameters
 
 pytestmark = pytest.mark.chain
 
@@ -328,3 +328,4 @@ def test_a_site_written_but_never_loaded_is_loaded_by_the_next_run(chain: Chain)
     assert http_get(chain, "unloaded.example.test").content == BACKEND_BODY
     step = host.events.filter(step=constants.STEP_HTTP_SITE).first()
     assert step is not None and "not loaded by nginx; reloaded" in step.message
+

@@ -12,7 +12,7 @@ from modoboa_pro.virtualhosts import constants, jobs
 from modoboa_pro.virtualhosts.adapters import locks
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from .conftest import Chain, set_parameters
+from ..conftest import Chain, set_parameters
 
 pytestmark = pytest.mark.chain
 
@@ -95,3 +95,29 @@ def test_the_daily_scan_also_retries(chain: Chain):
     chain.dns.nxdomain.discard("nightly.example.test")
     VirtualHost.objects.filter(pk=host.pk).update(next_attempt_at=timezone.now() - PAST)
     assert jobs.check_certificate_renewals()["retried"] == ["nightly.example.test"]
+
+
+def test_a_failed_disable_is_retried_until_the_site_is_gone(chain: Chain):
+    """A disable that could not take the site out (e.g. nginx refused) is retried like a run."""
+    from modoboa_pro.virtualhosts.adapters import nginx
+
+    host = VirtualHost.objects.create(hostname="off-later.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    # Disabled, but its disable job failed: the row says so, the site is still there.
+    VirtualHost.objects.filter(pk=host.pk).update(
+        enabled=False,
+        status=constants.STATUS_FAILED,
+        failed_step=constants.STEP_REMOVE,
+        attempts=1,
+        next_attempt_at=timezone.now() - PAST,
+    )
+    site = nginx.site_path(chain.nginx.sites_dir, host.hostname)
+    assert site.exists()
+
+    assert jobs.retry_due_virtualhosts()["retried"] == ["off-later.example.test"]
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_DISABLED and host.attempts == 0
+    assert host.next_attempt_at is None and not site.exists()

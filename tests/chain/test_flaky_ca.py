@@ -10,7 +10,7 @@ from modoboa_pro.testing import PebbleServer
 from modoboa_pro.virtualhosts import constants
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from .conftest import Chain
+from ..conftest import Chain
 
 pytestmark = pytest.mark.chain
 

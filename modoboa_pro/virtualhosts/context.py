@@ -1,0 +1,93 @@
+"""What a run is given: the settings read for it and its adapters (``Context``).
+
+Jobs build the real ones (``jobs.build_context``); tests replace one field to
+inject a fault at that seam.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from . import constants
+from .adapters import probe, storage, webroot
+from .adapters.reloader import Reloader
+from .adapters.x509 import CertificateFacts
+from .rendering import SiteContext
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting and parameter the chain needs, read once at the start of a run."""
+
+    letsencrypt: bool
+    email: str
+    storage_root: Path
+    threshold_days: int
+    directory_url: str
+    ca_bundle: str | None
+    key_type: str
+    order_timeout: float
+    conf_dir: Path
+    http_port: int
+    https_port: int
+    listen_address: str
+    upstream: str
+    upstream_protocol: str
+    verify_address: str
+
+    @property
+    def webroot(self) -> Path:
+        return self.storage_root / constants.WEBROOT_DIRNAME
+
+    @property
+    def endpoint(self) -> probe.Endpoint:
+        return probe.Endpoint(
+            self.webroot, self.verify_address, self.http_port, self.conf_dir
+        )
+
+    def site_context(self, hostname: str) -> SiteContext:
+        fullchain, privkey = storage.certificate_paths(self.storage_root, hostname)
+        return SiteContext(
+            hostname=hostname,
+            http_port=self.http_port,
+            https_port=self.https_port,
+            listen_address=self.listen_address,
+            webroot=self.webroot,
+            fullchain=fullchain,
+            privkey=privkey,
+            upstream=self.upstream,
+            upstream_protocol=self.upstream_protocol,
+        )
+
+
+class CertificateAuthority(Protocol):
+    def ensure_account(self) -> object: ...
+
+    def obtain_certificate(
+        self, hostname: str, csr_pem: bytes, publisher: webroot.WebrootPublisher
+    ) -> bytes: ...
+
+
+class LockFactory(Protocol):
+    def __call__(
+        self, hostname: str, *, wait: datetime.timedelta = ...
+    ) -> AbstractContextManager[object]: ...
+
+
+@dataclass
+class Context:
+    """The adapters a run uses; jobs build the real ones, tests may inject faults."""
+
+    settings: Settings
+    reload: Reloader
+    acme: Callable[[Settings], CertificateAuthority]
+    lock: LockFactory  # the host's lock; ``wait`` for the holder to finish
+    served: Callable[[str], CertificateFacts]  # one TLS handshake with SNI
+    # Renewals only: queue ``finish_renewal(host_id, generation, run_id)`` behind the
+    # other renewals, so that one nginx reload serves them all (None: reload inline).
+    defer: Callable[[int, int, str], None] | None = None

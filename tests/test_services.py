@@ -1,0 +1,47 @@
+"""The write rules live in services, whoever calls them (API, CLI, a future UI endpoint)."""
+
+from __future__ import annotations
+
+import pytest
+
+from modoboa_pro.virtualhosts import constants, services
+from modoboa_pro.virtualhosts.errors import ConfigurationError, DuplicateHost, InvalidHostname
+from modoboa_pro.virtualhosts.models import VirtualHost
+
+from .conftest import set_parameters
+
+
+@pytest.fixture
+def letsencrypt(modoboa, redis_server) -> None:
+    set_parameters(enable_letsencrypt=True, acme_account_email="hostmaster@example.org")
+
+
+def test_no_host_without_an_account_email_while_letsencrypt_is_on(modoboa, redis_server):
+    set_parameters(enable_letsencrypt=True, acme_account_email="")
+    with pytest.raises(ConfigurationError, match="Set the ACME account email"):
+        services.create_virtualhost("www.example.test")
+    assert not VirtualHost.objects.exists()
+    set_parameters(enable_letsencrypt=False)
+    assert services.create_virtualhost("www.example.test").hostname == "www.example.test"
+
+
+def test_names_are_unique_once_normalised(letsencrypt):
+    services.create_virtualhost("www.example.test")
+    with pytest.raises(DuplicateHost, match="www.example.test already exists"):
+        services.create_virtualhost("WWW.Example.Test.")
+    with pytest.raises(InvalidHostname):
+        services.create_virtualhost("../etc")
+    assert VirtualHost.objects.count() == 1
+
+
+def test_an_admin_change_never_overwrites_what_a_run_recorded(letsencrypt):
+    """The admin's copy is stale (loaded before the run finished): only ``enabled`` is saved."""
+    host = services.create_virtualhost("www.example.test")
+    stale = VirtualHost.objects.get(pk=host.pk)
+    VirtualHost.objects.filter(pk=host.pk).update(
+        status=constants.STATUS_ACTIVE, cert_serial="5e41a1", attempts=0
+    )
+    services.set_enabled(stale, False)
+    host.refresh_from_db()
+    assert host.enabled is False
+    assert (host.status, host.cert_serial) == (constants.STATUS_ACTIVE, "5e41a1")
