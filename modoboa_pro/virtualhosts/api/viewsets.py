@@ -7,9 +7,8 @@ from django.db.models import Prefetch
 from django.utils.translation import gettext as _
 from django_filters import rest_framework as dj_filters
 from modoboa.lib import pagination
-from rest_framework import exceptions, filters, mixins, response, viewsets
+from rest_framework import exceptions, filters, mixins, response, status, viewsets
 from rest_framework import permissions as drf_permissions
-from rest_framework import status as http_status
 from rest_framework.decorators import action
 
 from .. import constants, presenters, services
@@ -81,7 +80,7 @@ class VirtualHostViewSet(
             return serializers.VirtualHostUpdateSerializer
         return serializers.VirtualHostSerializer
 
-    def _answer(self, host: VirtualHost, code: int = http_status.HTTP_200_OK):
+    def _answer(self, host: VirtualHost, code: int = status.HTTP_200_OK):
         host = self.get_queryset().get(pk=host.pk)  # fresh state and history
         data = serializers.VirtualHostSerializer(host, context=self.get_serializer_context()).data
         return response.Response(data, status=code)
@@ -103,7 +102,7 @@ class VirtualHostViewSet(
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         self.perform_create(serializer)
-        return self._answer(serializer.instance, http_status.HTTP_201_CREATED)
+        return self._answer(serializer.instance, status.HTTP_201_CREATED)
 
     def update(self, request, *args, **kwargs):
         host = self.get_object()
@@ -121,7 +120,7 @@ class VirtualHostViewSet(
             run(host)
         except VirtualHostError as err:
             raise VirtualHostAPIError(err) from err
-        return self._answer(host, http_status.HTTP_202_ACCEPTED)
+        return self._answer(host, status.HTTP_202_ACCEPTED)
 
     @action(methods=["post"], detail=True)
     def retry(self, request, pk=None):
