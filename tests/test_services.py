@@ -25,6 +25,12 @@ def test_no_host_without_an_account_email_while_letsencrypt_is_on(modoboa, redis
     assert services.create_virtualhost("www.example.test").hostname == "www.example.test"
 
 
+def test_a_host_created_disabled_says_so(letsencrypt):
+    host = services.create_virtualhost("off.example.test", enabled=False)
+    host.refresh_from_db()
+    assert (host.enabled, host.status) == (False, constants.STATUS_DISABLED)
+
+
 def test_names_are_unique_once_normalised(letsencrypt):
     services.create_virtualhost("www.example.test")
     with pytest.raises(DuplicateHost, match="www.example.test already exists"):

@@ -79,7 +79,9 @@ def create_virtualhost(hostname: str, *, enabled: bool = True, domain=None) -> V
     name = normalize_hostname(hostname)
     if VirtualHost.objects.filter(hostname=name).exists():
         raise DuplicateHost(f"A virtual host named {name} already exists.")
-    host = VirtualHost(hostname=name, enabled=enabled, domain=domain)
+    # A host created disabled has nothing to run: it starts as what it is.
+    status = constants.STATUS_PENDING if enabled else constants.STATUS_DISABLED
+    host = VirtualHost(hostname=name, enabled=enabled, domain=domain, status=status)
     host.full_clean()
     host.save()  # the post_save handler enqueues provisioning
     return host
