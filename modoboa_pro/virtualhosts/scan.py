@@ -231,7 +231,7 @@ def _scan_host(
                 alarms.alarm_urgent(host, stored.facts.not_after, now)
     if found.renews:
         report.due += 1
-        _schedule(host, None if dry_run else enqueue, found.reason, report, dry_run)
+        _schedule(host, enqueue, found.reason, report, dry_run)
     else:
         report.skipped[found.action] += 1
         logger.debug("virtualhost %s: %s", host.hostname, found.reason)
