@@ -294,15 +294,7 @@ def _order_reason(
 
     The same decision as the scan's, without the backoff: this run is the retry.
     """
-    facts = stored.facts
-    decision = policy.decide(
-        timezone.now(),
-        threshold_days,
-        facts.not_before if facts else None,
-        facts.not_after if facts else None,
-        covers_hostname=facts is None or hostname in facts.names,
-        problem=stored.problem,
-    )
+    decision = policy.decide_stored(timezone.now(), threshold_days, hostname, stored)
     if decision.action in (policy.RENEW, policy.NO_CERTIFICATE):
         return decision.reason
     return "renewal requested" if force else None

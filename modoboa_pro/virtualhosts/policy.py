@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a plain dataclass read, no I/O: policy stays pure
+    from .adapters.storage import StoredCertificate
 
 # Let's Encrypt's advice for retries: back off 1 min, 10 min, 100 min, then daily.
 RETRY_BACKOFF = (
@@ -145,6 +149,29 @@ def decide(
             due_at,
         )
     return Decision(RENEW, reason, due_at)
+
+
+def decide_stored(
+    now: datetime.datetime,
+    threshold_days: int,
+    hostname: str,
+    stored: StoredCertificate,
+    *,
+    attempts: int = 0,
+    next_attempt_at: datetime.datetime | None = None,
+) -> Decision:
+    """``decide`` for the certificate read from a host's files (``storage.read_current``)."""
+    facts = stored.facts
+    return decide(
+        now,
+        threshold_days,
+        facts.not_before if facts else None,
+        facts.not_after if facts else None,
+        covers_hostname=facts is None or hostname in facts.names,
+        problem=stored.problem,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+    )
 
 
 def in_backoff(

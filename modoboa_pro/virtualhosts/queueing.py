@@ -9,7 +9,6 @@ whoever asks (API, CLI, handlers, the scan, two schedulers at once).
 from __future__ import annotations
 
 import datetime
-import logging
 
 import django_rq
 from rq.exceptions import DuplicateJobError, NoSuchJobError
@@ -19,8 +18,6 @@ from . import constants
 from .adapters import locks
 from .errors import LockHeld
 
-logger = logging.getLogger("modoboa.jobs")
-
 _JOBS = "modoboa_pro.virtualhosts.jobs."
 PROVISION = _JOBS + "provision_virtualhost"
 RENEW = _JOBS + "renew_virtualhost"
@@ -29,7 +26,6 @@ DISABLE = _JOBS + "disable_virtualhost"
 REMOVE = _JOBS + "remove_virtualhost"
 RELOAD = _JOBS + "nginx_test_and_reload"
 SCAN = _JOBS + "check_certificate_renewals"
-RETRY_SWEEP = _JOBS + "retry_due_virtualhosts"
 
 # The action part of a job id: one per job that acts on a host.
 ACTIONS = {

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from django.db import IntegrityError
+from django.db.models import Q
 from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
@@ -76,11 +77,12 @@ class Run:
         """Stop here if an admin disabled or deleted the host since the run began."""
         if self.kind == constants.KIND_DISABLE:
             return  # the disable run is the one reacting to the change
-        enabled = VirtualHost.objects.filter(pk=self.host.pk).values_list("enabled", flat=True)
-        found = list(enabled)
-        if not found:
+        enabled = (
+            VirtualHost.objects.filter(pk=self.host.pk).values_list("enabled", flat=True).first()
+        )
+        if enabled is None:
             raise DesiredStateChanged(f"{self.host.hostname} was deleted", gone=True)
-        if not found[0]:
+        if not enabled:
             raise DesiredStateChanged(f"{self.host.hostname} was disabled", gone=False)
 
     def _event(
@@ -184,15 +186,18 @@ def outcome(run: Run) -> Iterator[Outcome]:
         raise
 
 
-def _write(host: VirtualHost, **changes: object) -> bool:
-    """UPDATE the host's observed fields; mirror them on ``host``. False if the row is gone."""
+def _write(host: VirtualHost, *, where: Q | None = None, **changes: object) -> bool:
+    """UPDATE the host's observed fields (if its row still matches ``where``); mirror them
+    on ``host``. False when nothing was written: the row is gone or no longer matches."""
     unknown = set(changes) - set(OBSERVED_FIELDS)
     assert not unknown, f"runs write observed fields only, not {sorted(unknown)}"
     changes.setdefault("updated_at", timezone.now())
-    updated = VirtualHost.objects.filter(pk=host.pk).update(**changes)
+    rows = VirtualHost.objects.filter(pk=host.pk)
+    if not rows.filter(where or Q()).update(**changes):
+        return False
     for name, value in changes.items():
         setattr(host, name, value)
-    return bool(updated)
+    return True
 
 
 def mark_status(host: VirtualHost, status: str) -> None:
@@ -279,7 +284,9 @@ def mark_unusable_file(host: VirtualHost, problem: str, now: datetime.datetime) 
     message = problem[:4000]
     if host.status == constants.STATUS_FAILED and host.last_error == message:
         return
-    VirtualHost.objects.filter(pk=host.pk).exclude(status=constants.STATUS_PROVISIONING).update(
+    _write(
+        host,
+        where=~Q(status=constants.STATUS_PROVISIONING),
         status=constants.STATUS_FAILED,
         failed_step=constants.STEP_RENEW,
         last_error=message,
@@ -297,17 +304,13 @@ def sync_facts(host: VirtualHost, facts: CertificateFacts, threshold_days: int) 
         "cert_issuer": facts.issuer[:255],
         "cert_not_before": facts.not_before,
         "cert_not_after": facts.not_after,
-        "updated_at": timezone.now(),
     }
     if host.attempts == 0:
         changes["next_attempt_at"] = policy.renewal_due_at(
             threshold_days, facts.not_before, facts.not_after
         )
     # Conditional on what we read: a renewal finishing meanwhile wins.
-    updated = VirtualHost.objects.filter(pk=host.pk, cert_serial=host.cert_serial).update(**changes)
-    if updated:
-        for name, value in changes.items():
-            setattr(host, name, value)
+    if _write(host, where=Q(cert_serial=host.cert_serial), **changes):
         logger.info(
             "virtualhost %s: recorded the certificate found on disk (serial %s, expires %s)",
             host.hostname,

@@ -72,14 +72,11 @@ def verdict(
         return Verdict(
             host.hostname, host.pk, SKIP_DISABLED, "disabled: its challenge cannot be served"
         )
-    facts = stored.facts
-    decision = policy.decide(
+    decision = policy.decide_stored(
         now,
         threshold_days,
-        facts.not_before if facts else None,
-        facts.not_after if facts else None,
-        covers_hostname=facts is None or host.hostname in facts.names,
-        problem=stored.problem,
+        host.hostname,
+        stored,
         attempts=host.attempts,
         next_attempt_at=host.next_attempt_at,
     )
@@ -91,7 +88,7 @@ def verdict(
         host.pk,
         decision.action,
         reason,
-        not_after=facts.not_after if facts else None,
+        not_after=stored.facts.not_after if stored.facts else None,
         due_at=decision.due_at,
     )
 

@@ -60,15 +60,6 @@ def _check_ready_for_letsencrypt() -> None:
         )
 
 
-def configuration_problem() -> str | None:
-    """What an operator must configure before hosts can get certificates, or None."""
-    try:
-        _check_ready_for_letsencrypt()
-    except ConfigurationError as err:
-        return err.message
-    return None
-
-
 def create_virtualhost(hostname: str, *, enabled: bool = True, domain=None) -> VirtualHost:
     """Create a host; provisioning starts once the transaction commits.
 
