@@ -4,10 +4,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck imports pytest system-deps venv clean
+.PHONY: test demo demo-ui frontend frontend-check lint typecheck imports pytest system-deps venv clean
 
 # tox.ini runs the same commands, one environment each (lint, typecheck, tests).
-test: system-deps $(STAMP)
+test: system-deps $(STAMP) frontend-check
 	$(BIN)/ruff check modoboa_pro tests scripts
 	$(BIN)/mypy modoboa_pro
 	$(BIN)/lint-imports
@@ -15,6 +15,18 @@ test: system-deps $(STAMP)
 
 demo: system-deps $(STAMP)
 	$(BIN)/python -m modoboa_pro.demo
+
+# The demo, then Modoboa's web UI over HTTPS on loopback until Ctrl-C (prints URL and login).
+demo-ui: system-deps $(STAMP)
+	$(BIN)/python -m modoboa_pro.demo --ui
+
+# Rebuild the Virtual hosts page into the package (commit the result); needs Node >= 20.19.
+frontend:
+	@bash scripts/frontend.sh build
+
+# Fails when the committed build is not what frontend/ sources build.
+frontend-check:
+	@bash scripts/frontend.sh check
 
 system-deps:
 	@bash scripts/system-deps.sh
@@ -40,4 +52,4 @@ pytest: $(STAMP)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .tox
+	rm -rf $(VENV) frontend/node_modules test-artefacts .pytest_cache .mypy_cache .ruff_cache .import_linter_cache .tox

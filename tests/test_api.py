@@ -542,3 +542,100 @@ def test_renew_through_api_issues_a_new_certificate(live: World, chain: Chain):
     assert renewed["status"] == constants.STATUS_ACTIVE, renewed["last_error"]
     assert renewed["certificate"]["serial"] != first["certificate"]["serial"]
     assert chain.failed_jobs() == []
+
+
+# -- what the Vue UI reads ---------------------------------------------------------------
+
+PLUGINS_URL = "/api/v2/frontend/plugins/"
+
+
+def _manifests(client: APIClient, **headers: str) -> dict[str, dict]:
+    answer = client.get(PLUGINS_URL, **headers)
+    assert answer.status_code == 200, answer.content
+    return {m["name"]: m for m in answer.json()}
+
+
+def test_the_manifest_declares_the_page_the_tab_and_the_pro_slot(world):
+    from modoboa_pro import __version__
+
+    manifests = _manifests(world.api("DomainAdmins"))
+    page = manifests["modoboa_pro.virtualhosts"]
+    assert page["remote"] == {
+        "name": "modoboa_pro_virtualhosts",
+        "url": f"/sitestatic/virtualhosts/remoteEntry.js?v={__version__}",
+        "format": "esm",
+    }
+    roles = ["SuperAdmins", "Resellers", "DomainAdmins"]
+    assert page["routes"] == [
+        {
+            "name": "VirtualHostList",
+            "path": "virtualhosts",
+            "component": "./VirtualHostList",
+            "parent": "AdminLayout",
+            "meta": {"requiresAuth": True, "allowedRoles": roles},
+            "props": {},
+            "children": [],
+        }
+    ]
+    [entry] = page["menu_entries"]
+    assert (entry["label"], entry["to"], entry["roles"]) == (
+        "Virtual hosts",
+        "VirtualHostList",
+        roles,
+    )
+    assert [x["component"] for x in page["ui_extensions"]["domain.detail.tabs"]] == [
+        "./DomainVirtualHosts"
+    ]
+    assert [x["component"] for x in page["ui_extensions"]["admin.information.pro"]] == [
+        "./ProInformation"
+    ]
+    # The remote ships in the package: Django's finders serve what the URL names.
+    from django.contrib.staticfiles import finders
+
+    assert finders.find("virtualhosts/remoteEntry.js"), "build the frontend (make frontend)"
+
+
+def test_the_pro_slot_status_follows_certificate_health(world):
+    pro = _manifests(world.api("SuperAdmins"))["modoboa_pro"]
+    assert pro["status"] == {"text": "3 hosts, 3 being provisioned", "color": "info"}
+    VirtualHost.objects.update(status=constants.STATUS_ACTIVE)
+    VirtualHost.objects.filter(pk=world.foreign.pk).update(
+        status=constants.STATUS_FAILED, last_error="NXDOMAIN"
+    )
+    pro = _manifests(world.api("SuperAdmins"))["modoboa_pro"]
+    assert pro["status"] == {"text": "1 host failing", "color": "warning"}
+
+
+def test_labels_follow_the_users_language(world):
+    manifests = _manifests(world.api("SuperAdmins"), HTTP_ACCEPT_LANGUAGE="fr")
+    assert manifests["modoboa_pro.virtualhosts"]["menu_entries"][0]["label"] == "Hôtes virtuels"
+    assert manifests["modoboa_pro"]["status"]["text"] == "3 hôtes, 3 en cours de provisionnement"
+
+
+def test_summary_counts_only_the_callers_hosts(world):
+    VirtualHost.objects.filter(pk=world.mine.pk).update(status=constants.STATUS_FAILED)
+    mine = world.api("DomainAdmins").get(URL + "summary/").json()
+    assert (mine["total"], mine["by_status"], mine["failing"]) == (1, {"failed": 1}, 1)
+    assert mine["health"] == {"color": "warning", "text": "1 host failing"}
+    assert mine["docs_url"].startswith("https://")
+    everything = world.api("SuperAdmins").get(URL + "summary/").json()
+    assert (everything["total"], everything["by_status"]) == (3, {"failed": 1, "pending": 2})
+    assert world.api("SimpleUsers").get(URL + "summary/").status_code == 403
+
+
+def test_a_host_shows_its_running_step_and_its_lifetime_share(world):
+    import datetime
+
+    from django.utils import timezone
+
+    now = timezone.now()
+    VirtualHost.objects.filter(pk=world.mine.pk).update(
+        status=constants.STATUS_PROVISIONING,
+        current_step=constants.STEP_ORDER,
+        cert_not_before=now - datetime.timedelta(days=4, hours=12),
+        cert_not_after=now + datetime.timedelta(days=1, hours=12),
+    )
+    host = world.api("DomainAdmins").get(f"{URL}{world.mine.pk}/").json()
+    assert host["current_step"] == "order"
+    assert host["certificate"]["days_left"] == 1
+    assert host["certificate"]["lifetime_left"] == pytest.approx(0.25, abs=0.01)

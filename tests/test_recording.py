@@ -57,3 +57,16 @@ def test_a_run_stops_at_the_next_step_once_the_host_is_disabled_or_deleted(host)
     with pytest.raises(DesiredStateChanged) as info, run.step(constants.STEP_ACCOUNT):
         pytest.fail("a step of a deleted host must not start")
     assert info.value.gone is True
+
+
+def test_the_running_step_is_shown_while_provisioning_and_cleared_at_the_end(host):
+    from modoboa_pro.virtualhosts import presenters
+
+    recording.mark_status(host, constants.STATUS_PROVISIONING)
+    run = recording.Run(host, "r1", constants.KIND_PROVISION)
+    with run.step(constants.STEP_ORDER):
+        shown = VirtualHost.objects.get(pk=host.pk)
+        assert presenters.current_step(shown) == constants.STEP_ORDER
+    recording.mark_failure(host, constants.STEP_ORDER, StorageError("disk full", retryable=True))
+    host.refresh_from_db()
+    assert (host.current_step, presenters.current_step(host)) == ("", None)

@@ -66,6 +66,9 @@ def settings_snippet(wiring: Wiring) -> str:
 # Demo only: never contact Modoboa's public API; answer on loopback and for the demo hosts.
 DISABLE_DASHBOARD_EXTERNAL_QUERIES = True
 ALLOWED_HOSTS += {allowed!r}
+# The web UI is served by nginx over HTTPS in front of runserver (modoboa_pro.demo.ui):
+# nginx says the original scheme, so OAuth discovery and redirects use https.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # The certificate authority: Pebble, a test ACME server, trusted through its own CA bundle.
 ACME_DIRECTORY_URL = {pebble.directory_url!r}
@@ -88,6 +91,17 @@ LOGGING["handlers"]["console"] = {{"class": "logging.StreamHandler", "formatter"
 LOGGING["loggers"]["modoboa.jobs"] = {{
     "handlers": ["console"],
     "level": "INFO",
+    "propagate": False,
+}}
+# SQLite and concurrent writers (the workers record each step while a user logs in): a
+# transaction that reads, then writes, fails at once with "database is locked" when another
+# process writes meanwhile. IMMEDIATE transactions take the write lock first and wait for it.
+DATABASES["default"].setdefault("OPTIONS", {{}}).update(transaction_mode="IMMEDIATE", timeout=20)
+
+# Server errors with their traceback in the application's log (runserver.log).
+LOGGING["loggers"]["django.request"] = {{
+    "handlers": ["console"],
+    "level": "ERROR",
     "propagate": False,
 }}
 """

@@ -14,6 +14,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from modoboa_pro.demo import ui
 from modoboa_pro.demo.client import ModoboaApi, https_get, openssl_proof
 from modoboa_pro.demo.console import Console
 from modoboa_pro.demo.instance import (
@@ -95,6 +96,12 @@ class Demo:
             stopped.append(name)
         return stopped
 
+    def wait(self) -> None:
+        """Keep everything running until Ctrl-C (or SIGTERM); fail if a process dies."""
+        while True:
+            time.sleep(1)
+            self._check_alive()
+
     def _check_alive(self) -> None:
         for process in self.processes:
             if process.pid is None or not process.running:
@@ -103,6 +110,13 @@ class Demo:
     # -- stages ------------------------------------------------------------------------
 
     def run(self) -> bool:
+        """The whole demo: True when every host became active."""
+        self.start_services()
+        self.deploy()
+        self.start_modoboa()
+        return self.provision()
+
+    def start_services(self) -> None:
         c = self.console
         c.stage("Starting the loopback services (Redis, DNS, nginx, Pebble)")
         redis = self._track(RedisServer(self.root / "redis")).start()
@@ -137,7 +151,12 @@ class Demo:
                 ),
             ]
         )
+        self.redis, self.dns, self.nginx, self.pebble = redis, dns, nginx, pebble
+        self.pebble_root = pebble_root
 
+    def deploy(self) -> None:
+        c = self.console
+        redis, nginx, pebble = self.redis, self.nginx, self.pebble
         c.stage("Deploying a Modoboa instance on SQLite (modoboa-admin.py deploy)")
         instance = ModoboaInstance(self.root / "instance")
         self.log_paths.append(instance.commands_log)
@@ -174,6 +193,7 @@ class Demo:
         if match is None:
             raise DemoError(f"drf_create_token printed no token: {token_out.strip()!r}")
         token = match.group(1)
+        self.instance, self.app_port, self.token = instance, app_port, token
         c.facts(
             [
                 ("manage.py migrate", "ok"),
@@ -184,6 +204,9 @@ class Demo:
             ]
         )
 
+    def start_modoboa(self) -> None:
+        c = self.console
+        redis, instance, app_port = self.redis, self.instance, self.app_port
         c.stage("Starting Modoboa: RQ workers and the application")
         connection = redis.client()
         workers = [
@@ -197,7 +220,8 @@ class Demo:
         for process in django_processes:
             self._track(process)
         start_all(django_processes)
-        api = ModoboaApi(f"http://127.0.0.1:{app_port}", token)
+        api = ModoboaApi(f"http://127.0.0.1:{app_port}", self.token)
+        self.api = api
         storage = self.root / "acme"
         api.set_parameters(
             "virtualhosts",
@@ -220,6 +244,28 @@ class Demo:
             ]
         )
 
+    def serve_ui(self) -> ui.WebUi:
+        """Serve Modoboa's web UI over HTTPS on a loopback port (``--ui``)."""
+        c = self.console
+        c.stage("Serving Modoboa's web UI over HTTPS (SPA, static files, API)")
+        port = free_port()
+        ui.prepare_instance(self.instance, f"127.0.0.1:{port}")
+        web = ui.start(self.instance, self.app_port, self.root / "ui", port)
+        self._track(web.proxy)
+        self.log_paths += [web.proxy.error_log_path, web.proxy.access_log_path]
+        c.facts(
+            [
+                ("manage.py collectstatic", "ok (the plugin's page is in sitestatic/virtualhosts)"),
+                ("load_initial_data", "--relative-urls-in-config, then add_allowed_hosts"),
+                ("nginx", f"{web.origin}, pid {web.proxy.pid}"),
+            ]
+        )
+        return web
+
+    def provision(self) -> bool:
+        c = self.console
+        api, instance, nginx, pebble_root = self.api, self.instance, self.nginx, self.pebble_root
+        app_port, token = self.app_port, self.token
         c.stage("Creating virtual hosts through the REST API")
         hosts: list[dict[str, Any]] = []
         for hostname in self.hostnames:
@@ -331,6 +377,16 @@ def _summary(body: str) -> str:
     return json.dumps(data)[:80]
 
 
+def _show_ui(console: Console, web: ui.WebUi) -> None:
+    user, password = ui.ADMIN_LOGIN
+    console.line()
+    console.line(f"Modoboa's web UI: {web.origin}/")
+    console.line(f"    log in as {user} / {password}, then click 'Virtual hosts' in the menu")
+    console.line("    (the certificate is from a throwaway CA: accept it in the browser, or trust")
+    console.line(f"    {web.ca_path}; plugin pages cannot be bookmarked in Modoboa 2.12).")
+    console.line("Everything keeps running until you press Ctrl-C.")
+
+
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m modoboa_pro.demo",
@@ -341,6 +397,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--keep",
         action="store_true",
         help="keep the working directory (instance, logs, certificates) after a success",
+    )
+    parser.add_argument(
+        "--ui",
+        action="store_true",
+        help="then serve Modoboa's web UI over HTTPS on a loopback port and keep everything "
+        "running until Ctrl-C (prints the URL and the login)",
     )
     parser.add_argument(
         "--workdir",
@@ -371,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         root = Path(tempfile.mkdtemp(prefix="modoboa-pro-demo-"))
     # Unix socket paths are limited to 107 bytes: keep the root short.
     demo = Demo(console, root, HOSTNAMES)
+    if args.ui:
+        console.stages += 1
     previous = {
         sig: signal.signal(sig, _raise_terminated) for sig in (signal.SIGTERM, signal.SIGHUP)
     }
@@ -382,6 +446,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ok = demo.run()
         if not ok:
             problem = "a virtual host did not become active"
+        elif args.ui:
+            _show_ui(console, demo.serve_ui())
+            demo.wait()
     except KeyboardInterrupt:
         problem = "interrupted"
     except _Terminated as err:

@@ -45,6 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "VIRTUALHOSTS_RELOAD_MODE": "privileged",
     # How long a chain waits for the privileged worker's reload before failing.
     "VIRTUALHOSTS_RELOAD_TIMEOUT": 120,
+    # Where the UI's "Documentation" link points; None: the package's Documentation URL.
+    "VIRTUALHOSTS_DOCS_URL": None,
 }
 
 
@@ -53,6 +55,28 @@ def get(name: str) -> Any:
     if name not in DEFAULTS:
         raise KeyError(f"unknown modoboa_pro.virtualhosts setting {name}")
     return getattr(settings, name, DEFAULTS[name])
+
+
+def docs_url() -> str:
+    """The product documentation: the setting, else the URL the installed package declares."""
+    configured = get("VIRTUALHOSTS_DOCS_URL")
+    if configured:
+        return str(configured)
+    from importlib import metadata
+
+    try:
+        urls = metadata.metadata(DISTRIBUTION).get_all("Project-URL") or []
+    except metadata.PackageNotFoundError:
+        urls = []
+    for entry in urls:
+        label, _, url = entry.partition(",")
+        if label.strip().lower() == "documentation":
+            return url.strip()
+    return DOCS_FALLBACK
+
+
+DISTRIBUTION = "modoboa-pro"
+DOCS_FALLBACK = "https://pypi.org/project/modoboa-pro/"
 
 
 # The app name Modoboa files the parameters of ``parameters.py`` under.

@@ -28,6 +28,7 @@ DESIRED_FIELDS = ("hostname", "domain", "enabled", "updated_at")
 # run never overwrites a change an admin made while it ran.
 OBSERVED_FIELDS = (
     "status",
+    "current_step",
     "last_error",
     "failed_step",
     "attempts",
@@ -64,6 +65,12 @@ class VirtualHost(models.Model):
     # Observed state: written by jobs only.
     status = models.CharField(
         max_length=20, choices=constants.STATUSES, default=constants.STATUS_PENDING, db_index=True
+    )
+    current_step = models.CharField(
+        max_length=20,
+        blank=True,
+        default="",
+        help_text=_("The step a run is at now (the UI shows it while provisioning)."),
     )
     last_error = models.TextField(blank=True, default="")
     failed_step = models.CharField(max_length=20, blank=True, default="")

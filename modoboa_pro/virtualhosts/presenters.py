@@ -8,6 +8,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from django.utils import timezone
+
 from . import constants, policy
 from .models import VirtualHost, VirtualHostEvent
 
@@ -29,7 +31,30 @@ def certificate(host: VirtualHost, now: datetime.datetime | None = None) -> dict
         "not_before": host.cert_not_before,
         "not_after": host.cert_not_after,
         "days_left": host.days_left(now),
+        "lifetime_left": lifetime_left(host, now),
     }
+
+
+def lifetime_left(host: VirtualHost, now: datetime.datetime | None = None) -> float | None:
+    """The share of the certificate's lifetime still ahead (1 new, 0 expiring, < 0 expired).
+
+    The UI colours by this, not by days: 5 days left is most of a 6-day certificate's
+    life, and almost none of a 90-day one's.
+    """
+    if host.cert_not_after is None or host.cert_not_before is None:
+        return None
+    total = (host.cert_not_after - host.cert_not_before).total_seconds()
+    if total <= 0:
+        return 0.0
+    left = (host.cert_not_after - (now or timezone.now())).total_seconds()
+    return round(left / total, 4)
+
+
+def current_step(host: VirtualHost) -> str | None:
+    """The step a provisioning run is at now, or None when no provisioning is running."""
+    if host.status != constants.STATUS_PROVISIONING:
+        return None
+    return host.current_step or None
 
 
 def next_action(host: VirtualHost) -> str | None:
@@ -101,6 +126,7 @@ def summary(
         "enabled": host.enabled,
         "domain": host.domain.name if host.domain_id and host.domain else None,
         "status": host.status,
+        "current_step": current_step(host),
         "last_error": host.last_error,
         "failed_step": host.failed_step,
         "attempts": host.attempts,

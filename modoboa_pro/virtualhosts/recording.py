@@ -40,7 +40,7 @@ class Run:
     def step(self, name: str) -> Iterator[StepResult]:
         """Time a step, log it and store it in the host's history."""
         self.current_step = name
-        self.check_desired_state()
+        self._enter(name)
         result = StepResult()
         started = timezone.now()
         clock = time.monotonic()
@@ -72,6 +72,16 @@ class Run:
             time.monotonic() - clock,
             f": {result.message}" if result.message else "",
         )
+
+    def _enter(self, step: str) -> None:
+        """Show the step on the host, in the same UPDATE that checks the host is still wanted."""
+        rows = VirtualHost.objects.filter(pk=self.host.pk)
+        if self.kind != constants.KIND_DISABLE:
+            rows = rows.filter(enabled=True)
+        if rows.update(current_step=step):
+            self.host.current_step = step
+            return
+        self.check_desired_state()  # nothing matched: it raises, saying why
 
     def check_desired_state(self) -> None:
         """Stop here if an admin disabled or deleted the host since the run began."""
@@ -214,6 +224,7 @@ def mark_success(
     """The run succeeded: store certificate facts, plan the renewal, close the alarm."""
     changes: dict[str, object] = {
         "status": status,
+        "current_step": "",
         "last_error": "",
         "failed_step": "",
         "attempts": 0,
@@ -249,6 +260,7 @@ def mark_failure(host: VirtualHost, step: str, err: VirtualHostError) -> None:
         host,
         attempts=attempts,
         status=constants.STATUS_FAILED,
+        current_step="",
         failed_step=step,
         last_error=err.message[:4000],
         next_attempt_at=next_attempt_at,
@@ -267,6 +279,7 @@ def mark_disabled(host: VirtualHost) -> None:
     done = _write(
         host,
         status=constants.STATUS_DISABLED,
+        current_step="",
         next_attempt_at=None,
         last_error="",
         failed_step="",

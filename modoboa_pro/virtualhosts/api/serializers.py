@@ -31,6 +31,7 @@ class CertificateSerializer(serializers.Serializer):
     not_before = serializers.DateTimeField()
     not_after = serializers.DateTimeField()
     days_left = serializers.IntegerField(allow_null=True)
+    lifetime_left = serializers.FloatField(allow_null=True)
 
 
 def _domain_hostname(name: str) -> str:
@@ -56,6 +57,7 @@ class VirtualHostSerializer(serializers.ModelSerializer):
         },
     )
     domain_name = serializers.SerializerMethodField()
+    current_step = serializers.SerializerMethodField()
     certificate = serializers.SerializerMethodField()
     next_action = serializers.SerializerMethodField()
     history = serializers.SerializerMethodField()
@@ -69,6 +71,7 @@ class VirtualHostSerializer(serializers.ModelSerializer):
             "domain",
             "domain_name",
             "status",
+            "current_step",
             "last_error",
             "failed_step",
             "attempts",
@@ -103,6 +106,9 @@ class VirtualHostSerializer(serializers.ModelSerializer):
 
     def get_domain_name(self, obj: VirtualHost) -> str | None:
         return obj.domain.name if obj.domain_id and obj.domain else None
+
+    def get_current_step(self, obj: VirtualHost) -> str | None:
+        return presenters.current_step(obj)
 
     def get_certificate(self, obj: VirtualHost) -> dict[str, Any] | None:
         cert = presenters.certificate(obj)

@@ -11,7 +11,7 @@ from rest_framework import exceptions, filters, mixins, response, status, viewse
 from rest_framework import permissions as drf_permissions
 from rest_framework.decorators import action
 
-from .. import constants, presenters, services
+from .. import conf, constants, health, presenters, services
 from ..errors import (
     ConfigurationError,
     DuplicateHost,
@@ -121,6 +121,14 @@ class VirtualHostViewSet(
         except VirtualHostError as err:
             raise VirtualHostAPIError(err) from err
         return self._answer(host, status.HTTP_202_ACCEPTED)
+
+    @action(methods=["get"], detail=False)
+    def summary(self, request):
+        """Certificate health of the hosts the caller may see, in one line and in counts."""
+        hosts = permissions.hosts_for(request.user)
+        data = health.summary(hosts, int(conf.param("certificate_renewal_threshold")))
+        data["docs_url"] = conf.docs_url()
+        return response.Response(data)
 
     @action(methods=["post"], detail=True)
     def retry(self, request, pk=None):

@@ -1,0 +1,262 @@
+"""The Virtual hosts page in Modoboa's real SPA, driven in Chromium like an admin would.
+
+Each scenario goes through the whole product: the page calls the API, the workers run the
+chain against Pebble and nginx, and the test checks what the page shows against what nginx
+really serves.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from modoboa_pro.virtualhosts.adapters.locks import lock_key
+from modoboa_pro.virtualhosts.adapters.tls import fetch_served_certificate
+
+from .conftest import PASSWORD, PHONE, PROVISION_TIMEOUT_MS, Session, Stack
+
+pytestmark = pytest.mark.ui
+
+
+def add_host(session: Session, hostname: str, domain: str | None = None) -> None:
+    page = session.page
+    page.get_by_role("button", name="Add a virtual host").click()
+    dialog = page.get_by_test_id("vh-form")
+    dialog.get_by_label("Hostname").fill(hostname)
+    if domain:
+        # By keyboard, as the controls must allow: focus the select, open it, pick.
+        dialog.get_by_label("Domain").focus()
+        page.keyboard.press("Enter")
+        page.get_by_role("option", name=domain).click()
+    dialog.get_by_role("button", name="Create").click()
+
+
+def wait_status(session: Session, hostname: str, text: str) -> None:
+    status = session.row(hostname).get_by_test_id("vh-status")
+    expect(status).to_have_text(re.compile(text), timeout=PROVISION_TIMEOUT_MS)
+
+
+def open_details(session: Session, hostname: str):
+    session.row(hostname).get_by_role("button", name=hostname).click()
+    details = session.page.get_by_test_id("vh-details")
+    expect(details).to_be_visible()
+    return details
+
+
+def close_details(session: Session) -> None:
+    details = session.page.get_by_test_id("vh-details")
+    details.get_by_role("button", name="Close").click()
+    expect(details).to_be_hidden()
+
+
+def served_serial(stack: Stack, hostname: str) -> str:
+    return fetch_served_certificate("127.0.0.1", stack.nginx.https_port, hostname).serial
+
+
+def pro_item(session: Session):
+    return session.page.locator(".v-navigation-drawer").get_by_role(
+        "link", name=re.compile("Modoboa Pro")
+    )
+
+
+def test_an_admin_adds_a_host_and_watches_it_become_active(stack, login):
+    session = login()
+    session.open_virtual_hosts()
+    add_host(session, "shop.alpha.test", domain="alpha.test")
+    # No reload: the page follows the run until nginx serves the certificate.
+    wait_status(session, "shop.alpha.test", r"^Active$")
+    row = session.row("shop.alpha.test")
+    expect(row).to_contain_text("Pebble Intermediate CA")
+    expect(row).to_contain_text(re.compile(r"\d+ days left"))
+    details = open_details(session, "shop.alpha.test")
+    serial = details.get_by_test_id("vh-cert-serial").inner_text().strip()
+    assert serial == served_serial(stack, "shop.alpha.test")
+    # The step history of the run, newest first, with the verification at the top.
+    expect(details).to_contain_text("Served certificate verified")
+    expect(details).to_contain_text("Certificate order")
+    session.screenshot("details-desktop")
+    close_details(session)
+    session.screenshot("list-desktop")
+
+
+def test_the_page_is_usable_at_a_phones_width(stack, login):
+    stack.api.create_virtualhost("phone.alpha.test")
+    session = login(viewport=PHONE)
+    session.open_virtual_hosts()
+    # Modoboa's menu is permanent: on a phone one folds it to its icons (its chevron button).
+    session.page.locator(".v-navigation-drawer button:has(.mdi-chevron-left)").click()
+    expect(session.page.get_by_role("button", name="Add a virtual host")).to_be_visible()
+    wait_status(session, "phone.alpha.test", r"^Active$")
+    box = session.page.get_by_test_id("vh-table").bounding_box()
+    assert box is not None and box["x"] + box["width"] <= PHONE["width"], box
+    session.screenshot("list-phone")
+    details = open_details(session, "phone.alpha.test")
+    expect(details.get_by_role("button", name="Renew now")).to_be_in_viewport()
+    session.screenshot("details-phone")
+
+
+def test_an_invalid_hostname_is_refused_on_the_field_and_nothing_is_created(stack, login):
+    session = login()
+    session.open_virtual_hosts()
+    add_host(session, "bad host.alpha.test")
+    dialog = session.page.get_by_test_id("vh-form")
+    expect(dialog).to_contain_text("may contain only letters, digits, hyphens and dots")
+    expect(dialog.get_by_label("Hostname")).to_have_value("bad host.alpha.test")  # kept to fix
+    assert [h["hostname"] for h in stack.api.virtualhosts() if " " in h["hostname"]] == []
+    session.screenshot("invalid-hostname")
+
+
+def test_a_failing_host_says_why_and_retry_provisioning_fixes_it(stack, login):
+    stack.dns.nxdomain.add("nx.alpha.test")  # the CA cannot resolve the name
+    session = login()
+    session.open_virtual_hosts()
+    add_host(session, "nx.alpha.test", domain="alpha.test")
+    wait_status(session, "nx.alpha.test", r"^Failed")
+    error = session.row("nx.alpha.test").get_by_test_id("vh-last-error")
+    expect(error).to_contain_text("nx.alpha.test")
+    expect(error).to_contain_text(re.compile("DNS|NXDOMAIN|resolve", re.I))
+    # The Modoboa Pro item turns to warning with the failure count (the page refreshes it).
+    expect(pro_item(session)).to_contain_text("1 host failing", timeout=10_000)
+    session.screenshot("failed-host")
+
+    stack.dns.nxdomain.discard("nx.alpha.test")  # the operator fixes the DNS record
+    details = open_details(session, "nx.alpha.test")
+    details.get_by_role("button", name="Retry provisioning").click()
+    expect(details.get_by_test_id("vh-action-result")).to_contain_text("nx.alpha.test")
+    close_details(session)
+    wait_status(session, "nx.alpha.test", r"^Active$")
+    assert stack.host("nx.alpha.test")["certificate"]["serial"] == served_serial(
+        stack, "nx.alpha.test"
+    )
+    expect(pro_item(session)).not_to_contain_text("failing", timeout=10_000)
+
+
+def test_renew_now_shows_the_new_certificate(stack, login):
+    stack.api.create_virtualhost("renew.alpha.test")
+    session = login()
+    session.open_virtual_hosts()
+    wait_status(session, "renew.alpha.test", r"^Active$")
+    details = open_details(session, "renew.alpha.test")
+    serial = details.get_by_test_id("vh-cert-serial")
+    before = serial.inner_text().strip()
+    details.get_by_role("button", name="Renew now").click()
+    expect(details.get_by_test_id("vh-action-result")).to_contain_text("renew.alpha.test")
+    # The dialog follows the renewal to the new certificate, and nginx serves that one.
+    expect(serial).not_to_have_text(before, timeout=PROVISION_TIMEOUT_MS)
+    after = serial.inner_text().strip()
+    assert after == served_serial(stack, "renew.alpha.test") != before
+    # A second click while nothing runs is accepted again; no 409 left behind.
+    session.screenshot("renewed")
+
+
+def test_an_action_refused_by_the_api_shows_its_message(stack, login):
+    stack.api.create_virtualhost("busy.alpha.test")
+    session = login()
+    session.open_virtual_hosts()
+    wait_status(session, "busy.alpha.test", r"^Active$")
+    # A worker holds the host (as during a renewal run): the API answers 409.
+    redis = stack.demo.redis.client()
+    key = lock_key("busy.alpha.test")
+    redis.set(key, "held-by-the-test", px=60_000)
+    try:
+        details = open_details(session, "busy.alpha.test")
+        details.get_by_role("button", name="Renew now").click()
+        result = details.get_by_test_id("vh-action-result")
+        expect(result).to_contain_text(
+            "A run for busy.alpha.test is already in progress. Wait for it to finish"
+        )
+    finally:
+        redis.delete(key)
+
+
+def test_disable_then_delete(stack, login):
+    stack.api.create_virtualhost("gone.alpha.test")
+    site = stack.nginx.sites_dir
+    session = login()
+    session.open_virtual_hosts()
+    wait_status(session, "gone.alpha.test", r"^Active$")
+    assert any("gone.alpha.test" in p.name for p in site.iterdir())
+
+    details = open_details(session, "gone.alpha.test")
+    details.get_by_role("button", name="Disable").click()
+    expect(details.get_by_test_id("vh-action-result")).to_contain_text("disabled")
+    close_details(session)
+    wait_status(session, "gone.alpha.test", r"^Disabled$")
+    assert not any("gone.alpha.test" in p.name for p in site.iterdir())
+
+    details = open_details(session, "gone.alpha.test")
+    details.get_by_role("button", name="Delete").click()
+    confirm = session.page.get_by_test_id("vh-delete-confirm")
+    expect(confirm).to_contain_text("cannot be undone")
+    expect(confirm).to_contain_text("archive")
+    confirm.get_by_role("button", name="Delete").click()
+    expect(session.row("gone.alpha.test")).to_have_count(0)
+    assert stack.host("gone.alpha.test") is None
+
+
+def test_a_domain_admin_sees_only_their_domains_hosts(stack, login):
+    mine = stack.api.create_virtualhost("www.alpha.test")
+    stack.api._call("PATCH", f"virtualhosts/{mine['id']}/", json={"enabled": True})
+    theirs = stack.api._call(
+        "POST",
+        "virtualhosts/",
+        json={"hostname": "www.beta.test", "domain": stack.domains["beta.test"]},
+    ).json()
+    stack.shell(
+        "from modoboa_pro.virtualhosts.models import VirtualHost; "
+        f"VirtualHost.objects.filter(hostname='www.alpha.test').update(domain_id={stack.domains['alpha.test']})"
+    )
+    session = login("boss@alpha.test", PASSWORD)
+    session.open_virtual_hosts()
+    expect(session.row("www.alpha.test")).to_have_count(1)
+    expect(session.row("www.beta.test")).to_have_count(0)
+    # Not even through the API with the page's own credentials.
+    status = session.page.evaluate(
+        """async (id) => {
+            const key = Object.keys(sessionStorage).find((k) => k.startsWith('oidc.user:'))
+            const token = JSON.parse(sessionStorage.getItem(key)).access_token
+            const answer = await fetch(`/api/v2/virtualhosts/${id}/`,
+                                       {headers: {Authorization: `Bearer ${token}`}})
+            return answer.status
+        }""",
+        theirs["id"],
+    )
+    assert status == 404
+    # The Modoboa Pro item is for SuperAdmins only.
+    expect(pro_item(session)).to_have_count(0)
+
+
+def test_the_domain_page_has_a_virtual_hosts_tab(stack, login):
+    stack.api._call(
+        "POST",
+        "virtualhosts/",
+        json={"hostname": "tab.alpha.test", "domain": stack.domains["alpha.test"]},
+    )
+    session = login()
+    session.click_menu("Domains")
+    session.page.get_by_role("link", name="alpha.test", exact=True).click()
+    session.page.get_by_role("tab", name="Virtual hosts").click()
+    expect(session.row("tab.alpha.test")).to_have_count(1)
+    expect(session.page.locator('tr[data-hostname="www.beta.test"]')).to_have_count(0)
+    session.screenshot("domain-tab")
+
+
+def test_the_modoboa_pro_item_shows_the_health_summary(stack, login):
+    session = login()
+    item = pro_item(session)
+    expect(item).to_contain_text(re.compile(r"\d+ hosts?"))
+    item.click()
+    health = session.page.get_by_test_id("vh-health")
+    expect(health).to_contain_text(re.compile(r"\d+ hosts?|failing|provisioned"))
+    session.page.get_by_role("button", name="Open Virtual hosts").click()
+    session.page.wait_for_url("**/admin/virtualhosts")
+    session.screenshot("pro-information")
+
+
+def test_the_page_speaks_french(stack, login):
+    session = login("chef@alpha.test", PASSWORD)
+    session.open_virtual_hosts("Hôtes virtuels")
+    expect(session.page.get_by_role("button", name="Ajouter un hôte virtuel")).to_be_visible()
+    session.screenshot("list-french")
