@@ -150,7 +150,8 @@ class Session:
     def screenshot(self, name: str) -> Path:
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTEFACTS / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)  # type: ignore[attr-defined]
+        # Transitions fast-forwarded: a dialog is captured open, not half-faded.
+        self.page.screenshot(path=str(path), full_page=True, animations="disabled")  # type: ignore[attr-defined]
         return path
 
 

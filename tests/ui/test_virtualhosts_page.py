@@ -51,6 +51,22 @@ def close_details(session: Session) -> None:
     expect(details).to_be_hidden()
 
 
+UNLABELLED = """(root) => [...root.querySelectorAll('button, input, select, textarea, a[href]')]
+    .filter((el) => el.offsetParent !== null && el.type !== 'hidden')
+    .filter((el) => {
+        const named = (el.getAttribute('aria-label') || el.getAttribute('title') || '').trim()
+        const labelled = el.getAttribute('aria-labelledby')
+            || (el.id && document.querySelector(`label[for="${el.id}"]`))
+        return !named && !labelled && !(el.textContent || '').trim()
+    })
+    .map((el) => el.outerHTML.slice(0, 160))"""
+
+
+def unlabelled_controls(area) -> list[str]:
+    """Visible controls in ``area`` that a screen reader could not name."""
+    return area.evaluate(UNLABELLED)
+
+
 def served_serial(stack: Stack, hostname: str) -> str:
     return fetch_served_certificate("127.0.0.1", stack.nginx.https_port, hostname).serial
 
@@ -76,8 +92,10 @@ def test_an_admin_adds_a_host_and_watches_it_become_active(stack, login):
     # The step history of the run, newest first, with the verification at the top.
     expect(details).to_contain_text("Served certificate verified")
     expect(details).to_contain_text("Certificate order")
+    assert unlabelled_controls(details) == []
     session.screenshot("details-desktop")
     close_details(session)
+    assert unlabelled_controls(session.page.locator("main")) == []
     session.screenshot("list-desktop")
 
 
@@ -100,8 +118,15 @@ def test_the_page_is_usable_at_a_phones_width(stack, login):
 def test_an_invalid_hostname_is_refused_on_the_field_and_nothing_is_created(stack, login):
     session = login()
     session.open_virtual_hosts()
-    add_host(session, "bad host.alpha.test")
-    dialog = session.page.get_by_test_id("vh-form")
+    # With the keyboard only: the button opens the form, the name field has the focus,
+    # Enter submits.
+    page = session.page
+    page.get_by_role("button", name="Add a virtual host").focus()
+    page.keyboard.press("Enter")
+    dialog = page.get_by_test_id("vh-form")
+    expect(dialog.get_by_label("Hostname")).to_be_focused()
+    page.keyboard.type("bad host.alpha.test")
+    page.keyboard.press("Enter")
     expect(dialog).to_contain_text("may contain only letters, digits, hyphens and dots")
     expect(dialog.get_by_label("Hostname")).to_have_value("bad host.alpha.test")  # kept to fix
     assert [h["hostname"] for h in stack.api.virtualhosts() if " " in h["hostname"]] == []
@@ -260,3 +285,28 @@ def test_the_page_speaks_french(stack, login):
     session.open_virtual_hosts("Hôtes virtuels")
     expect(session.page.get_by_role("button", name="Ajouter un hôte virtuel")).to_be_visible()
     session.screenshot("list-french")
+
+
+def test_search_and_status_filter_narrow_the_list(stack, login):
+    stack.dns.nxdomain.add("lost.beta.test")
+    stack.api.create_virtualhost("find-me.beta.test")
+    stack.api.create_virtualhost("lost.beta.test")
+    session = login()
+    session.open_virtual_hosts()
+    wait_status(session, "find-me.beta.test", r"^Active$")
+    wait_status(session, "lost.beta.test", r"^Failed")
+    page = session.page
+    # Failed hosts come first.
+    assert page.locator("tr[data-hostname]").first.get_attribute("data-hostname") == (
+        "lost.beta.test"
+    )
+    page.get_by_label("Search").fill("find-me")
+    expect(page.locator("tr[data-hostname]")).to_have_count(1)
+    expect(session.row("find-me.beta.test")).to_have_count(1)
+    page.get_by_label("Search").fill("")
+    page.get_by_label("Status").focus()
+    page.keyboard.press("Enter")
+    page.get_by_role("option", name="Failed").click()
+    expect(session.row("lost.beta.test")).to_have_count(1)
+    expect(session.row("find-me.beta.test")).to_have_count(0)
+    stack.dns.nxdomain.discard("lost.beta.test")
