@@ -19,9 +19,7 @@ def test_the_wheel_ships_the_page_translations_and_migrations(tmp_path):
     )
     [wheel] = tmp_path.glob("modoboa_pro-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    shipped = {
-        str(p.relative_to(REPO)) for p in (REPO / STATIC).rglob("*") if p.is_file()
-    }
+    shipped = {str(p.relative_to(REPO)) for p in (REPO / STATIC).rglob("*") if p.is_file()}
     assert f"{STATIC}/remoteEntry.js" in shipped
     assert shipped <= names, sorted(shipped - names)
     for needed in (
