@@ -275,9 +275,9 @@ def test_the_modoboa_pro_item_shows_the_health_summary(stack, login):
     item.click()
     health = session.page.get_by_test_id("vh-health")
     expect(health).to_contain_text(re.compile(r"\d+ hosts?|failing|provisioned"))
+    session.screenshot("pro-information")
     session.page.get_by_role("button", name="Open Virtual hosts").click()
     session.page.wait_for_url("**/admin/virtualhosts")
-    session.screenshot("pro-information")
 
 
 def test_the_page_speaks_french(stack, login):
