@@ -107,6 +107,14 @@ def test_the_page_is_usable_at_a_phones_width(stack, login):
     session.page.locator(".v-navigation-drawer button:has(.mdi-chevron-left)").click()
     expect(session.page.get_by_role("button", name="Add a virtual host")).to_be_visible()
     wait_status(session, "phone.alpha.test", r"^Active$")
+    # Nothing moves any more: the page stops asking (it polls every 2 s while a host does).
+    session.page.wait_for_timeout(2500)  # a poll already under way may still land
+    polls: list[str] = []
+    session.page.on(
+        "request", lambda r: polls.append(r.url) if "/api/v2/virtualhosts/" in r.url else None
+    )
+    session.page.wait_for_timeout(5000)
+    assert polls == []
     box = session.page.get_by_test_id("vh-table").bounding_box()
     assert box is not None and box["x"] + box["width"] <= PHONE["width"], box
     session.screenshot("list-phone")
