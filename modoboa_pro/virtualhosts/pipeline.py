@@ -156,6 +156,8 @@ def _obtain(
                 f"is valid until {existing.not_after:%Y-%m-%d}"
             )
         else:
+            # A certificate we could not keep would still cost rate limit: check first.
+            storage.check_writable(s.storage_root, hostname)
             key_pem = x509.generate_private_key(s.key_type)
             csr_pem = x509.make_csr(hostname, key_pem)
             fullchain = ca.obtain_certificate(

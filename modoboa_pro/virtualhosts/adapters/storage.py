@@ -176,6 +176,46 @@ def _check_pair(fullchain_pem: bytes, privkey_pem: bytes) -> None:
         )
 
 
+# What a probe writes: more than a real pair (an ECDSA chain is ~3 KB, an RSA-4096 one
+# ~7 KB), so a disk with room for the probe has room for the pair.
+STORE_PROBE_BYTES = 16 * 1024
+
+
+def check_writable(storage_root: Path, hostname: str) -> None:
+    """Raise StorageError unless a pair for ``hostname`` could be stored now.
+
+    Called before ordering: a certificate the CA issues and we cannot keep still
+    costs rate limit, and every retry would order again. The probe takes the
+    same path as ``write_certificate_pair``: the directories, a file of the
+    size of a pair (then removed), and a symlink swap in ``certs/``.
+    """
+    safe_hostname(hostname)
+    root = Path(storage_root)
+    certs = ensure_dir(_certs_dir(root), constants.PRIVATE_DIR_MODE)
+    ensure_dir(certs / PAIRS_DIRNAME, constants.PRIVATE_DIR_MODE)
+    pairs = ensure_dir(_pairs_dir(root, hostname), constants.PRIVATE_DIR_MODE)
+    probe = pairs / f".store-probe.{secrets.token_hex(6)}"
+    link = certs / f".link-probe.{secrets.token_hex(6)}"
+    try:
+        try:
+            atomic_write(probe, b"\0" * STORE_PROBE_BYTES, constants.PRIVATE_FILE_MODE)
+            os.symlink(probe.name, link)
+        except OSError as err:
+            raise StorageError(f"Cannot write in {certs}: {err.strerror}.") from err
+    except StorageError as err:
+        raise StorageError(
+            f"Certificates for {hostname} cannot be stored: {err.message} No certificate "
+            "was ordered. Free space or fix the permissions of the storage path (Settings > "
+            "Virtual hosts), then retry provisioning.",
+            retryable=True,
+        ) from err
+    finally:
+        with contextlib.suppress(OSError):
+            link.unlink()
+        with contextlib.suppress(OSError):
+            probe.unlink()
+
+
 def write_certificate_pair(
     storage_root: Path, hostname: str, fullchain_pem: bytes, privkey_pem: bytes
 ) -> Path:
