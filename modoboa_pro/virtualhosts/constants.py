@@ -66,6 +66,9 @@ HISTORY_KEEP = 50
 WEBROOT_DIRNAME = "webroot"
 CERTS_DIRNAME = "certs"
 ACCOUNTS_DIRNAME = "accounts"
+# Which challenge tokens each host's runs published (private): a run killed before its
+# cleanup leaves tokens behind, and the host's next run removes exactly those.
+CHALLENGES_DIRNAME = "challenges"
 ARCHIVE_DIRNAME = "archive"
 FULLCHAIN_FILENAME = "fullchain.pem"
 PRIVKEY_FILENAME = "privkey.pem"

@@ -16,6 +16,7 @@ from typing import Protocol
 from . import constants
 from .adapters import probe, storage, webroot
 from .adapters.reloader import Reloader
+from .adapters.webroot import TokenLedger
 from .adapters.x509 import CertificateFacts
 from .rendering import SiteContext
 
@@ -43,6 +44,9 @@ class Settings:
     @property
     def webroot(self) -> Path:
         return self.storage_root / constants.WEBROOT_DIRNAME
+
+    def token_ledger(self, hostname: str) -> TokenLedger:
+        return TokenLedger(self.storage_root / constants.CHALLENGES_DIRNAME, hostname)
 
     @property
     def endpoint(self) -> probe.Endpoint:

@@ -140,6 +140,14 @@ def _obtain(
     s = ctx.settings
     existing = stored.facts
     new_pair: tuple[bytes, bytes] | None = None
+    ledger = s.token_ledger(hostname)
+    # We hold the host's lock: any token recorded for it belongs to a dead run.
+    if left := webroot.sweep_leftovers(s.webroot, ledger):
+        logger.info(
+            "virtualhost %s: removed %d challenge token(s) left by an interrupted run",
+            hostname,
+            len(left),
+        )
     with run.step(constants.STEP_ACCOUNT) as step:
         if reason is None:
             step.skip("no order needed")
@@ -161,7 +169,7 @@ def _obtain(
             key_pem = x509.generate_private_key(s.key_type)
             csr_pem = x509.make_csr(hostname, key_pem)
             fullchain = ca.obtain_certificate(
-                hostname, csr_pem, webroot.WebrootPublisher(s.webroot)
+                hostname, csr_pem, webroot.WebrootPublisher(s.webroot, ledger)
             )
             new_pair = (fullchain, key_pem)
             step.message = f"certificate issued ({reason})"

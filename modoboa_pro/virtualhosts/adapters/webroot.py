@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -48,14 +49,75 @@ def remove_token(webroot: Path, token: str) -> None:
         ) from err
 
 
-class WebrootPublisher:
-    """Publishes HTTP-01 key authorizations in one webroot (the ACME adapter's seam)."""
+class TokenLedger:
+    """The tokens a host's runs published and have not removed yet, in one private file.
 
-    def __init__(self, webroot: Path) -> None:
+    The webroot is shared by every host, and a worker killed mid-order never runs its
+    cleanup: the ledger says which leftover tokens are this host's, so its next run
+    (holding the host's lock, so no live order of its own) removes exactly those.
+    """
+
+    def __init__(self, directory: Path, hostname: str) -> None:
+        # A fixed-length name: the ledger adds no length limit to hostnames.
+        digest = hashlib.sha256(hostname.encode("ascii")).hexdigest()[:32]
+        self.directory = Path(directory)
+        self.path = self.directory / digest
+
+    def tokens(self) -> list[str]:
+        try:
+            text = self.path.read_text("ascii")
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeError) as err:
+            raise StorageError(f"Cannot read the challenge ledger {self.path}: {err}.") from err
+        return [t for t in text.split() if _TOKEN_RE.fullmatch(t)]
+
+    def _save(self, tokens: list[str]) -> None:
+        if not tokens:
+            self.path.unlink(missing_ok=True)
+            return
+        ensure_dir(self.directory, constants.PRIVATE_DIR_MODE)
+        data = "".join(f"{t}\n" for t in tokens).encode("ascii")
+        atomic_write(self.path, data, constants.PRIVATE_FILE_MODE)
+
+    def clear(self) -> None:
+        self._save([])
+
+    def add(self, token: str) -> None:
+        _token_path(Path("."), token)  # validate before it reaches the file
+        self._save([*self.tokens(), token])
+
+    def discard(self, token: str) -> None:
+        self._save([t for t in self.tokens() if t != token])
+
+
+def sweep_leftovers(webroot: Path, ledger: TokenLedger) -> list[str]:
+    """Remove the tokens a killed run of this host left in the webroot; return them."""
+    left = ledger.tokens()
+    for token in left:
+        remove_token(webroot, token)
+    if left:
+        ledger.clear()
+    return left
+
+
+class WebrootPublisher:
+    """Publishes HTTP-01 key authorizations in one webroot (the ACME adapter's seam).
+
+    With a ledger, each token is recorded before it is written and forgotten after it
+    is removed, so no crash can leave an unrecorded token.
+    """
+
+    def __init__(self, webroot: Path, ledger: TokenLedger | None = None) -> None:
         self.webroot = Path(webroot)
+        self.ledger = ledger
 
     def publish(self, token: str, content: str) -> None:
+        if self.ledger is not None:
+            self.ledger.add(token)
         publish_token(self.webroot, token, content)
 
     def remove(self, token: str) -> None:
         remove_token(self.webroot, token)
+        if self.ledger is not None:
+            self.ledger.discard(token)
