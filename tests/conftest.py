@@ -26,6 +26,8 @@ from django.conf import settings
 from modoboa_pro.testing import DnsResponder, NginxServer, PebbleServer, RedisServer
 from modoboa_pro.virtualhosts import constants
 
+from .deployment import Stack, deployed_stack
+
 BACKEND_BODY = b"modoboa application behind nginx\n"
 
 # The history of a host's first successful run, oldest first.
@@ -203,6 +205,7 @@ def chain(
         certificate_renewal_threshold=30,
     )
     dns_responder.nxdomain.clear()
+    dns_responder.silent.clear()
     yield Chain(nginx_server, pebble_server, dns_responder, redis_server, storage)
     # Leave nginx as the next test expects it: no sites.
     for site in nginx_server.sites_dir.glob("*"):
@@ -234,3 +237,9 @@ def privileged_worker(chain: Chain, settings) -> Iterator[subprocess.Popen]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A deployed Modoboa with the plugin, its workers and web UI (see tests/deployment.py)."""
+    yield from deployed_stack(tmp_path_factory)

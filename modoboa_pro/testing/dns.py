@@ -67,14 +67,16 @@ class DnsResponder:
 
     A queries get ``ipv4`` (TTL 0); every other query type gets NOERROR with no data, so
     Pebble, which asks AAAA first, validates over IPv4. Names added to :attr:`nxdomain`
-    (lower case, no trailing dot) get NXDOMAIN. Every answered query is appended to
-    :attr:`queries` as ``(transport, name, qtype)``.
+    (lower case, no trailing dot) get NXDOMAIN; names in :attr:`silent` get no answer at
+    all (a dead name server: the CA's validation hangs until its own timeout). Every
+    answered query is appended to :attr:`queries` as ``(transport, name, qtype)``.
     """
 
     def __init__(self, host: str = "127.0.0.1", *, ipv4: str = "127.0.0.1") -> None:
         self.host = host
         self._answer = ipaddress.IPv4Address(ipv4).packed
         self.nxdomain: set[str] = set()
+        self.silent: set[str] = set()
         self.queries: list[tuple[str, str, int]] = []
         self._udp: socketserver.ThreadingUDPServer | None = None
         self._tcp: socketserver.ThreadingTCPServer | None = None
@@ -87,6 +89,8 @@ class DnsResponder:
         try:
             msg_id, flags, name, qtype, qclass, end = _parse_question(packet)
         except _Malformed:
+            return None
+        if name.rstrip(".") in self.silent:
             return None
         self.queries.append((transport, name, qtype))
         question = packet[_HEADER.size : end]  # echoed byte for byte: resolvers compare it

@@ -57,6 +57,27 @@ def _tcp_open(host: str, port: int) -> bool:
         return False
 
 
+def _descendants(pid: int) -> list[int]:
+    """PIDs of every process below ``pid``, deepest first (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # Field 4 of stat is the parent's PID; the command name (2) may hold spaces.
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            found.append(child)
+            stack.append(child)
+    return found[::-1]
+
+
 class ManagedProcess:
     """A program run in the foreground as our child, stopped by its PID only.
 
@@ -180,6 +201,23 @@ class ManagedProcess:
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=self.stop_timeout)
         self._close_log()
+
+    def crash(self) -> int:
+        """SIGKILL the process and all it started at once, as an OOM kill or a power cut
+        would (no handler runs); reap it and return its PID."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            raise HarnessError(f"{self.name} is not running")
+        atexit.unregister(self.stop)
+        # RQ's work horse leads a process group of its own: find it by parentage.
+        for pid in [*_descendants(proc.pid), proc.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=self.stop_timeout)  # reaped: no zombie keeps its PID alive
+        self._close_log()
+        return proc.pid
 
     def _close_log(self) -> None:
         if self._log is not None:

@@ -89,6 +89,11 @@ SCAN_STALE_AFTER = datetime.timedelta(hours=26)
 # A host still without a certificate this long after its last change is
 # reported as stuck: a provisioning run takes seconds to minutes.
 PROVISIONING_STUCK_AFTER = datetime.timedelta(hours=1)
+# The retry sweep re-runs a pending or provisioning host this long after its last
+# change when no live run holds it (no queued job, no job of a live worker, no lock
+# of a live process): a run killed with its worker is taken up again within minutes.
+# Hosts waiting in a long queue are busy, so they are never run twice.
+ORPHANED_RUN_AFTER = datetime.timedelta(minutes=3)
 
 # The actions of a decision.
 RENEW = "renew"

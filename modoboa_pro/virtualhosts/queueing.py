@@ -9,14 +9,18 @@ whoever asks (API, CLI, handlers, the scan, two schedulers at once).
 from __future__ import annotations
 
 import datetime
+import logging
 
 import django_rq
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
+from rq.worker import Worker
 
 from . import constants
 from .adapters import locks
 from .errors import LockHeld
+
+logger = logging.getLogger("modoboa.jobs")
 
 _JOBS = "modoboa_pro.virtualhosts.jobs."
 PROVISION = _JOBS + "provision_virtualhost"
@@ -71,13 +75,42 @@ def job_state(job: Job) -> str:
     return str(getattr(status, "value", status))
 
 
+def abandoned(job: Job) -> bool:
+    """A job RQ still calls "started" whose worker is gone (SIGKILL, OOM, reboot).
+
+    RQ notices only when the worker's heartbeat times out, minutes later; until then
+    the job would block its host. The worker's own record says where it ran.
+    """
+    if job_state(job) != "started" or not job.worker_name:
+        return False
+    worker = Worker.find_by_key(
+        Worker.redis_worker_namespace_prefix + job.worker_name, connection=job.connection
+    )
+    if worker is None:
+        return True  # its record is gone: it stopped, and the job with it
+    return locks.process_gone(worker.hostname, worker.pid)
+
+
+def _pending(job: Job) -> bool:
+    if job_state(job) not in PENDING_STATES:
+        return False
+    if abandoned(job):
+        logger.warning(
+            "job %s: its worker %s died while running it; the host is free again",
+            job.id,
+            job.worker_name,
+        )
+        return False
+    return True
+
+
 def pending_job(path: str, host_id: int) -> Job | None:
-    """The queued or running job ``path`` for this host, if any."""
+    """The queued or running job ``path`` for this host, if any (not one of a dead worker)."""
     try:
         job = Job.fetch(job_id(path, host_id), connection=queue().connection)
     except NoSuchJobError:
         return None
-    return job if job_state(job) in PENDING_STATES else None
+    return job if _pending(job) else None
 
 
 def is_busy(host_id: int, hostname: str) -> bool:
@@ -107,7 +140,7 @@ def enqueue_once(path: str, host_id: int, *args: object, description: str = "") 
                 job = None
             if job is not None:
                 state = job_state(job)
-                if state in PENDING_STATES:
+                if _pending(job):
                     return False
                 if state == "failed" and tuple(job.args) == args:
                     q.failed_job_registry.requeue(job)

@@ -32,14 +32,16 @@ class RetryReport:
 
 
 def due(now: datetime.datetime) -> Q:
-    """Hosts whose retry time has come, or left pending/provisioning by a crash.
+    """Hosts whose retry time has come, or maybe left pending/provisioning by a crash.
+
+    ``run`` retries the latter only when no live run holds them (``queueing.is_busy``).
 
     Disabled hosts count too: a failed or interrupted disable is retried like a run.
     """
     failed = Q(status=constants.STATUS_FAILED, next_attempt_at__lte=now)
     stuck = Q(
         status__in=(constants.STATUS_PENDING, constants.STATUS_PROVISIONING),
-        updated_at__lt=now - policy.PROVISIONING_STUCK_AFTER,
+        updated_at__lt=now - policy.ORPHANED_RUN_AFTER,
     )
     return failed | stuck
 

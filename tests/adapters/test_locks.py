@@ -180,3 +180,60 @@ def test_unreachable_redis(tmp_path):
 def test_ttl_must_be_positive(connection):
     with pytest.raises(ValueError):
         locks.HostLock(connection, HOST, datetime.timedelta(0))
+
+
+def _dead_pid() -> int:
+    """The PID of a process that has exited and been reaped."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def _zombie_pid() -> Iterator[int]:
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:  # exited but not reaped: a zombie
+        if open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.01)
+    yield child.pid
+    child.wait()
+
+
+def _held_by(connection: redis.Redis, machine: str, pid: int) -> None:
+    value = f"deadbeef 2026-11-29T03:00:00+00:00 {machine} {pid}"
+    connection.set(locks.lock_key(HOST), value, px=60_000)
+
+
+def test_the_lock_of_a_dead_process_is_released(connection):
+    _held_by(connection, locks.this_machine(), _dead_pid())
+    assert locks.is_locked(connection, HOST) is False
+    assert connection.get(locks.lock_key(HOST)) is None
+    with locks.HostLock(connection, HOST, MINUTE):
+        assert locks.is_locked(connection, HOST)
+
+
+def test_a_dead_holder_does_not_make_a_run_wait(connection):
+    _held_by(connection, locks.this_machine(), _dead_pid())
+    lock = locks.HostLock(connection, HOST, MINUTE)
+    lock.acquire()  # no LockHeld: the holder is gone
+    assert lock.token.endswith(f" {locks.this_machine()} {os.getpid()}")
+    lock.release()
+
+
+def test_an_unreaped_zombie_counts_as_dead(connection):
+    for pid in _zombie_pid():
+        _held_by(connection, locks.this_machine(), pid)
+        assert locks.is_locked(connection, HOST) is False
+
+
+def test_a_live_holder_or_one_on_another_machine_keeps_the_lock(connection):
+    _held_by(connection, locks.this_machine(), os.getpid())
+    assert locks.is_locked(connection, HOST)
+    _held_by(connection, "another-machine", _dead_pid())  # cannot be checked from here
+    assert locks.is_locked(connection, HOST)
+    # A value written by an older release names no process: only its TTL ends it.
+    connection.set(locks.lock_key(HOST), "deadbeef 2026-11-29T03:00:00+00:00", px=60_000)
+    assert locks.is_locked(connection, HOST)
+    with pytest.raises(LockHeld, match="started 2026-11-29T03:00:00"):
+        locks.HostLock(connection, HOST, MINUTE).acquire()

@@ -8,7 +8,7 @@ import django_rq
 import pytest
 from django.utils import timezone
 
-from modoboa_pro.virtualhosts import constants, jobs
+from modoboa_pro.virtualhosts import constants, jobs, policy
 from modoboa_pro.virtualhosts.adapters import locks
 from modoboa_pro.virtualhosts.models import VirtualHost
 
@@ -121,3 +121,27 @@ def test_a_failed_disable_is_retried_until_the_site_is_gone(chain: Chain):
     host.refresh_from_db()
     assert host.status == constants.STATUS_DISABLED and host.attempts == 0
     assert host.next_attempt_at is None and not site.exists()
+
+
+def test_a_run_whose_worker_died_is_resumed_within_minutes(chain: Chain):
+    """No hour-long wait: a few minutes after its last change, and nobody alive holds it."""
+    import subprocess
+
+    host = VirtualHost.objects.create(hostname="orphan.example.test")
+    django_rq.get_queue("modoboa").empty()  # its job died with the worker
+    recently = timezone.now() - policy.ORPHANED_RUN_AFTER - datetime.timedelta(seconds=5)
+    VirtualHost.objects.filter(pk=host.pk).update(
+        status=constants.STATUS_PROVISIONING, updated_at=recently
+    )
+    # The dead run's lock: its process exited without releasing it.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    chain.redis.client().set(
+        locks.lock_key(host.hostname),
+        f"deadbeef {recently.isoformat()} {locks.this_machine()} {dead.pid}",
+        px=int(constants.HOST_LOCK_TTL.total_seconds() * 1000),
+    )
+    assert jobs.retry_due_virtualhosts()["retried"] == ["orphan.example.test"]
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error

@@ -1,25 +1,21 @@
-"""A deployed Modoboa with the plugin, its SPA over HTTPS, and Debian's Chromium driving it.
+"""Debian's Chromium driving the deployed Modoboa of ``tests/deployment.py``.
 
-One instance per session (deploying takes about 20 s): ``make demo``'s own stages, then the
-web UI stage of ``make demo --ui``. Each test gets a fresh browser context, logs in through
-Modoboa's login form and fails on any uncaught page error or console error.
+Each test gets a fresh browser context, logs in through Modoboa's login form and fails on
+any uncaught page error, console error or server error.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from modoboa_pro.demo.client import ModoboaApi
-from modoboa_pro.demo.console import Console
-from modoboa_pro.demo.run import Demo
-from modoboa_pro.demo.ui import ADMIN_LOGIN, WebUi
-from modoboa_pro.testing import DnsResponder, NginxServer
+from modoboa_pro.demo.ui import ADMIN_LOGIN
+
+from ..deployment import Stack
 
 pytestmark = pytest.mark.ui
 
@@ -37,80 +33,8 @@ CHROMIUM_ARGS = [
 DESKTOP = {"width": 1400, "height": 900}
 PHONE = {"width": 390, "height": 844}
 ARTEFACTS = Path(__file__).resolve().parents[2] / "test-artefacts" / "ui"
-# Every password of the accounts the tests create (the admin's is Modoboa's default).
-PASSWORD = "Ui-tests-2026!"
 # Provisioning through Pebble takes seconds; the page polls every 2 s.
 PROVISION_TIMEOUT_MS = 60_000
-
-
-@dataclass
-class Stack:
-    """The running instance and the loopback servers it uses."""
-
-    demo: Demo
-    web: WebUi
-    api: ModoboaApi
-    dns: DnsResponder
-    nginx: NginxServer
-    domains: dict[str, int] = field(default_factory=dict)
-
-    def shell(self, code: str) -> str:
-        """Run Python in the instance (``manage.py shell -c``); return what it printed."""
-        return self.demo.instance.manage("shell", "-c", code)
-
-    def host(self, hostname: str) -> dict | None:
-        return next((h for h in self.api.virtualhosts() if h["hostname"] == hostname), None)
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("ui")
-    log = open(root / "demo.log", "w")  # noqa: SIM115 (closed at teardown)
-    demo = Demo(Console(log, stages=7), root, hostnames=())
-    try:
-        demo.start_services()
-        demo.deploy()
-        demo.start_modoboa()
-        web = demo.serve_ui()
-        stack = Stack(demo, web, demo.api, demo.dns, demo.nginx)
-        stack.domains = _create_accounts(stack)
-        yield stack
-    finally:
-        demo.stop_all()
-        log.close()
-
-
-def _create_accounts(stack: Stack) -> dict[str, int]:
-    """Two domains; a DomainAdmin of the first; a SuperAdmin who reads French."""
-    out = stack.shell(
-        f"""
-import json
-from django.contrib.auth.models import Group
-from modoboa.admin.models import Domain
-from modoboa.core.models import User
-from modoboa.lib.permissions import grant_access_to_object
-admin = User.objects.get(username="admin")
-ids = {{}}
-for name in ("alpha.test", "beta.test"):
-    dom = Domain.objects.create(name=name, quota=0, default_mailbox_quota=0)
-    grant_access_to_object(admin, dom, is_owner=True)
-    ids[name] = dom.pk
-def account(username, role=None, language="en"):
-    # SuperAdmins are Django superusers; the other roles are groups.
-    user = User.objects.create(
-        username=username, email=username, language=language, is_superuser=role is None
-    )
-    user.set_password({PASSWORD!r})
-    user.save()
-    if role:
-        user.groups.add(Group.objects.get(name=role))
-    return user
-Domain.objects.get(name="alpha.test").add_admin(account("boss@alpha.test", "DomainAdmins"))
-account("chef@alpha.test", language="fr")
-print(json.dumps(ids))
-"""
-    )
-    return json.loads(out.strip().splitlines()[-1])
 
 
 # -- the browser -------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from playwright.sync_api import expect
 from modoboa_pro.virtualhosts.adapters.locks import lock_key
 from modoboa_pro.virtualhosts.adapters.tls import fetch_served_certificate
 
-from .conftest import PASSWORD, PHONE, PROVISION_TIMEOUT_MS, Session, Stack
+from ..deployment import PASSWORD, Stack
+from .conftest import PHONE, PROVISION_TIMEOUT_MS, Session
 
 pytestmark = pytest.mark.ui
 

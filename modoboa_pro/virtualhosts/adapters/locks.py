@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import secrets
+import socket
 import time
+from pathlib import Path
 from types import TracebackType
 
 import redis
@@ -37,6 +40,65 @@ def _text(value: bytes | str | None) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value or ""
 
 
+def this_machine() -> str:
+    """This machine's name as RQ records it for workers (no spaces: it goes in lock values)."""
+    return socket.gethostname().replace(" ", "_")
+
+
+def process_gone(machine: str | None, pid: int | None) -> bool:
+    """True when ``pid`` on ``machine`` is known to be dead.
+
+    Only a process of this machine can be checked; any other (or an unknown one) is
+    presumed alive, and its lock then ends with its TTL as before.
+    """
+    if not machine or not pid or machine != this_machine():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # it exists, under another user
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that exited and was never reaped: an orphan whose new parent (a
+    container's PID 1 that is not an init) never waits for it. Linux only."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[:1]
+    return state in (["Z"], ["X"])
+
+
+def _holder(value: bytes | str | None) -> tuple[str, str, int | None]:
+    """``(start time, machine, pid)`` of a lock value ``<token> <start> <machine> <pid>``."""
+    parts = _text(value).split(" ")
+    started = parts[1] if len(parts) > 1 else ""
+    if len(parts) < 4 or not parts[3].isdigit():
+        return started, "", None  # a value from an older release: no holder known
+    return started, parts[2], int(parts[3])
+
+
+def _break_if_dead(connection: redis.Redis, name: str, value: bytes | str | None) -> bool:
+    """Delete the lock if its holder died (SIGKILL, OOM) without releasing it."""
+    if value is None:
+        return False
+    started, machine, pid = _holder(value)
+    if not process_gone(machine, pid):
+        return False
+    if connection.eval(_RELEASE, 1, lock_key(name), value):
+        logger.warning(
+            "The lock for %s was held by process %s, which died (run started %s): released",
+            name,
+            pid,
+            started,
+        )
+    return True
+
+
 def _milliseconds(ttl: datetime.timedelta) -> int:
     ms = int(ttl.total_seconds() * 1000)
     if ms <= 0:
@@ -45,9 +107,10 @@ def _milliseconds(ttl: datetime.timedelta) -> int:
 
 
 def is_locked(connection: redis.Redis, name: str) -> bool:
-    """Whether some run currently holds the lock ``name``."""
+    """Whether a live run holds the lock ``name`` (a dead holder's lock is released)."""
     try:
-        return bool(connection.exists(lock_key(name)))
+        value = connection.get(lock_key(name))
+        return value is not None and not _break_if_dead(connection, name, value)
     except redis.RedisError as err:
         raise LockUnavailable(f"Cannot reach Redis to check the lock for {name}: {err}.") from err
 
@@ -55,8 +118,10 @@ def is_locked(connection: redis.Redis, name: str) -> bool:
 class HostLock:
     """``with HostLock(conn, hostname, ttl):`` holds the host's lock for the block.
 
-    The value stored is ``<token> <start time>``: the token proves ownership,
-    the start time tells a blocked operator how old the other run is.
+    The value stored is ``<token> <start time> <machine> <pid>``: the token proves
+    ownership, the start time tells a blocked operator how old the other run is, and
+    the process lets a later run see that the holder died without releasing it (a
+    worker killed mid-run), instead of waiting for the TTL.
     """
 
     def __init__(
@@ -89,21 +154,25 @@ class HostLock:
     def _try_acquire(self) -> None:
         token = secrets.token_hex(16)
         started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        value = f"{token} {started} {this_machine()} {os.getpid()}"
         try:
-            taken = self.connection.set(self.key, f"{token} {started}", nx=True, px=self.ttl_ms)
+            taken = self.connection.set(self.key, value, nx=True, px=self.ttl_ms)
             holder = None if taken else self.connection.get(self.key)
+            if holder is not None and _break_if_dead(self.connection, self.name, holder):
+                taken = self.connection.set(self.key, value, nx=True, px=self.ttl_ms)
+                holder = None if taken else self.connection.get(self.key)
         except redis.RedisError as err:
             raise LockUnavailable(
                 f"Cannot reach Redis to lock {self.name}: {err}. Check the Redis server "
                 "the workers use; the run will be retried.",
             ) from err
         if not taken:
-            since = _text(holder).partition(" ")[2] or "moments ago"
+            since = _holder(holder)[0] or "moments ago"
             raise LockHeld(
                 f"Another run for {self.name} is in progress (started {since}); this one "
                 "stops to let it finish."
             )
-        self.token = f"{token} {started}"
+        self.token = value
 
     def release(self) -> bool:
         """Drop the lock if this run still owns it; return whether it did."""
