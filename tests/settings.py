@@ -118,6 +118,8 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.path.join(RUN_DIR, "modoboa.db"),
             "ATOMIC_REQUESTS": True,
+            # As docs/installation.md recommends (workers write while requests run).
+            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
             "TEST": {"NAME": os.path.join(RUN_DIR, "test-modoboa.db")},
         }
     }

@@ -158,6 +158,19 @@ def test_system_checks_pass_on_a_sane_configuration(settings, nginx_server):
     assert check_virtualhosts in checks.registry.registry.get_checks()
 
 
+def test_system_checks_warn_about_sqlite_without_immediate_transactions(settings, nginx_server):
+    settings.VIRTUALHOSTS_NGINX_TEST_COMMAND = nginx_server.test_command
+    settings.VIRTUALHOSTS_NGINX_RELOAD_COMMAND = nginx_server.reload_command
+    settings.VIRTUALHOSTS_NGINX_CONF_DIR = str(nginx_server.sites_dir)
+    default = dict(settings.DATABASES["default"])
+    if "sqlite3" not in default["ENGINE"]:
+        default = {"ENGINE": "django.db.backends.sqlite3", "NAME": "x.db"}
+    settings.DATABASES = {"default": {**default, "OPTIONS": {}}}
+    [warning] = check_virtualhosts()
+    assert warning.id == "virtualhosts.W003"
+    assert 'transaction_mode="IMMEDIATE"' in warning.hint
+
+
 def test_privileged_job_takes_no_argument():
     import inspect
 

@@ -165,10 +165,35 @@ def _renewal_warnings() -> list[checks.CheckMessage]:
     ]
 
 
+def _database_warnings() -> list[checks.CheckMessage]:
+    """SQLite without IMMEDIATE transactions fails requests while the workers write."""
+    database = settings.DATABASES.get("default", {})
+    if "sqlite3" not in str(database.get("ENGINE", "")):
+        return []
+    if str(database.get("OPTIONS", {}).get("transaction_mode", "")).upper() == "IMMEDIATE":
+        return []
+    return [
+        checks.Warning(
+            "The database is SQLite without IMMEDIATE transactions: while the workers record "
+            "provisioning steps, some requests (logins, API calls) fail with 'database is "
+            "locked' (HTTP 500).",
+            hint='Add to settings.py: DATABASES["default"].setdefault("OPTIONS", {}).update('
+            'transaction_mode="IMMEDIATE", timeout=20) (see docs/installation.md).',
+            id="virtualhosts.W003",
+        )
+    ]
+
+
 @checks.register()
 def check_virtualhosts(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     """Report misconfigurations that would make provisioning fail later, silently."""
-    return _queue_errors() + _command_errors() + _directory_errors() + _setting_errors()
+    return (
+        _queue_errors()
+        + _command_errors()
+        + _directory_errors()
+        + _setting_errors()
+        + _database_warnings()
+    )
 
 
 
