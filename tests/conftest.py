@@ -243,3 +243,12 @@ def privileged_worker(chain: Chain, settings) -> Iterator[subprocess.Popen]:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A deployed Modoboa with the plugin, its workers and web UI (see tests/deployment.py)."""
     yield from deployed_stack(tmp_path_factory)
+
+
+@pytest.fixture
+def redis_down(settings, tmp_path: Path) -> Iterator[None]:
+    """Every RQ queue points at a socket nobody listens on: Redis is down."""
+    working = settings.RQ_QUEUES
+    settings.RQ_QUEUES = {q: {"URL": f"unix://{tmp_path}/no-redis.sock?db=0"} for q in working}
+    yield
+    settings.RQ_QUEUES = working

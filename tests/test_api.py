@@ -639,3 +639,22 @@ def test_a_host_shows_its_running_step_and_its_lifetime_share(world):
     assert host["current_step"] == "order"
     assert host["certificate"]["days_left"] == 1
     assert host["certificate"]["lifetime_left"] == pytest.approx(0.25, abs=0.01)
+
+
+# -- Redis down ---------------------------------------------------------------------
+
+
+def test_the_api_answers_503_and_saves_nothing(world, call, redis_down):
+    admin = world.api("SuperAdmins")
+    before = VirtualHost.objects.order_by("pk").values_list("hostname", "enabled")
+    before = list(before)
+    for method, url, data in (
+        ("post", URL, {"hostname": "new.example.test"}),
+        ("patch", f"{URL}{world.mine.pk}/", {"enabled": False}),
+        ("delete", f"{URL}{world.mine.pk}/", None),
+        ("post", f"{URL}{world.mine.pk}/retry/", None),
+    ):
+        answer = call(admin, method, url, data)
+        assert answer.status_code == 503, (method, url, answer.content)
+        assert "Cannot reach Redis" in answer.json()["detail"]
+    assert list(VirtualHost.objects.order_by("pk").values_list("hostname", "enabled")) == before

@@ -433,3 +433,24 @@ def test_list_warns_and_exits_5_when_the_renewal_scan_is_not_running(configured)
     code, out, _ = run("list")
     assert code == command.EXIT_OK
     assert "Renewal scan: last run" in out and "1 enabled host(s) seen" in out
+
+
+def test_the_cli_says_it_in_one_line_and_changes_nothing(configured, redis_down):
+    failed("bad.example.test")
+    VirtualHost.objects.create(hostname="www.example.test", status=constants.STATUS_ACTIVE)
+    before = list(VirtualHost.objects.order_by("pk").values_list("hostname", "enabled", "status"))
+    for args in (
+        ("retry", "bad.example.test"),
+        ("renew", "www.example.test"),
+        ("add", "new.example.test"),
+        ("disable", "www.example.test"),
+        ("remove", "www.example.test"),
+    ):
+        code, _, message = run(*args)
+        assert code == 1, args
+        assert "Cannot reach Redis" in message and "\n" not in message, (args, message)
+    after = list(VirtualHost.objects.order_by("pk").values_list("hostname", "enabled", "status"))
+    assert after == before
+    # Reading needs no Redis.
+    code, out, _ = run("show", "www.example.test")
+    assert "www.example.test" in out

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import datetime
+import logging
 
-from modoboa_pro.virtualhosts import constants, services
+import pytest
+from django.utils import timezone
+
+from modoboa_pro.virtualhosts import constants, jobs, queueing, services
 from modoboa_pro.virtualhosts.errors import ConfigurationError, DuplicateHost, InvalidHostname
 from modoboa_pro.virtualhosts.models import VirtualHost
 
@@ -51,3 +55,42 @@ def test_an_admin_change_never_overwrites_what_a_run_recorded(letsencrypt):
     host.refresh_from_db()
     assert host.enabled is False
     assert (host.status, host.cert_serial) == (constants.STATUS_ACTIVE, "5e41a1")
+
+
+def test_redis_lost_after_the_check_the_sweep_queues_the_work_later(
+    modoboa,
+    redis_server,
+    settings,
+    redis_down,
+    monkeypatch,
+    caplog,
+    django_capture_on_commit_callbacks,
+):
+    caplog.set_level(logging.ERROR, logger="modoboa.jobs")
+    working = {q: {"URL": redis_server.url} for q in settings.RQ_QUEUES}
+    monkeypatch.setattr(queueing, "ensure_reachable", lambda: None)  # it answered, then died
+    with django_capture_on_commit_callbacks(execute=True):
+        created = services.create_virtualhost("later.example.test")
+    off = VirtualHost.objects.create(hostname="off.example.test", status=constants.STATUS_ACTIVE)
+    with django_capture_on_commit_callbacks(execute=True):
+        services.set_enabled(off, False)
+    assert "saved but not queued" in caplog.text
+    settings.RQ_QUEUES = working  # Redis is back
+
+    assert queued() == []
+    later = timezone.now() + datetime.timedelta(minutes=5)
+    with monkeypatch.context() as patch:
+        patch.setattr(timezone, "now", lambda: later)
+        retried = jobs.retry_due_virtualhosts()["retried"]
+    assert sorted(retried) == ["later.example.test", "off.example.test"]
+    assert sorted(queued()) == [
+        ("disable_virtualhost", (off.pk,)),
+        ("provision_virtualhost", (created.pk,)),
+    ]
+
+
+def queued() -> list[tuple[str, tuple]]:
+    import django_rq
+
+    queue = django_rq.get_queue(constants.QUEUE_DEFAULT)
+    return [(job.func_name.rsplit(".", 1)[-1], tuple(job.args)) for job in queue.get_jobs()]

@@ -144,6 +144,13 @@ class LockHeld(VirtualHostError):
     retryable = True
 
 
+class QueueUnavailable(VirtualHostError):
+    """Redis, where the workers take their jobs, cannot be reached: nothing was changed."""
+
+    retryable = True
+    http_status = 503
+
+
 class LockUnavailable(VirtualHostError):
     """Redis could not be reached to take or release a host lock."""
 

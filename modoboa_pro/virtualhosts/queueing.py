@@ -12,13 +12,14 @@ import datetime
 import logging
 
 import django_rq
+from redis.exceptions import RedisError
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
 from rq.worker import Worker
 
 from . import constants
 from .adapters import locks
-from .errors import LockHeld
+from .errors import LockHeld, QueueUnavailable
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -62,6 +63,18 @@ ENQUEUE_LOCK_TTL = datetime.timedelta(seconds=30)
 
 def queue():
     return django_rq.get_queue(constants.QUEUE_DEFAULT)
+
+
+def ensure_reachable() -> None:
+    """Raise QueueUnavailable unless Redis answers: checked before a change is saved, so
+    that a change whose job could not be queued is never saved (nothing half-done)."""
+    try:
+        queue().connection.ping()
+    except RedisError as err:
+        raise QueueUnavailable(
+            f"Cannot reach Redis, where Modoboa's workers take their jobs ({err}). Nothing "
+            "was changed: start Redis (e.g. systemctl start redis-server), then try again."
+        ) from err
 
 
 def job_id(path: str, host_id: int) -> str:

@@ -39,11 +39,11 @@ def due(now: datetime.datetime) -> Q:
     Disabled hosts count too: a failed or interrupted disable is retried like a run.
     """
     failed = Q(status=constants.STATUS_FAILED, next_attempt_at__lte=now)
-    stuck = Q(
-        status__in=(constants.STATUS_PENDING, constants.STATUS_PROVISIONING),
-        updated_at__lt=now - policy.ORPHANED_RUN_AFTER,
-    )
-    return failed | stuck
+    quiet = Q(updated_at__lt=now - policy.ORPHANED_RUN_AFTER)
+    stuck = Q(status__in=(constants.STATUS_PENDING, constants.STATUS_PROVISIONING)) & quiet
+    # Disabled by an admin, but no disable run ever recorded it (its job was lost).
+    undone = Q(enabled=False) & ~Q(status=constants.STATUS_DISABLED) & quiet
+    return failed | stuck | undone
 
 
 def _job_for(host: VirtualHost, letsencrypt: bool) -> tuple[str, tuple[object, ...]] | None:

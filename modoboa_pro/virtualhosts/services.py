@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
+from redis.exceptions import RedisError
 
 from . import conf, constants, queueing
-from .errors import ConfigurationError, DuplicateHost, RunInProgress
+from .errors import ConfigurationError, DuplicateHost, RunInProgress, VirtualHostError
 from .hostnames import normalize_hostname
 from .models import DESIRED_FIELDS, VirtualHost
 
@@ -20,7 +21,20 @@ logger = logging.getLogger("modoboa.jobs")
 
 def _enqueue_on_commit(path: str, host_id: int, *args: object, description: str = "") -> None:
     def send() -> None:
-        if not queueing.enqueue_once(path, host_id, *args, description=description):
+        try:
+            queued = queueing.enqueue_once(path, host_id, *args, description=description)
+        except (VirtualHostError, RedisError) as err:
+            # Redis went away between the check and the commit: the change is saved, and
+            # the retry sweep queues the job once Redis is back (see retries.due).
+            logger.error(
+                "virtualhost #%s: %s saved but not queued (%s); the retry sweep will queue "
+                "it once Redis is back",
+                host_id,
+                queueing.ACTIONS[path],
+                err,
+            )
+            return
+        if not queued:
             logger.info(
                 "virtualhost #%s: %s already queued or running", host_id, queueing.ACTIONS[path]
             )
@@ -70,6 +84,7 @@ def create_virtualhost(hostname: str, *, enabled: bool = True, domain=None) -> V
     name = normalize_hostname(hostname)
     if VirtualHost.objects.filter(hostname=name).exists():
         raise DuplicateHost(f"A virtual host named {name} already exists.")
+    queueing.ensure_reachable()
     # A host created disabled has nothing to run: it starts as what it is.
     status = constants.STATUS_PENDING if enabled else constants.STATUS_DISABLED
     host = VirtualHost(hostname=name, enabled=enabled, domain=domain, status=status)
@@ -81,6 +96,7 @@ def create_virtualhost(hostname: str, *, enabled: bool = True, domain=None) -> V
 def set_enabled(host: VirtualHost, enabled: bool) -> VirtualHost:
     """Enable (provision) or disable (remove the site, stop renewals) a host."""
     if host.enabled != enabled:
+        queueing.ensure_reachable()
         host.enabled = enabled
         # Desired state only: a run may be recording its outcome meanwhile.
         host.save(update_fields=DESIRED_FIELDS)  # the post_save handler reacts
@@ -89,6 +105,9 @@ def set_enabled(host: VirtualHost, enabled: bool) -> VirtualHost:
 
 def delete_virtualhost(host: VirtualHost) -> None:
     """Delete a host: its site is removed, its certificate files archived."""
+    # Without Redis the removal job could not be queued, and no row would be left to
+    # retry it from: refuse instead of leaving a site nobody manages.
+    queueing.ensure_reachable()
     host.delete()  # the post_delete handler enqueues the removal
 
 

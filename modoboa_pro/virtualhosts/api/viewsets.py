@@ -97,6 +97,8 @@ class VirtualHostViewSet(
             raise exceptions.ValidationError({"hostname": [err.message]}) from err
         except DjangoValidationError as err:
             raise exceptions.ValidationError(err.message_dict) from err
+        except VirtualHostError as err:  # Redis down: 503, nothing saved
+            raise VirtualHostAPIError(err) from err
 
     def create(self, request, *args, **kwargs):
         serializer = self.get_serializer(data=request.data)
@@ -108,11 +110,17 @@ class VirtualHostViewSet(
         host = self.get_object()
         serializer = self.get_serializer(host, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
-        services.set_enabled(host, serializer.validated_data["enabled"])
+        try:
+            services.set_enabled(host, serializer.validated_data["enabled"])
+        except VirtualHostError as err:
+            raise VirtualHostAPIError(err) from err
         return self._answer(host)
 
     def perform_destroy(self, instance: VirtualHost) -> None:
-        services.delete_virtualhost(instance)
+        try:
+            services.delete_virtualhost(instance)
+        except VirtualHostError as err:
+            raise VirtualHostAPIError(err) from err
 
     def _start(self, run) -> response.Response:
         host = self.get_object()
