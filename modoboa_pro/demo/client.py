@@ -45,8 +45,17 @@ class ModoboaApi:
         return dict(self._call("GET", f"virtualhosts/{host_id}/").json())
 
     def virtualhosts(self) -> list[dict[str, Any]]:
-        data = self._call("GET", "virtualhosts/").json()
-        return list(data["results"] if isinstance(data, dict) else data)
+        """Every host, through all the pages of the list."""
+        hosts: list[dict[str, Any]] = []
+        page = 1
+        while True:
+            data = self._call("GET", f"virtualhosts/?page_size=200&page={page}").json()
+            if not isinstance(data, dict):
+                return hosts + list(data)
+            hosts += data["results"]
+            if not data.get("next"):
+                return hosts
+            page += 1
 
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
