@@ -51,3 +51,16 @@ def test_an_admin_change_never_overwrites_what_a_run_recorded(letsencrypt):
     host.refresh_from_db()
     assert host.enabled is False
     assert (host.status, host.cert_serial) == (constants.STATUS_ACTIVE, "5e41a1")
+
+
+def test_find_a_host_by_any_spelling_or_its_legacy_name(letsencrypt):
+    host = services.create_virtualhost("bücher.example.test")
+    assert services.find_virtualhost("BÜCHER.example.test.") == host
+    assert services.find_virtualhost("xn--bcher-kva.example.test") == host
+    # A name saved before the rules tightened is found as stored, to be shown or removed.
+    VirtualHost.objects.filter(pk=host.pk).update(hostname="ab--cd.example.test")
+    assert services.find_virtualhost("ab--cd.example.test") == host
+    with pytest.raises(InvalidHostname, match="reserves"):
+        services.find_virtualhost("xy--zz.example.test")
+    with pytest.raises(VirtualHost.DoesNotExist):
+        services.find_virtualhost("other.example.test")
