@@ -274,7 +274,7 @@ def test_add_enable_disable_remove(configured, redis_server, commit):
     code, _, message = run("add", "shop.example.test")
     assert code == 1 and "already exists" in message
     code, _, message = run("add", "bad host.example.test")
-    assert code == 1 and "remove space" in message
+    assert code == command.EXIT_USAGE and "remove space" in message
     code, _, message = run("add", "x.example.test", "--domain", "nope.test")
     assert code == 1 and "No Modoboa domain named nope.test" in message
 
@@ -454,3 +454,124 @@ def test_the_cli_says_it_in_one_line_and_changes_nothing(configured, redis_down)
     # Reading needs no Redis.
     code, out, _ = run("show", "www.example.test")
     assert "www.example.test" in out
+
+
+# -- bad input: exit 2 and one line, never a traceback -----------------------------------
+
+BAD_HOSTNAMES = [
+    ("bad host.example.test", "remove space"),
+    ("*.example.test", "Wildcard certificates are not supported"),
+    ("a\u200db.example.test", "U+200D ZERO WIDTH JOINER"),
+    ("a\nb.example.test", "U+000A LINE FEED"),
+    ("xn--0.example.test", "not valid Punycode"),
+    ("ab--cd.example.test", "reserves for encoded labels"),
+    (".".join(["x" * 60] * 5), "at most 253"),
+    ("localhost", "not fully qualified"),
+    ("[::1]", "An IP address cannot be a virtual host"),
+    ("../../etc/passwd", "remove '/'"),
+    ("", "Enter a hostname"),
+]
+HOST_ACTIONS = ("show", "retry", "renew", "remove", "enable", "disable", "add")
+
+
+def one_printable_line(message: str) -> None:
+    assert message.strip() and "\n" not in message.strip(), message
+    assert message.isprintable(), repr(message)
+
+
+@pytest.mark.parametrize("action", HOST_ACTIONS)
+def test_every_host_action_refuses_a_bad_hostname_with_exit_2(configured, redis_server, action):
+    active("www.example.test", left=datetime.timedelta(days=60))
+    for hostname, fragment in BAD_HOSTNAMES:
+        code, out, message = run(action, hostname)
+        assert code == command.EXIT_USAGE, (hostname, message)
+        assert fragment in message, message
+        one_printable_line(message)
+        assert out == ""
+    assert list(VirtualHost.objects.values_list("hostname", "enabled")) == [
+        ("www.example.test", True)
+    ]
+    assert queued() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("list", "--status", "bogus"), "argument --status: invalid choice: 'bogus'"),
+        (("list", "extra"), "unrecognized arguments: extra"),
+        (("show",), "the following arguments are required: hostname"),
+        (("show", "www.example.test", "other.example.test"), "unrecognized arguments"),
+        (("show", "www.example.test", "--jsn"), "unrecognized arguments: --jsn"),
+        (("scan", "--dry-run=yes"), "ignored explicit argument 'yes'"),
+        (("scan", "now"), "unrecognized arguments: now"),
+        (("add",), "the following arguments are required: hostname"),
+        (("add", "new.example.test", "--domain"), "expected one argument"),
+        (("add", "new.example.test", "--disabled=no"), "ignored explicit argument 'no'"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+        ((), "the following arguments are required: ACTION"),
+    ],
+)
+def test_bad_options_exit_2_with_one_line(configured, args, fragment):
+    code, out, message = run(*args)
+    assert code == command.EXIT_USAGE, message
+    assert fragment in message, message
+    one_printable_line(message)
+    assert out == "" and not VirtualHost.objects.exists()
+
+
+@pytest.mark.parametrize("action", HOST_ACTIONS)
+def test_every_host_action_needs_exactly_one_hostname(configured, action):
+    for args, fragment in [
+        ((action,), "the following arguments are required: hostname"),
+        ((action, "a.example.test", "b.example.test"), "unrecognized arguments: b.example.test"),
+        ((action, "a.example.test", "--force"), "unrecognized arguments: --force"),
+    ]:
+        code, out, message = run(*args)
+        assert code == command.EXIT_USAGE and fragment in message, message
+        one_printable_line(message)
+        assert out == ""
+
+
+def test_add_with_a_bad_domain_option(configured, redis_server):
+    from modoboa.admin.models import Domain
+
+    Domain.objects.create(name="example.test", quota=0, default_mailbox_quota=0)
+    code, _, message = run("add", "new.example.test", "--domain", "bad domain!")
+    assert code == command.EXIT_USAGE and message.startswith("--domain: ")
+    one_printable_line(message)
+    code, _, message = run("add", "new.example.test", "--domain", "")
+    assert code == command.EXIT_USAGE and "--domain: Enter a hostname" in message
+    # A valid name that is no domain of this Modoboa: the command failed (1), usage was fine.
+    code, _, message = run("add", "new.example.test", "--domain", "Nope.Test.")
+    assert code == command.EXIT_ERROR and message == "No Modoboa domain named nope.test."
+    code, _, _ = run("add", "new.example.test", "--domain", "EXAMPLE.test")
+    assert code == 0
+    assert VirtualHost.objects.get(hostname="new.example.test").domain.name == "example.test"
+
+
+def test_a_host_saved_before_the_rules_tightened_can_still_be_shown_and_removed(
+    configured, redis_server, commit
+):
+    host = VirtualHost.objects.create(hostname="old.example.test")
+    VirtualHost.objects.filter(pk=host.pk).update(hostname="ab--cd.example.test")
+    code, out, _ = run("show", "ab--cd.example.test")
+    assert code == 0 and "Hostname:        ab--cd.example.test" in out
+    with commit():
+        assert run("remove", "ab--cd.example.test")[0] == 0
+    assert not VirtualHost.objects.exists()
+
+
+def test_subprocess_bad_input_is_one_line_on_stderr_and_exit_2(transactional_db, configured):
+    for args, fragment in [
+        (("show", "a\u200db.example.test"), "U+200D ZERO WIDTH JOINER"),
+        (("add", "*.example.test"), "Wildcard certificates are not supported"),
+        (("list", "--status", "bogus"), "invalid choice: 'bogus'"),
+        (("add", "x.example.test", "--domain", "a b"), "--domain: A hostname may contain"),
+        (("retry",), "the following arguments are required: hostname"),
+    ]:
+        result = manage(*args)
+        assert result.returncode == command.EXIT_USAGE, result.stderr
+        assert "Traceback" not in result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], result.stderr
+        assert result.stdout == ""

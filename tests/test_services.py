@@ -94,3 +94,16 @@ def queued() -> list[tuple[str, tuple]]:
 
     queue = django_rq.get_queue(constants.QUEUE_DEFAULT)
     return [(job.func_name.rsplit(".", 1)[-1], tuple(job.args)) for job in queue.get_jobs()]
+
+
+def test_find_a_host_by_any_spelling_or_its_legacy_name(letsencrypt):
+    host = services.create_virtualhost("bücher.example.test")
+    assert services.find_virtualhost("BÜCHER.example.test.") == host
+    assert services.find_virtualhost("xn--bcher-kva.example.test") == host
+    # A name saved before the rules tightened is found as stored, to be shown or removed.
+    VirtualHost.objects.filter(pk=host.pk).update(hostname="ab--cd.example.test")
+    assert services.find_virtualhost("ab--cd.example.test") == host
+    with pytest.raises(InvalidHostname, match="reserves"):
+        services.find_virtualhost("xy--zz.example.test")
+    with pytest.raises(VirtualHost.DoesNotExist):
+        services.find_virtualhost("other.example.test")

@@ -20,6 +20,7 @@ import redis
 import requests
 
 from modoboa_pro.testing import pki
+from modoboa_pro.virtualhosts.adapters import nginx as nginx_adapter
 
 # Longest path a unix socket accepts on Linux (sun_path is 108 bytes with the final NUL).
 _MAX_SOCKET_PATH = 107
@@ -480,6 +481,9 @@ http {{
     fastcgi_temp_path {temp_dirs["fastcgi"]};
     uwsgi_temp_path {temp_dirs["uwsgi"]};
     scgi_temp_path {temp_dirs["scgi"]};
+    # What docs/nginx.md asks operators for: long host names, many hosts.
+    server_names_hash_bucket_size {nginx_adapter.SERVER_NAMES_HASH_BUCKET_SIZE};
+    server_names_hash_max_size {nginx_adapter.SERVER_NAMES_HASH_MAX_SIZE};
     server {{
         listen 127.0.0.1:{self.http_port} default_server;
         server_name _;

@@ -12,7 +12,13 @@ from django.db import transaction
 from redis.exceptions import RedisError
 
 from . import conf, constants, queueing
-from .errors import ConfigurationError, DuplicateHost, RunInProgress, VirtualHostError
+from .errors import (
+    ConfigurationError,
+    DuplicateHost,
+    InvalidHostname,
+    RunInProgress,
+    VirtualHostError,
+)
 from .hostnames import normalize_hostname
 from .models import DESIRED_FIELDS, VirtualHost
 
@@ -154,5 +160,21 @@ def provision_missing() -> int:
 
 
 def find_virtualhost(hostname: str) -> VirtualHost:
-    """The host named ``hostname`` (any spelling normalize_hostname accepts)."""
-    return VirtualHost.objects.select_related("domain").get(hostname=normalize_hostname(hostname))
+    """The host named ``hostname`` (any spelling normalize_hostname accepts).
+
+    A host saved before the rules tightened (a name refused today) is found by its exact
+    stored name, so that it can still be shown, disabled and removed. Raises
+    InvalidHostname for another invalid name, VirtualHost.DoesNotExist for an unknown one.
+    """
+    hosts = VirtualHost.objects.select_related("domain")
+    try:
+        name = normalize_hostname(hostname)
+    except InvalidHostname:
+        # Earlier rules stored printable ASCII only (and PostgreSQL refuses a NUL in a query).
+        if not (hostname.isascii() and hostname.isprintable()):
+            raise
+        legacy = hosts.filter(hostname=hostname).first()
+        if legacy is None:
+            raise
+        return legacy
+    return hosts.get(hostname=name)

@@ -107,3 +107,15 @@ def test_unsafe_hostnames_are_refused(hostname):
 @pytest.mark.parametrize("hostname", ["example.org", "a-b.c-d.example", "XN--bcher-kva.example"])
 def test_safe_hostnames_pass(hostname):
     assert files.safe_hostname(hostname) == hostname
+
+
+# -- temporary names ------------------------------------------------------------
+
+
+def test_temporary_names_are_hidden_unique_and_of_one_length():
+    first, second = files.temp_name("a.example.conf"), files.temp_name("a.example.conf")
+    assert first != second
+    assert first.startswith(".a.example.conf.") and first.endswith(files.TEMP_SUFFIX)
+    assert files.temp_name("x", ".link").endswith(".link")
+    # What hostnames.py measures is what atomic_write creates.
+    assert len(first) == len(files.longest_temp_name("a.example.conf"))

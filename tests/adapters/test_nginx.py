@@ -158,6 +158,12 @@ def test_site_path(tmp_path):
             nginx.site_path(tmp_path, bad)
 
 
+def test_hostname_file_names_are_the_site_and_its_temporary_file(tmp_path):
+    site, temp = nginx.hostname_file_names("a.example")
+    assert site == nginx.site_path(tmp_path, "a.example").name == "a.example.conf"
+    assert temp.startswith(".a.example.conf.") and temp.endswith(".tmp")
+
+
 def test_write_restore_round_trip(tmp_path):
     path = tmp_path / "a.example.conf"
     assert nginx.write_site(tmp_path, "a.example", "first") is None
@@ -209,6 +215,18 @@ def test_run_test_quotes_emerg_line(nginx_server):
     assert "previous configuration is still in place" in str(error)
     assert "test failed" in error.output
     assert error.retryable is False
+
+
+def test_long_names_on_stock_hash_sizes_fail_with_the_fix(nginx_server):
+    """nginx's default server-name buckets hold ~46 characters (64-byte cache lines)."""
+    name = ".".join(["a" * 63] * 3)  # 191 characters: over any default bucket size
+    nginx.write_site(nginx_server.sites, name, site(nginx_server.port, name, "one"))
+    with pytest.raises(NginxConfigTestFailed) as info:
+        nginx.run_test(nginx_server.test_argv)
+    message = str(info.value)
+    assert "could not build server_names_hash" in message
+    assert f"server_names_hash_bucket_size {nginx.SERVER_NAMES_HASH_BUCKET_SIZE};" in message
+    assert "docs/nginx.md" in message
 
 
 def test_missing_binary_is_a_configuration_error():

@@ -190,6 +190,32 @@ def test_archive_host_moves_everything(tmp_path):
     assert storage.archive_host(tmp_path, HOST) != archive
 
 
+def test_archives_made_in_the_same_second_are_numbered_up_to_a_bound(tmp_path, monkeypatch):
+    """The counter is bounded so that hostnames.py knows the longest archive name."""
+    monkeypatch.setattr(storage, "ARCHIVE_COUNTER_MAX", 2)
+    monkeypatch.setattr(storage, "utc_stamp", lambda: "20260102T030405Z")
+    names = []
+    for _ in range(3):
+        storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+        archive = storage.archive_host(tmp_path, HOST)
+        assert archive is not None
+        names.append(archive.name)
+    stamp = f"{HOST}-20260102T030405Z"
+    assert names == [stamp, f"{stamp}-1", f"{stamp}-2"]
+    storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+    with pytest.raises(StorageError, match="3 archives of it were made in the same second") as info:
+        storage.archive_host(tmp_path, HOST)
+    assert info.value.retryable
+    assert storage.read_fullchain(tmp_path, HOST) is not None  # nothing was moved
+
+
+def test_hostname_file_names_are_the_link_its_temporary_name_and_the_archive():
+    link, temp, archive = storage.hostname_file_names(HOST)
+    assert link == HOST
+    assert temp.startswith(f".{HOST}.") and temp.endswith(storage.LINK_TEMP_SUFFIX)
+    assert archive.startswith(f"{HOST}-") and archive.endswith(f"-{storage.ARCHIVE_COUNTER_MAX}")
+
+
 def test_archive_host_without_material(tmp_path):
     assert storage.archive_host(tmp_path, HOST) is None
     assert not (tmp_path / "archive").exists()

@@ -127,6 +127,31 @@ def test_create_through_service_layer(chain: Chain):
     assert "mail.example.test" in served.names
 
 
+def test_an_idn_and_the_longest_accepted_name_reach_active_https(chain: Chain):
+    """IDNA 2008 names and 232-character ones go through nginx, Pebble and the file system."""
+    from modoboa_pro.virtualhosts.hostnames import max_hostname_length
+
+    labels = ["l" * 63, "m" * 63, "n" * 63]
+    filler = max_hostname_length() - len(".".join(labels)) - len(".example.test") - 1
+    longest = ".".join([*labels, "o" * filler]) + ".example.test"
+    assert len(longest) == max_hostname_length() == 232
+    names = {"straße.example.test": "xn--strae-oqa.example.test", longest: longest}
+    hosts = [services.create_virtualhost(typed) for typed in names]
+    chain.drain()
+    for host, stored in zip(hosts, names.values(), strict=True):
+        host.refresh_from_db()
+        assert host.hostname == stored
+        assert host.status == constants.STATUS_ACTIVE, host.last_error
+        served = tls.fetch_served_certificate("127.0.0.1", chain.nginx.https_port, stored)
+        assert served.serial == host.cert_serial and stored in served.names
+    for host in hosts:
+        services.delete_virtualhost(host)
+    chain.drain()
+    archives = sorted(p.name for p in (chain.storage / constants.ARCHIVE_DIRNAME).iterdir())
+    assert [name.rsplit("-", 1)[0] for name in archives] == sorted(names.values())
+    assert chain.failed_jobs() == []
+
+
 def test_letsencrypt_disabled_serves_http_only_then_provisions_when_enabled(chain: Chain):
     set_parameters(enable_letsencrypt=False)
     host = VirtualHost.objects.create(hostname="plain.example.test")

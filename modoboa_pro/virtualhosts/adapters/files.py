@@ -15,6 +15,14 @@ from ..errors import InvalidHostname, StorageError
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 
+# Linux's NAME_MAX: the longest file-name component, in bytes, on ext4, xfs, btrfs and tmpfs.
+# Longer names fail with ENAMETOOLONG, so hostnames.py refuses names whose files would not fit.
+NAME_MAX = 255
+# Random part of temporary names: 6 bytes (12 hex digits) never collide between the few
+# writers of one directory, and keep the name short (it counts against NAME_MAX).
+TEMP_TOKEN_BYTES = 6
+TEMP_SUFFIX = ".tmp"
+
 
 def safe_hostname(hostname: str) -> str:
     """Return ``hostname`` if it is a plain DNS name, safe to join into a path.
@@ -36,7 +44,23 @@ def safe_hostname(hostname: str) -> str:
 
 
 def utc_stamp() -> str:
+    """``20260102T030405Z``: fixed width, sorts by time."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
+def temp_name(name: str, suffix: str = TEMP_SUFFIX, token: str | None = None) -> str:
+    """``.<name>.<random hex>.tmp``: hidden, next to ``name``, unique per writer.
+
+    ``token`` is for callers that compute the longest name (the random part is fixed-width).
+    """
+    if token is None:
+        token = secrets.token_hex(TEMP_TOKEN_BYTES)
+    return f".{name}.{token}{suffix}"
+
+
+def longest_temp_name(name: str, suffix: str = TEMP_SUFFIX) -> str:
+    """What :func:`temp_name` returns for ``name`` at its longest (every token has one width)."""
+    return temp_name(name, suffix, token="0" * (2 * TEMP_TOKEN_BYTES))
 
 
 def fsync_dir(path: Path) -> None:
@@ -55,7 +79,7 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
     private key is never readable by others, not even for an instant.
     """
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    tmp = path.parent / temp_name(path.name)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     except OSError as err:

@@ -20,7 +20,7 @@ from ..errors import (
     NginxReloadFailed,
     StorageError,
 )
-from .files import atomic_write, fsync_dir, safe_hostname
+from .files import atomic_write, fsync_dir, longest_temp_name, safe_hostname
 
 CONF_DIR_SETTING = "VIRTUALHOSTS_NGINX_CONF_DIR"
 TEST_COMMAND_SETTING = "VIRTUALHOSTS_NGINX_TEST_COMMAND"
@@ -30,10 +30,43 @@ _DIAGNOSTIC_LEVELS = ("[emerg]", "[alert]", "[crit]", "[error]")
 # "2026/01/02 03:04:05 [emerg] 123#123: msg" -> "[emerg] msg": the time and pid add nothing.
 _LOG_PREFIX = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (\[\w+\]) \d+#\d+: ")
 
+# Site files end in ".conf": what the documented `include <dir>/*.conf;` reads.
+SITE_SUFFIX = ".conf"
+# nginx's server_names_hash_bucket_size defaults to the CPU cache line (64 bytes on x86-64),
+# which holds a name of at most 46 characters: a longer one makes `nginx -t` fail with
+# "could not build server_names_hash" as soon as two servers share a port. A bucket holds a
+# name plus 10 bytes rounded up to 8, plus 8: 256 fits the longest name this plugin accepts
+# (232 characters, see hostnames.max_hostname_length); 512 leaves room for collisions.
+# docs/nginx.md asks operators for these two lines, and the test harness uses them.
+SERVER_NAMES_HASH_BUCKET_SIZE = 512
+# nginx's default (512) is enough for a few hundred names; thousands need more.
+SERVER_NAMES_HASH_MAX_SIZE = 4096
+_HASH_HINT = (
+    " nginx needs larger server-name hash tables for long or many host names: add "
+    f"'server_names_hash_bucket_size {SERVER_NAMES_HASH_BUCKET_SIZE};' and "
+    f"'server_names_hash_max_size {SERVER_NAMES_HASH_MAX_SIZE};' to the http block of "
+    "nginx.conf (see the plugin's docs/nginx.md), then retry."
+)
+
+
+def site_filename(hostname: str) -> str:
+    """``<hostname>.conf``."""
+    return f"{safe_hostname(hostname)}{SITE_SUFFIX}"
+
 
 def site_path(conf_dir: Path, hostname: str) -> Path:
     """``<conf_dir>/<hostname>.conf``."""
-    return Path(conf_dir) / f"{safe_hostname(hostname)}.conf"
+    return Path(conf_dir) / site_filename(hostname)
+
+
+def hostname_file_names(hostname: str) -> list[str]:
+    """Every file name this module derives from ``hostname``, each at its longest.
+
+    The site file and the temporary file it is written through (``files.atomic_write``):
+    ``hostnames.py`` refuses a name for which one of these exceeds ``files.NAME_MAX``.
+    """
+    site = site_filename(hostname)
+    return [site, longest_temp_name(site)]
 
 
 def _read(path: Path) -> bytes | None:
@@ -124,9 +157,10 @@ def run_test(argv: list[str], timeout: float = 60) -> str:
     """Run the configuration test (``nginx -t``); return its output."""
     code, output = _run(argv, timeout, TEST_COMMAND_SETTING, "nginx configuration test")
     if code != 0:
+        hint = _HASH_HINT if "server_names_hash" in output else ""
         raise NginxConfigTestFailed(
             f"nginx rejected the configuration: {_quote(output)}. The previous "
-            "configuration is still in place.",
+            f"configuration is still in place.{hint}",
             output=output,
         )
     return output

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,15 @@ from cryptography.hazmat.primitives import serialization
 
 from .. import constants
 from ..errors import StorageError
-from .files import atomic_write, ensure_dir, fsync_dir, safe_hostname, utc_stamp
+from .files import (
+    atomic_write,
+    ensure_dir,
+    fsync_dir,
+    longest_temp_name,
+    safe_hostname,
+    temp_name,
+    utc_stamp,
+)
 from .x509 import CertificateFacts, load_key, load_leaf, parse_leaf
 
 PAIRS_DIRNAME = ".pairs"
@@ -37,6 +44,33 @@ PAIR_VERSIONS_KEEP = 3
 # Version directories are "<sequence>-<UTC timestamp>": the sequence orders
 # them, the timestamp tells an operator when each was written.
 _VERSION_RE = re.compile(r"(\d{6})-\d{8}T\d{6}Z")
+# The new certs/<hostname> symlink is made under a temporary name, then renamed over the old.
+LINK_TEMP_SUFFIX = ".link"
+# Archives of one host made within the same second get "-1", "-2"...: a few at most (each
+# deletion of a host archives once). Bounded so that the name's length is known in advance.
+ARCHIVE_COUNTER_MAX = 999
+
+
+def archive_name(hostname: str, stamp: str, counter: int = 0) -> str:
+    """``<hostname>-<UTC timestamp>``, then ``-<counter>`` when that name is taken."""
+    name = f"{safe_hostname(hostname)}-{stamp}"
+    return f"{name}-{counter}" if counter else name
+
+
+def hostname_file_names(hostname: str) -> list[str]:
+    """Every file name this module derives from ``hostname``, each at its longest.
+
+    ``certs/<hostname>`` (the symlink), ``certs/.pairs/<hostname>``, the symlink's temporary
+    name and ``archive/<hostname>-<stamp>-<counter>``: ``hostnames.py`` refuses a name for which
+    one of these exceeds ``files.NAME_MAX``. Version directories and the pem files do not
+    contain the name.
+    """
+    name = safe_hostname(hostname)
+    return [
+        name,
+        longest_temp_name(name, LINK_TEMP_SUFFIX),
+        archive_name(name, utc_stamp(), ARCHIVE_COUNTER_MAX),
+    ]
 
 
 # -- certificate pairs ------------------------------------------------------
@@ -142,7 +176,7 @@ def _point_link(storage_root: Path, hostname: str, version: Path) -> None:
     """Atomically make ``certs/<hostname>`` point at ``version``."""
     link = _link(storage_root, hostname)
     target = os.path.relpath(version, link.parent)
-    tmp = link.parent / f".{link.name}.{secrets.token_hex(6)}.link"
+    tmp = link.parent / temp_name(link.name, LINK_TEMP_SUFFIX)
     try:
         os.symlink(target, tmp)
         # rename(2) over the old symlink: readers resolve either the old or the new pair.
@@ -194,8 +228,8 @@ def check_writable(storage_root: Path, hostname: str) -> None:
     certs = ensure_dir(_certs_dir(root), constants.PRIVATE_DIR_MODE)
     ensure_dir(certs / PAIRS_DIRNAME, constants.PRIVATE_DIR_MODE)
     pairs = ensure_dir(_pairs_dir(root, hostname), constants.PRIVATE_DIR_MODE)
-    probe = pairs / f".store-probe.{secrets.token_hex(6)}"
-    link = certs / f".link-probe.{secrets.token_hex(6)}"
+    probe = pairs / temp_name("store-probe")
+    link = certs / temp_name("link-probe")
     try:
         try:
             atomic_write(probe, b"\0" * STORE_PROBE_BYTES, constants.PRIVATE_FILE_MODE)
@@ -273,6 +307,24 @@ def rollback_pair(storage_root: Path, hostname: str) -> Path:
     return previous
 
 
+def _new_archive_dir(archive_root: Path, hostname: str) -> Path:
+    stamp = utc_stamp()
+    for counter in range(ARCHIVE_COUNTER_MAX + 1):
+        archive = archive_root / archive_name(hostname, stamp, counter)
+        try:
+            os.mkdir(archive, constants.PRIVATE_DIR_MODE)
+        except FileExistsError:
+            continue
+        except OSError as err:
+            raise StorageError(f"Cannot create {archive}: {err.strerror}.") from err
+        return archive
+    raise StorageError(
+        f"Cannot archive {hostname}: {ARCHIVE_COUNTER_MAX + 1} archives of it were made in "
+        f"the same second under {archive_root}. Retry in a second.",
+        retryable=True,
+    )
+
+
 def archive_host(storage_root: Path, hostname: str) -> Path | None:
     """Move a host's certificate material under ``archive/``; return where, or None.
 
@@ -285,16 +337,7 @@ def archive_host(storage_root: Path, hostname: str) -> Path | None:
     if not link.is_symlink() and not pairs.exists():
         return None
     archive_root = ensure_dir(root / constants.ARCHIVE_DIRNAME, constants.PRIVATE_DIR_MODE)
-    stamp, suffix = f"{hostname}-{utc_stamp()}", 0
-    while True:
-        archive = archive_root / (f"{stamp}-{suffix}" if suffix else stamp)
-        try:
-            os.mkdir(archive, constants.PRIVATE_DIR_MODE)
-            break
-        except FileExistsError:
-            suffix += 1
-        except OSError as err:
-            raise StorageError(f"Cannot create {archive}: {err.strerror}.") from err
+    archive = _new_archive_dir(archive_root, hostname)
     versions = archive / "versions"
     try:
         os.mkdir(versions, constants.PRIVATE_DIR_MODE)

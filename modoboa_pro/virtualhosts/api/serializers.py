@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
 from rest_framework import serializers
+from rest_framework.settings import api_settings
 
 from .. import presenters
 from ..errors import InvalidHostname
@@ -34,6 +37,112 @@ class CertificateSerializer(serializers.Serializer):
     lifetime_left = serializers.FloatField(allow_null=True)
 
 
+# How many unknown field names an error quotes: a body with thousands is still one line.
+UNKNOWN_FIELDS_SHOWN = 5
+
+
+def json_type(value: object) -> str:
+    """What a client sent, in words: "a number", "an array"... (JSON's names)."""
+    if value is None:
+        return "null"
+    kinds: tuple[tuple[type | tuple[type, ...], str], ...] = (
+        (bool, _("a boolean")),  # before int: True is an int in Python
+        (str, _("a string")),
+        (int, _("a number")),
+        (float, _("a decimal number")),
+        (Mapping, _("an object")),
+        (list, _("an array")),
+    )
+    return next((name for kind, name in kinds if isinstance(value, kind)), type(value).__name__)
+
+
+class HostnameField(serializers.Field):
+    """A hostname sent as a JSON string, stored as ``normalize_hostname`` returns it."""
+
+    default_error_messages = {
+        "required": gettext_lazy('The hostname is required, e.g. "www.example.com".'),
+        "null": gettext_lazy(
+            'Send the hostname as a JSON string, e.g. "www.example.com", not null.'
+        ),
+        "type": gettext_lazy(
+            'Send the hostname as a JSON string, e.g. "www.example.com", not {type}.'
+        ),
+    }
+
+    def to_internal_value(self, data: object) -> str:
+        if not isinstance(data, str):
+            self.fail("type", type=json_type(data))
+        try:
+            return normalize_hostname(data)
+        except InvalidHostname as err:
+            raise serializers.ValidationError(err.message, code="invalid_hostname") from err
+
+    def to_representation(self, value: str) -> str:
+        return value
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """``true`` or ``false`` only: "false" as a string or 0 would be read as a choice."""
+
+    default_error_messages = {
+        "invalid": gettext_lazy("Send true or false (a JSON boolean, without quotes), not {type}."),
+        "null": gettext_lazy("Send true or false (a JSON boolean, without quotes), not null."),
+    }
+
+    def to_internal_value(self, data: object) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid", type=json_type(data))
+        return bool(data)
+
+
+class DomainIdField(serializers.PrimaryKeyRelatedField):
+    """A domain's id as a JSON number (or null): "3" or true are not ids."""
+
+    def to_internal_value(self, data: object) -> Any:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("incorrect_type", data_type=json_type(data))
+        return super().to_internal_value(data)
+
+
+class StrictInput:
+    """A body must be a JSON object holding only the fields the client may write."""
+
+    writable: tuple[str, ...] = ()
+    example = ""  # a valid body, quoted when the body is not an object
+
+    def run_validation(self, data: object = serializers.empty) -> Any:
+        if data is None:  # a JSON null body
+            raise self._invalid(self._object_expected(data))
+        return super().run_validation(data)  # type: ignore[misc]
+
+    def to_internal_value(self, data: object) -> Any:
+        if not isinstance(data, Mapping):
+            raise self._invalid(self._object_expected(data))
+        unknown = sorted(str(key) for key in data if key not in self.writable)
+        if unknown:
+            shown = ", ".join(repr(key[:40]) for key in unknown[:UNKNOWN_FIELDS_SHOWN])
+            more = len(unknown) - UNKNOWN_FIELDS_SHOWN
+            if more > 0:
+                shown += _(" and %(count)d more") % {"count": more}
+            raise self._invalid(
+                _("Unknown field(s) %(fields)s: send only %(writable)s.")
+                % {"fields": shown, "writable": ", ".join(self.writable)}
+            )
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+    def _object_expected(self, data: object) -> str:
+        return _("Send a JSON object such as %(example)s, not %(type)s.") % {
+            "example": self.example,
+            "type": json_type(data),
+        }
+
+    @staticmethod
+    def _invalid(message: str) -> serializers.ValidationError:
+        return serializers.ValidationError(
+            {api_settings.NON_FIELD_ERRORS_KEY: [message]}, code="invalid"
+        )
+
+
 def _domain_hostname(name: str) -> str:
     try:
         return normalize_hostname(name)
@@ -41,19 +150,30 @@ def _domain_hostname(name: str) -> str:
         return name.lower()
 
 
-class VirtualHostSerializer(serializers.ModelSerializer):
+class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
     """A host with its status, certificate, planned next run and recent history.
 
     Writable on creation: ``hostname``, ``enabled`` and ``domain`` (the id of
-    a Modoboa domain the caller administers).
+    a Modoboa domain the caller administers), with their JSON types; any other
+    field is refused rather than ignored (a typo such as ``enable`` would
+    otherwise create an enabled host).
     """
 
-    domain = serializers.PrimaryKeyRelatedField(
+    writable = ("hostname", "enabled", "domain")
+    example = '{"hostname": "www.example.com", "enabled": true, "domain": 3}'
+
+    # Declared, so no unique validator: services.create_virtualhost checks the normalised name.
+    hostname = HostnameField()
+    enabled = StrictBooleanField(required=False)
+    domain = DomainIdField(
         queryset=permissions.domains_for(None),  # none; the caller's domains in get_fields
         required=False,
         allow_null=True,
         error_messages={
             "does_not_exist": _("No domain you administer has the id {pk_value}."),
+            "incorrect_type": gettext_lazy(
+                "Send the domain's id as a whole number (or null), not {data_type}."
+            ),
         },
     )
     domain_name = serializers.SerializerMethodField()
@@ -94,8 +214,6 @@ class VirtualHostSerializer(serializers.ModelSerializer):
             "created_at",
             "updated_at",
         )
-        # Uniqueness is checked by services.create_virtualhost, on the normalised name.
-        extra_kwargs: dict[str, dict[str, Any]] = {"hostname": {"validators": []}}
 
     def get_fields(self) -> dict[str, serializers.Field]:
         fields = super().get_fields()
@@ -123,12 +241,6 @@ class VirtualHostSerializer(serializers.ModelSerializer):
             events = presenters.history(obj)
         return VirtualHostEventSerializer(events, many=True).data
 
-    def validate_hostname(self, value: str) -> str:
-        try:
-            return normalize_hostname(value)
-        except InvalidHostname as err:
-            raise serializers.ValidationError(err.message) from err
-
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         request = self.context.get("request")
         user = getattr(request, "user", None)
@@ -153,8 +265,16 @@ class VirtualHostSerializer(serializers.ModelSerializer):
         return data
 
 
-class VirtualHostUpdateSerializer(serializers.ModelSerializer):
-    """Partial update: only ``enabled`` can change; a new name needs a new host."""
+class VirtualHostUpdateSerializer(StrictInput, serializers.ModelSerializer):
+    """Partial update: only ``enabled`` can change; a new name needs a new host.
+
+    ``hostname`` and ``domain`` may be sent back unchanged; any other field is refused.
+    """
+
+    writable = ("enabled", "hostname", "domain")
+    example = '{"enabled": false}'
+
+    enabled = StrictBooleanField(required=False)
 
     class Meta:
         model = VirtualHost

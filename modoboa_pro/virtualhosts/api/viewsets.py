@@ -10,6 +10,7 @@ from modoboa.lib import pagination
 from rest_framework import exceptions, filters, mixins, response, status, viewsets
 from rest_framework import permissions as drf_permissions
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser
 
 from .. import conf, constants, health, presenters, services
 from ..errors import (
@@ -21,6 +22,32 @@ from ..errors import (
 )
 from ..models import VirtualHost, VirtualHostEvent
 from . import permissions, serializers
+
+# A host is three short fields: a bigger body is refused before it is read or parsed
+# (Django itself answers an HTML 400 only past DATA_UPLOAD_MAX_MEMORY_SIZE, 2.5 MB).
+MAX_BODY_BYTES = 64 * 1024
+
+
+class RequestTooLarge(exceptions.APIException):
+    """413: the body is larger than any valid request (DRF has no such exception)."""
+
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "request_too_large"
+
+
+def _check_body_size(request) -> None:
+    try:
+        size = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        size = 0  # Django reads no body it cannot size
+    if size > MAX_BODY_BYTES:
+        raise RequestTooLarge(
+            _(
+                "The request body is %(size)d bytes; send at most %(max)d: a JSON object "
+                "with hostname, enabled and domain."
+            )
+            % {"size": size, "max": MAX_BODY_BYTES}
+        )
 
 
 class VirtualHostAPIError(exceptions.APIException):
@@ -65,6 +92,14 @@ class VirtualHostViewSet(
     ordering_fields = ["hostname", "status", "next_attempt_at", "created_at"]
     ordering = ["hostname"]
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    # JSON only: form fields are all strings, and the types are checked strictly (415 otherwise).
+    parser_classes = (JSONParser,)
+
+    def initial(self, request, *args, **kwargs) -> None:
+        # Before authentication: OAuth2 authentication reads the body (Django refuses one
+        # over DATA_UPLOAD_MAX_MEMORY_SIZE with a bare HTML 400).
+        _check_body_size(request)
+        super().initial(request, *args, **kwargs)
 
     def get_queryset(self):
         events = VirtualHostEvent.objects.order_by("-started_at", "-id")

@@ -1,8 +1,9 @@
 """`manage.py virtualhosts`: status, retry, renew and the renewal scan from the shell.
 
 Exit codes (for scripts and monitoring, documented in docs/operations.md): 0 all
-fine, 1 the command failed, 2 bad usage, 3 a host is failed, 4 a certificate is
-overdue or expired, 5 the renewal scan has not run for 26 hours.
+fine, 1 the command failed, 2 bad usage (including a hostname that can never be
+valid), 3 a host is failed, 4 a certificate is overdue or expired, 5 the renewal
+scan has not run for 26 hours.
 """
 
 from __future__ import annotations
@@ -11,21 +12,22 @@ import datetime
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
 from ... import alarms, conf, constants, presenters, scan, services
-from ...errors import RunInProgress, VirtualHostError
+from ...errors import InvalidHostname, RunInProgress, VirtualHostError
+from ...hostnames import normalize_hostname
 from ...models import VirtualHost
 
 EMPTY = "-"
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the command could not do what was asked (unknown host, busy, config)
-EXIT_USAGE = 2  # bad arguments (argparse)
+EXIT_USAGE = 2  # bad arguments (argparse), or a hostname that can never be valid
 EXIT_FAILED = 3  # at least one enabled host is failed
 EXIT_OVERDUE = 4  # at least one certificate is overdue for renewal or expired
 EXIT_SCAN_STALE = 5  # the renewal scan has not run for 26 h while hosts have certificates
@@ -78,6 +80,19 @@ def _table(headers: list[str], rows: list[list[str]]) -> str:
     )
 
 
+class UsageParser(CommandParser):
+    """Usage errors as one line and exit code 2, from the shell and from call_command."""
+
+    def error(self, message: str) -> NoReturn:
+        if self.called_from_command_line:
+            self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        raise CommandError(f"Error: {message}", returncode=EXIT_USAGE)
+
+
+def _usage(message: str) -> CommandError:
+    return CommandError(message, returncode=EXIT_USAGE)
+
+
 class Command(BaseCommand):
     help = (
         "Show and act on virtual hosts and their certificates. Exit codes: 0 all fine, "
@@ -85,8 +100,16 @@ class Command(BaseCommand):
         "5 the renewal scan is not running."
     )
 
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
+        parser = super().create_parser(prog_name, subcommand, **kwargs)
+        # The same parser, with UsageParser's one-line errors ("invalid choice: 'lsit'").
+        parser.__class__ = UsageParser
+        return parser
+
     def add_arguments(self, parser: CommandParser) -> None:
-        sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+        sub = parser.add_subparsers(
+            dest="action", required=True, metavar="ACTION", parser_class=UsageParser
+        )
         cli = {"called_from_command_line": getattr(parser, "called_from_command_line", None)}
 
         p = sub.add_parser("list", help="One line per host.", **cli)
@@ -137,10 +160,28 @@ class Command(BaseCommand):
     def _host(self, hostname: str) -> VirtualHost:
         try:
             return services.find_virtualhost(hostname)
+        except InvalidHostname as err:
+            raise _usage(err.message) from err
         except VirtualHost.DoesNotExist as err:
             raise CommandError(
                 f"No virtual host named {hostname}; `virtualhosts list` shows them all."
             ) from err
+
+    def _domain(self, name: str) -> Any:
+        """The Modoboa domain named ``name`` (as stored, or normalised like a hostname)."""
+        from modoboa.admin.models import Domain
+
+        domain = Domain.objects.filter(name=name).first()
+        if domain is not None:
+            return domain
+        try:
+            normalized = normalize_hostname(name)
+        except InvalidHostname as err:
+            raise _usage(f"--domain: {err.message}") from err
+        domain = Domain.objects.filter(name=normalized).first()
+        if domain is None:
+            raise CommandError(f"No Modoboa domain named {normalized}.")
+        return domain
 
     def _json(self, data: Any) -> None:
         self.stdout.write(json.dumps(data, cls=DjangoJSONEncoder, indent=2))
@@ -294,16 +335,12 @@ class Command(BaseCommand):
             self.stdout.write(f"Renewal scan: {result['summary']}")
 
     def do_add(self, options: dict[str, Any]) -> None:
-        from modoboa.admin.models import Domain
-
-        domain = None
-        if options.get("domain"):
-            domain = Domain.objects.filter(name=options["domain"]).first()
-            if domain is None:
-                raise CommandError(f"No Modoboa domain named {options['domain']}.")
-        host = services.create_virtualhost(
-            options["hostname"], enabled=not options["disabled"], domain=domain
-        )
+        try:
+            hostname = normalize_hostname(options["hostname"])
+        except InvalidHostname as err:
+            raise _usage(err.message) from err
+        domain = None if options.get("domain") is None else self._domain(options["domain"])
+        host = services.create_virtualhost(hostname, enabled=not options["disabled"], domain=domain)
         self.stdout.write(
             f"Created {host.hostname}"
             + (" (disabled)." if not host.enabled else "; provisioning queued.")
