@@ -644,7 +644,7 @@ def test_a_host_shows_its_running_step_and_its_lifetime_share(world):
 # -- Redis down ---------------------------------------------------------------------
 
 
-def test_the_api_answers_503_and_saves_nothing(world, call, redis_down):
+def test_redis_down_the_api_answers_503_and_saves_nothing(world, call, redis_down):
     admin = world.api("SuperAdmins")
     before = VirtualHost.objects.order_by("pk").values_list("hostname", "enabled")
     before = list(before)

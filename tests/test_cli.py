@@ -435,7 +435,7 @@ def test_list_warns_and_exits_5_when_the_renewal_scan_is_not_running(configured)
     assert "Renewal scan: last run" in out and "1 enabled host(s) seen" in out
 
 
-def test_the_cli_says_it_in_one_line_and_changes_nothing(configured, redis_down):
+def test_redis_down_the_cli_says_it_in_one_line_and_changes_nothing(configured, redis_down):
     failed("bad.example.test")
     VirtualHost.objects.create(hostname="www.example.test", status=constants.STATUS_ACTIVE)
     before = list(VirtualHost.objects.order_by("pk").values_list("hostname", "enabled", "status"))
