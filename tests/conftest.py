@@ -252,3 +252,17 @@ def redis_down(settings, tmp_path: Path) -> Iterator[None]:
     settings.RQ_QUEUES = {q: {"URL": f"unix://{tmp_path}/no-redis.sock?db=0"} for q in working}
     yield
     settings.RQ_QUEUES = working
+
+
+@pytest.fixture
+def world(modoboa, redis_server, tmp_path):
+    """Let's Encrypt configured; requests' on-commit work really reaches Redis (see call)."""
+    set_parameters(
+        enable_letsencrypt=True,
+        acme_account_email="hostmaster@example.org",
+        acme_account_storage_path=str(tmp_path / "acme"),
+    )
+    from .api_world import make_world
+
+    return make_world()
+

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import pytest
 from rest_framework.test import APIClient
 
@@ -12,80 +9,13 @@ from modoboa_pro.virtualhosts import constants
 from modoboa_pro.virtualhosts.adapters import locks
 from modoboa_pro.virtualhosts.models import VirtualHost, VirtualHostEvent
 
+from .api_world import World, make_world
 from .conftest import FIRST_ISSUANCE_STEPS, Chain, set_parameters
 
 URL = "/api/v2/virtualhosts/"
 ROLES = ("anonymous", "SuperAdmins", "Resellers", "DomainAdmins", "SimpleUsers")
 
 
-@dataclass
-class World:
-    """Two domains, one host in each and one without a domain, a user per role."""
-
-    clients: dict[str, APIClient]
-    mine: VirtualHost  # www.example.test, in the domain the reseller and domain admin manage
-    foreign: VirtualHost  # www.other.test, in a domain only SuperAdmins reach
-    orphan: VirtualHost  # no domain: SuperAdmins only
-    domain: Any
-    other_domain: Any
-
-    def api(self, role: str) -> APIClient:
-        return self.clients[role]
-
-
-def make_world() -> World:
-    from django.contrib.auth.models import Group
-    from modoboa.admin.models import Domain
-    from modoboa.core.models import User
-    from modoboa.lib.permissions import grant_access_to_object
-    from rest_framework.authtoken.models import Token
-
-    superadmin = User.objects.get(username="admin")
-    domain = Domain.objects.create(name="example.test", quota=0, default_mailbox_quota=0)
-    other = Domain.objects.create(name="other.test", quota=0, default_mailbox_quota=0)
-    for dom in (domain, other):
-        grant_access_to_object(superadmin, dom, is_owner=True)
-
-    def user(username: str, role: str) -> User:
-        account = User.objects.create(username=username, email=username)
-        account.groups.add(Group.objects.get(name=role))
-        return account
-
-    reseller = user("reseller@example.test", "Resellers")
-    grant_access_to_object(reseller, domain, is_owner=True)
-    domain_admin = user("admin@example.test", "DomainAdmins")
-    domain.add_admin(domain_admin)
-    simple = user("user@example.test", "SimpleUsers")
-
-    clients = {"anonymous": APIClient()}
-    for role, account in (
-        ("SuperAdmins", superadmin),
-        ("Resellers", reseller),
-        ("DomainAdmins", domain_admin),
-        ("SimpleUsers", simple),
-    ):
-        client = APIClient()
-        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=account).key}")
-        clients[role] = client
-    return World(
-        clients=clients,
-        mine=VirtualHost.objects.create(hostname="www.example.test", domain=domain),
-        foreign=VirtualHost.objects.create(hostname="www.other.test", domain=other),
-        orphan=VirtualHost.objects.create(hostname="orphan.test"),
-        domain=domain,
-        other_domain=other,
-    )
-
-
-@pytest.fixture
-def world(modoboa, redis_server, tmp_path) -> World:
-    """Let's Encrypt configured; requests' on-commit work really reaches Redis (see call)."""
-    set_parameters(
-        enable_letsencrypt=True,
-        acme_account_email="hostmaster@example.org",
-        acme_account_storage_path=str(tmp_path / "acme"),
-    )
-    return make_world()
 
 
 def queued() -> list[tuple[str, tuple]]:

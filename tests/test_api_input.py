@@ -11,23 +11,12 @@ from rest_framework.test import APIClient
 from modoboa_pro.virtualhosts.api.viewsets import MAX_BODY_BYTES
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from .conftest import set_parameters
-from .test_api import URL, World, make_world, snapshot
+from .api_world import World
+from .test_api import URL, snapshot
 
 OK = "ok.example.test"
 JSON = "application/json"
 MEGABYTE = 1_000_000
-
-
-@pytest.fixture
-def world(modoboa, redis_server, tmp_path) -> World:
-    """test_api's world: Let's Encrypt configured, so a created host would be queued."""
-    set_parameters(
-        enable_letsencrypt=True,
-        acme_account_email="hostmaster@example.org",
-        acme_account_storage_path=str(tmp_path / "acme"),
-    )
-    return make_world()
 
 
 @pytest.fixture
