@@ -94,6 +94,13 @@ class NginxConfigTestFailed(NginxError):
     """``nginx -t`` rejected the configuration; the previous one was kept."""
 
 
+class ForeignConfigBroken(NginxConfigTestFailed):
+    """``nginx -t`` fails because of a file that is not this host's site: not ours to undo,
+    and retried, since the run succeeds once that file is fixed."""
+
+    retryable = True
+
+
 class NginxReloadFailed(NginxError):
     """The reload command failed; nginx keeps serving its previous config."""
 

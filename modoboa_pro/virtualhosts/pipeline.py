@@ -20,6 +20,7 @@ from .adapters import files, nginx, probe, storage, webroot, x509
 from .adapters.x509 import CertificateFacts
 from .context import Context, Settings
 from .errors import (
+    ForeignConfigBroken,
     LockHeld,
     NginxConfigTestFailed,
     NginxError,
@@ -213,10 +214,8 @@ def _https_site(
             ctx.reload()  # same config, new files: nginx re-reads them on reload
             step.message = "nginx reloaded with the new certificate"
             return True
-        except NginxError:
-            if renewal:
-                # nginx still serves the previous pair: put its files back too.
-                storage.rollback_pair(s.storage_root, hostname)
+        except NginxError as err:
+            _after_refused_reload(err, s, hostname, new_pair=renewal)
             raise
 
 
@@ -277,8 +276,8 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
                 with run.step(constants.STEP_HTTPS_SITE) as step:
                     try:
                         ctx.reload.wait(generation)
-                    except NginxError:
-                        storage.rollback_pair(s.storage_root, host.hostname)
+                    except NginxError as err:
+                        _after_refused_reload(err, s, host.hostname, new_pair=True)
                         raise
                     step.message = "nginx reloaded (one reload shared by the queued renewals)"
                 pem = storage.read_fullchain(s.storage_root, host.hostname)
@@ -319,13 +318,41 @@ def _read_site(conf_dir: Path, hostname: str) -> str | None:
 
 
 def apply_site(conf_dir: Path, hostname: str, content: str, reload: Callable[[], str]) -> None:
-    """Write a site, test and reload; on any failure put the previous file back."""
+    """Write a site, test and reload; on failure put the previous file back, unless
+    nginx blames another file (ours is then not at fault, and kept for the retry)."""
     previous = nginx.write_site(conf_dir, hostname, content)
     try:
         reload()
+    except NginxConfigTestFailed as err:
+        _blame(err, nginx.site_path(conf_dir, hostname), hostname)
+        nginx.restore_site(conf_dir, hostname, previous)
+        raise
     except NginxError:
         nginx.restore_site(conf_dir, hostname, previous)
         raise
+
+
+def _after_refused_reload(err: NginxError, s: Settings, hostname: str, *, new_pair: bool) -> None:
+    """nginx refused the test or the reload: it still serves the previous pair, so put its
+    files back (``new_pair``). Unless nginx blames another file: then ForeignConfigBroken
+    is raised instead and the new files stay, for the retry to serve."""
+    if isinstance(err, NginxConfigTestFailed) and not isinstance(err, ForeignConfigBroken):
+        _blame(err, nginx.site_path(s.conf_dir, hostname), hostname)
+    if new_pair and not isinstance(err, ForeignConfigBroken):
+        storage.rollback_pair(s.storage_root, hostname)
+
+
+def _blame(err: NginxConfigTestFailed, own: Path, hostname: str) -> None:
+    """Raise ForeignConfigBroken when ``nginx -t`` names a file other than ``own``."""
+    culprit = nginx.failing_file(err.output)
+    if culprit is None or culprit == own:
+        return
+    raise ForeignConfigBroken(
+        f"nginx -t fails because of {culprit}, not because of the site of {hostname} "
+        f"({err.message}) Fix or remove that file; nginx keeps serving its current "
+        f"configuration meanwhile, and {hostname} is retried.",
+        output=err.output,
+    ) from err
 
 
 def remove_site(s: Settings, hostname: str, reload: Callable[[], str]) -> bool:

@@ -329,3 +329,37 @@ def test_a_site_written_but_never_loaded_is_loaded_by_the_next_run(chain: Chain)
     step = host.events.filter(step=constants.STEP_HTTP_SITE).first()
     assert step is not None and "not loaded by nginx; reloaded" in step.message
 
+
+
+def test_a_site_broken_by_someone_else_is_named_and_ours_is_kept(chain: Chain):
+    host = VirtualHost.objects.create(hostname="mine.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    # Someone else's file in the included directory breaks `nginx -t`.
+    broken = chain.nginx.sites_dir / "aaa-someone-else.conf"
+    broken.write_text("server { this_is_not_a_directive; }\n")
+    site = chain.nginx.sites_dir / "mine.example.test.conf"
+    ours = site.read_text()
+
+    services.renew_now(host)  # new files, same site: the reload's test fails
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_FAILED
+    assert host.failed_step == constants.STEP_HTTPS_SITE
+    assert f"nginx -t fails because of {broken}, not because of the site of" in host.last_error
+    assert "Fix or remove that file" in host.last_error
+    assert host.next_attempt_at is not None  # retried by itself once that file is fixed
+    # Ours was not at fault: neither the site nor the new certificate was rolled back.
+    assert site.read_text() == ours
+    new_serial = x509.parse_leaf(
+        (chain.storage / "certs" / "mine.example.test" / "fullchain.pem").read_bytes()
+    ).serial
+    assert new_serial != host.cert_serial
+    # nginx still serves the previous certificate meanwhile.
+    served = tls.fetch_served_certificate("127.0.0.1", chain.nginx.https_port, host.hostname)
+    assert served.serial == host.cert_serial
+
+    broken.unlink()
+    retry_and_succeed(chain, host)
+    assert host.cert_serial == new_serial  # the kept pair is the one served now

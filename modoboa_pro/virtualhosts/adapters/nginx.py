@@ -120,6 +120,16 @@ def remove_site(conf_dir: Path, hostname: str) -> bytes | None:
     return previous
 
 
+# nginx names the file of a configuration error: "... in /etc/nginx/sites/x.conf:12".
+_ERROR_LOCATION = re.compile(r"\[emerg\].* in (/\S+):(\d+)\s*$", re.MULTILINE)
+
+
+def failing_file(output: str) -> Path | None:
+    """The file ``nginx -t`` blames in ``output`` (its first emergency), if it names one."""
+    match = _ERROR_LOCATION.search(output)
+    return Path(match.group(1)) if match else None
+
+
 def _quote(output: str) -> str:
     lines = [_LOG_PREFIX.sub(r"\1 ", line.strip()) for line in output.splitlines() if line.strip()]
     diagnostics = [line for line in lines if any(lvl in line for lvl in _DIAGNOSTIC_LEVELS)]
