@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -113,10 +114,31 @@ class DeployNotVerified(NginxError):
     retryable = True
 
 
+# A CA's problem detail may quote the challenge URL, token included: shown to operators, it
+# says which name failed; the token adds nothing and stays out of logs, alarms and the API.
+_CHALLENGE_TOKEN = re.compile(r"(/\.well-known/acme-challenge/)[A-Za-z0-9_-]+")
+# The CA's own text is kept to this many characters: enough for its reason, never a document.
+CA_DETAIL_MAX = 500
+
+
+def redact_ca_text(text: str) -> str:
+    """The CA's text without challenge tokens, bounded in length."""
+    text = _CHALLENGE_TOKEN.sub(r"\1<token>", text)
+    return text if len(text) <= CA_DETAIL_MAX else text[: CA_DETAIL_MAX - 1] + "…"
+
+
 class AcmeError(VirtualHostError):
-    """Base for failures talking to the certificate authority."""
+    """Base for failures talking to the certificate authority.
+
+    The message and the raw detail are cleaned of challenge tokens (``redact_ca_text``).
+    """
 
     retryable = True
+
+    def __init__(self, message: str, **kwargs) -> None:
+        if kwargs.get("detail"):
+            kwargs["detail"] = redact_ca_text(kwargs["detail"])
+        super().__init__(_CHALLENGE_TOKEN.sub(r"\1<token>", message), **kwargs)
 
 
 class AcmeDirectoryUnreachable(AcmeError):
