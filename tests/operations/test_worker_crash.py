@@ -82,3 +82,43 @@ def test_retry_right_after_a_worker_dies_mid_order(stack: Stack):
     ledger = webroot.TokenLedger(root / constants.CHALLENGES_DIRNAME, hostname)
     assert ledger.tokens() == []
     assert not tokens.exists() or list(tokens.iterdir()) == []
+
+
+def test_renew_right_after_a_worker_dies_mid_renewal(stack: Stack):
+    hostname = "renewcrash.alpha.test"
+    host = stack.api.create_virtualhost(hostname)
+    before = wait_for(
+        "the first certificate",
+        lambda: (h := stack.api.virtualhost(host["id"]))["status"] == "active" and h,
+    )
+    stack.dns.silent.add(hostname)  # the renewal's validation hangs
+    assert post(stack, f"virtualhosts/{host['id']}/renew/").status_code == 202
+    wait_for(
+        "the renewal's order step",
+        lambda: stack.api.virtualhost(host["id"])["history"][0]["step"] == constants.STEP_ACCOUNT,
+    )
+    time.sleep(1.5)  # the renewal now waits on the CA
+    modoboa_worker(stack).crash()
+    stack.dns.silent.discard(hostname)
+
+    # Still served with the old certificate, and not blocked: Renew now is accepted again.
+    served = tls.fetch_served_certificate("127.0.0.1", stack.nginx.https_port, hostname)
+    assert served.serial == before["certificate"]["serial"]
+    answer = post(stack, f"virtualhosts/{host['id']}/renew/")
+    assert answer.status_code == 202, answer.text
+
+    restarted = stack.demo.instance.worker("modoboa", stack.demo.redis.client())
+    stack.demo.processes.append(restarted)
+    restarted.start()
+    after = wait_for(
+        "the renewed certificate",
+        lambda: (h := stack.api.virtualhost(host["id"]))["certificate"]["serial"]
+        != before["certificate"]["serial"]
+        and h["status"] == "active"
+        and h,
+    )
+    served = tls.fetch_served_certificate("127.0.0.1", stack.nginx.https_port, hostname)
+    assert served.serial == after["certificate"]["serial"]
+    stored = storage.read_current(stack.demo.root / "acme", hostname)
+    assert stored.problem is None and stored.facts is not None
+    assert stored.facts.serial == served.serial
