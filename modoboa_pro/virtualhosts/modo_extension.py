@@ -19,6 +19,7 @@ from modoboa.core.extensions import ModoExtension, exts_pool
 from modoboa_pro import __version__
 
 from . import conf, health
+from .models import VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -97,8 +98,6 @@ class ModoboaProExtension(ModoExtension):
     url = "modoboa-pro"
 
     def get_frontend_status(self) -> dict | None:
-        from .models import VirtualHost
-
         try:
             threshold = int(conf.param("certificate_renewal_threshold"))
             verdict = health.assess(health.collect(VirtualHost.objects.all(), threshold))

@@ -54,6 +54,15 @@ def provision_and_fail(chain: Chain, hostname: str) -> VirtualHost:
     return host
 
 
+def provision_active(chain: Chain, hostname: str) -> VirtualHost:
+    """Create a host and run the chain until it is served over HTTPS."""
+    host = VirtualHost.objects.create(hostname=hostname)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    return host
+
+
 def retry_and_succeed(chain: Chain, host: VirtualHost) -> VirtualHost:
     services.retry_provisioning(host)
     chain.drain()
@@ -330,12 +339,8 @@ def test_a_site_written_but_never_loaded_is_loaded_by_the_next_run(chain: Chain)
     assert step is not None and "not loaded by nginx; reloaded" in step.message
 
 
-
 def test_a_site_broken_by_someone_else_is_named_and_ours_is_kept(chain: Chain):
-    host = VirtualHost.objects.create(hostname="mine.example.test")
-    chain.drain()
-    host.refresh_from_db()
-    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    host = provision_active(chain, "mine.example.test")
     # Someone else's file in the included directory breaks `nginx -t`.
     broken = chain.nginx.sites_dir / "aaa-someone-else.conf"
     broken.write_text("server { this_is_not_a_directive; }\n")

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from modoboa_pro.virtualhosts import constants, services
-from modoboa_pro.virtualhosts.models import VirtualHost
 
 from ..conftest import Chain
+from .test_failures import provision_active
 
 pytestmark = pytest.mark.chain
 
@@ -49,10 +49,7 @@ def audit(root: Path) -> list[str]:
 
 def test_keys_stay_private_through_issuance_renewal_disable_and_delete(chain: Chain):
     root = chain.storage
-    host = VirtualHost.objects.create(hostname="modes.example.test")
-    chain.drain()
-    host.refresh_from_db()
-    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    host = provision_active(chain, "modes.example.test")
     keys = list(root.rglob(constants.PRIVKEY_FILENAME))
     assert keys and audit(root) == []  # issuance (account key included)
 

@@ -10,7 +10,7 @@ from modoboa_pro.virtualhosts import constants
 from modoboa_pro.virtualhosts.adapters import storage, webroot
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import BACKEND_BODY, Chain
+from ..conftest import BACKEND_BODY, Chain, set_parameters
 
 pytestmark = pytest.mark.chain
 
@@ -35,8 +35,6 @@ def test_only_tokens_are_served_from_the_webroot(chain: Chain, template: str):
     hostname = "exposed.example.test"
     host = VirtualHost.objects.create(hostname=hostname)
     if template == "http_only":
-        from ..conftest import set_parameters
-
         set_parameters(enable_letsencrypt=False)
     chain.drain()
     host.refresh_from_db()

@@ -41,6 +41,22 @@ def modoboa_worker(stack: Stack) -> DjangoProcess:
     return worker
 
 
+def restart_worker(stack: Stack) -> None:
+    """What supervisor does after the crash: start a new `rqworker modoboa`."""
+    restarted = stack.demo.instance.worker("modoboa", stack.demo.redis.client())
+    stack.demo.processes.append(restarted)
+    restarted.start()
+
+
+def is_active(host: dict) -> bool:
+    return host["status"] == "active"
+
+
+def wait_until(stack: Stack, host_id: int, what: str, done) -> dict:
+    """The host's API view once ``done(host)`` holds."""
+    return wait_for(what, lambda: h if done(h := stack.api.virtualhost(host_id)) else None)
+
+
 def post(stack: Stack, path: str) -> requests.Response:
     return stack.api.session.post(f"{stack.api.base_url}/api/v2/{path}", timeout=30)
 
@@ -63,13 +79,8 @@ def test_retry_right_after_a_worker_dies_mid_order(stack: Stack):
     assert answer.status_code == 202, answer.text
 
     # Supervisor restarts the worker; the retried run completes.
-    restarted = stack.demo.instance.worker("modoboa", stack.demo.redis.client())
-    stack.demo.processes.append(restarted)
-    restarted.start()
-    final = wait_for(
-        "the host to become active",
-        lambda: (h := stack.api.virtualhost(host["id"]))["status"] == "active" and h,
-    )
+    restart_worker(stack)
+    final = wait_until(stack, host["id"], "the host to become active", is_active)
     served = tls.fetch_served_certificate("127.0.0.1", stack.nginx.https_port, hostname)
     assert served.serial == final["certificate"]["serial"]
     # The pair on disk is whole: a key matching its chain, the one nginx serves.
@@ -87,10 +98,7 @@ def test_retry_right_after_a_worker_dies_mid_order(stack: Stack):
 def test_renew_right_after_a_worker_dies_mid_renewal(stack: Stack):
     hostname = "renewcrash.alpha.test"
     host = stack.api.create_virtualhost(hostname)
-    before = wait_for(
-        "the first certificate",
-        lambda: (h := stack.api.virtualhost(host["id"]))["status"] == "active" and h,
-    )
+    before = wait_until(stack, host["id"], "the first certificate", is_active)
     stack.dns.silent.add(hostname)  # the renewal's validation hangs
     assert post(stack, f"virtualhosts/{host['id']}/renew/").status_code == 202
     wait_for(
@@ -107,15 +115,12 @@ def test_renew_right_after_a_worker_dies_mid_renewal(stack: Stack):
     answer = post(stack, f"virtualhosts/{host['id']}/renew/")
     assert answer.status_code == 202, answer.text
 
-    restarted = stack.demo.instance.worker("modoboa", stack.demo.redis.client())
-    stack.demo.processes.append(restarted)
-    restarted.start()
-    after = wait_for(
+    restart_worker(stack)
+    after = wait_until(
+        stack,
+        host["id"],
         "the renewed certificate",
-        lambda: (h := stack.api.virtualhost(host["id"]))["certificate"]["serial"]
-        != before["certificate"]["serial"]
-        and h["status"] == "active"
-        and h,
+        lambda h: is_active(h) and h["certificate"]["serial"] != before["certificate"]["serial"],
     )
     served = tls.fetch_served_certificate("127.0.0.1", stack.nginx.https_port, hostname)
     assert served.serial == after["certificate"]["serial"]

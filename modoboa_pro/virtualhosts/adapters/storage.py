@@ -225,17 +225,10 @@ def check_writable(storage_root: Path, hostname: str) -> None:
     """
     safe_hostname(hostname)
     root = Path(storage_root)
-    certs = ensure_dir(_certs_dir(root), constants.PRIVATE_DIR_MODE)
-    ensure_dir(certs / PAIRS_DIRNAME, constants.PRIVATE_DIR_MODE)
-    pairs = ensure_dir(_pairs_dir(root, hostname), constants.PRIVATE_DIR_MODE)
-    probe = pairs / temp_name("store-probe")
-    link = certs / temp_name("link-probe")
     try:
-        try:
-            atomic_write(probe, b"\0" * STORE_PROBE_BYTES, constants.PRIVATE_FILE_MODE)
-            os.symlink(probe.name, link)
-        except OSError as err:
-            raise StorageError(f"Cannot write in {certs}: {err.strerror}.") from err
+        certs = ensure_dir(_certs_dir(root), constants.PRIVATE_DIR_MODE)
+        ensure_dir(certs / PAIRS_DIRNAME, constants.PRIVATE_DIR_MODE)
+        _probe(certs, ensure_dir(_pairs_dir(root, hostname), constants.PRIVATE_DIR_MODE))
     except StorageError as err:
         raise StorageError(
             f"Certificates for {hostname} cannot be stored: {err.message} No certificate "
@@ -243,6 +236,17 @@ def check_writable(storage_root: Path, hostname: str) -> None:
             "Virtual hosts), then retry provisioning.",
             retryable=True,
         ) from err
+
+
+def _probe(certs: Path, pairs: Path) -> None:
+    """Write and remove what storing a pair writes: a file of a pair's size, a symlink."""
+    probe = pairs / temp_name("store-probe")
+    link = certs / temp_name("link-probe")
+    try:
+        atomic_write(probe, b"\0" * STORE_PROBE_BYTES, constants.PRIVATE_FILE_MODE)
+        os.symlink(probe.name, link)
+    except OSError as err:
+        raise StorageError(f"Cannot write in {certs}: {err.strerror}.") from err
     finally:
         with contextlib.suppress(OSError):
             link.unlink()

@@ -16,13 +16,17 @@ CHALLENGE_SUBPATH = (".well-known", "acme-challenge")
 _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,256}")
 
 
-def _token_path(webroot: Path, token: str) -> Path:
+def _check_token(token: str) -> str:
     if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
         raise InvalidToken(
             f"Refusing ACME challenge token {token!r}: tokens are base64url "
             "(letters, digits, '-' and '_'). The CA sent something unexpected; retry later."
         )
-    return Path(webroot).joinpath(*CHALLENGE_SUBPATH, token)
+    return token
+
+
+def _token_path(webroot: Path, token: str) -> Path:
+    return Path(webroot).joinpath(*CHALLENGE_SUBPATH, _check_token(token))
 
 
 def publish_token(webroot: Path, token: str, content: str) -> Path:
@@ -84,8 +88,7 @@ class TokenLedger:
         self._save([])
 
     def add(self, token: str) -> None:
-        _token_path(Path("."), token)  # validate before it reaches the file
-        self._save([*self.tokens(), token])
+        self._save([*self.tokens(), _check_token(token)])
 
     def discard(self, token: str) -> None:
         self._save([t for t in self.tokens() if t != token])
