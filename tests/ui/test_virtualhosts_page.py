@@ -25,11 +25,18 @@ def add_host(session: Session, hostname: str, domain: str | None = None) -> None
     page = session.page
     page.get_by_role("button", name="Add a virtual host").click()
     dialog = page.get_by_test_id("vh-form")
-    dialog.get_by_label("Hostname").fill(hostname)
+    field = dialog.get_by_label("Hostname")
+    # The field takes focus once the dialog has opened; typing before that lets the late
+    # autofocus pull focus back, and the Enter below would then submit the form.
+    expect(field).to_be_focused()
+    field.fill(hostname)
     if domain:
         # By keyboard, as the controls must allow: focus the select, open it, pick.
-        dialog.get_by_label("Domain").focus()
+        select = dialog.get_by_label("Domain")
+        select.focus()
+        expect(select).to_be_focused()
         page.keyboard.press("Enter")
+        expect(page.get_by_role("listbox")).to_be_visible()
         page.get_by_role("option", name=domain).click()
     dialog.get_by_role("button", name="Create").click()
 
