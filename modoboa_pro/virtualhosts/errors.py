@@ -108,6 +108,11 @@ class NginxReloadFailed(NginxError):
     retryable = True
 
 
+class PrivilegedWorkerMissing(NginxReloadFailed):
+    """No privileged worker ran the reload. nginx was not touched: it serves what it
+    served, and new certificate files are kept for the next reload to serve."""
+
+
 class DeployNotVerified(NginxError):
     """Nginx does not serve the expected certificate after a reload."""
 

@@ -57,8 +57,9 @@ def build_reloader():
             django_rq.get_connection(constants.QUEUE_DEFAULT),
             timeout=timeout,
         )
+    queue = django_rq.get_queue(constants.QUEUE_PRIVILEGED)
     return PrivilegedReloader(
-        django_rq.get_queue(constants.QUEUE_PRIVILEGED), queueing.RELOAD, timeout
+        queue, queueing.RELOAD, timeout, listeners=lambda: queueing.listening_workers(queue)
     )
 
 

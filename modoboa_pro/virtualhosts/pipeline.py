@@ -24,6 +24,7 @@ from .errors import (
     LockHeld,
     NginxConfigTestFailed,
     NginxError,
+    PrivilegedWorkerMissing,
     StorageError,
     VirtualHostError,
 )
@@ -334,11 +335,12 @@ def apply_site(conf_dir: Path, hostname: str, content: str, reload: Callable[[],
 
 def _after_refused_reload(err: NginxError, s: Settings, hostname: str, *, new_pair: bool) -> None:
     """nginx refused the test or the reload: it still serves the previous pair, so put its
-    files back (``new_pair``). Unless nginx blames another file: then ForeignConfigBroken
-    is raised instead and the new files stay, for the retry to serve."""
+    files back (``new_pair``). Unless nginx blames another file (ForeignConfigBroken is
+    raised instead) or never got to run (no privileged worker): the new files then stay,
+    and the next reload serves them, whoever runs it."""
     if isinstance(err, NginxConfigTestFailed) and not isinstance(err, ForeignConfigBroken):
         _blame(err, nginx.site_path(s.conf_dir, hostname), hostname)
-    if new_pair and not isinstance(err, ForeignConfigBroken):
+    if new_pair and not isinstance(err, ForeignConfigBroken | PrivilegedWorkerMissing):
         storage.rollback_pair(s.storage_root, hostname)
 
 

@@ -104,6 +104,15 @@ def abandoned(job: Job) -> bool:
     return locks.process_gone(worker.hostname, worker.pid)
 
 
+def listening_workers(q) -> list[str]:
+    """Names of the workers listening on queue ``q``, but for those known to be dead.
+
+    A SIGKILLed worker stays registered until its record expires (minutes); one of this
+    machine whose process is gone is not listening.
+    """
+    return [w.name for w in Worker.all(queue=q) if not locks.process_gone(w.hostname, w.pid)]
+
+
 def _pending(job: Job) -> bool:
     if job_state(job) not in PENDING_STATES:
         return False

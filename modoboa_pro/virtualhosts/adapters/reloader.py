@@ -23,7 +23,12 @@ from typing import Any, Protocol
 
 import redis
 
-from ..errors import NginxConfigTestFailed, NginxError, NginxReloadFailed
+from ..errors import (
+    NginxConfigTestFailed,
+    NginxError,
+    NginxReloadFailed,
+    PrivilegedWorkerMissing,
+)
 from . import nginx
 
 logger = logging.getLogger("modoboa.jobs")
@@ -35,6 +40,11 @@ MIN_INTERVAL = 1.0
 # Outcomes kept for callers still polling; far more than reloads in any wait.
 OUTCOMES_KEEP = 200
 BOOK_TTL_SECONDS = 86400
+# With no worker listening on the privileged queue for this long, stop waiting and say
+# so: a supervisor restarting the worker takes a few seconds, not this many.
+ABSENT_GRACE = 15.0
+# How often a waiting caller asks who listens on the privileged queue.
+LISTENERS_CHECK_INTERVAL = 1.0
 
 KEY_PREFIX = "modoboa_pro:virtualhosts:reload:"
 
@@ -303,6 +313,8 @@ class PrivilegedReloader:
 
     At most one reload job waits in the privileged queue at a time: callers
     arriving while it is queued are served by it. The job takes no argument.
+    ``listeners`` names the live workers of the queue: with none for
+    ``absent_grace`` seconds, waiting stops with the worker named as the reason.
     """
 
     def __init__(
@@ -311,11 +323,15 @@ class PrivilegedReloader:
         job_func: Callable[[], dict] | str,  # a dotted path keeps the caller import-free
         timeout: float,
         connection: redis.Redis | None = None,
+        listeners: Callable[[], list[str]] | None = None,
+        absent_grace: float | None = None,  # ABSENT_GRACE
     ) -> None:
         self.queue = queue
         self.job_func = job_func
         self.timeout = timeout
         self.connection = connection if connection is not None else queue.connection
+        self.listeners = listeners
+        self.absent_grace = absent_grace
 
     def _enqueue(self, book: ReloadBook) -> None:
         if not book.claim_queued(self.timeout):
@@ -336,7 +352,10 @@ class PrivilegedReloader:
         book = ReloadBook(self.connection)
         if book.covering_outcome(generation) is None:
             self._enqueue(book)
-        deadline = time.monotonic() + self.timeout
+        start = time.monotonic()
+        deadline = start + self.timeout
+        grace = ABSENT_GRACE if self.absent_grace is None else self.absent_grace
+        last_heard, next_check, seen = start, start, []
         while time.monotonic() < deadline:
             outcome = book.covering_outcome(generation)
             if outcome is not None:
@@ -345,9 +364,35 @@ class PrivilegedReloader:
             # between is seen, so an extra job is only enqueued when none is coming.
             if not book.pending() and book.covering_outcome(generation) is None:
                 self._enqueue(book)  # the queued job was lost (deleted, flag expired)
+            now = time.monotonic()
+            if self.listeners is not None and now >= next_check:
+                next_check = now + LISTENERS_CHECK_INTERVAL
+                seen = self.listeners() or []
+                if seen:
+                    last_heard = now
+                elif now - last_heard >= grace:
+                    raise PrivilegedWorkerMissing(self._nobody_listens(), retryable=True)
             time.sleep(POLL_INTERVAL)
-        raise NginxReloadFailed(
-            f"No privileged worker ran the nginx reload within {self.timeout:.0f} s. Make sure "
-            "Modoboa's privileged RQ worker (running as root) is started.",
-            retryable=True,
+        raise PrivilegedWorkerMissing(self._nobody_served(seen), retryable=True)
+
+    @property
+    def _queue_name(self) -> str:
+        return str(getattr(self.queue, "name", "privileged"))
+
+    def _nobody_listens(self) -> str:
+        name = self._queue_name
+        return (
+            f"The nginx reload is waiting for Modoboa's privileged RQ worker: no worker "
+            f"listens on the queue '{name}'. Start it as root (`python manage.py rqworker "
+            f"{name}`, as supervisor or systemd do). nginx keeps serving its current "
+            "configuration; the run is retried."
+        )
+
+    def _nobody_served(self, seen: list[str]) -> str:
+        name = self._queue_name
+        who = f"the worker(s) {', '.join(seen)} listening on" if seen else "no worker ran"
+        return (
+            f"No nginx reload ran within {self.timeout:.0f} s: {who} the queue '{name}' "
+            "did not run it (busy, stuck, or not started; see the privileged worker's log). "
+            "nginx keeps serving its current configuration; the run is retried."
         )
