@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo demo-ui frontend frontend-check lint typecheck imports pytest system-deps venv clean
+.PHONY: test scale demo demo-ui frontend frontend-check lint typecheck imports pytest system-deps venv clean
 
 # tox.ini runs the same commands, one environment each (lint, typecheck, tests).
 test: system-deps $(STAMP) frontend-check
@@ -12,6 +12,11 @@ test: system-deps $(STAMP) frontend-check
 	$(BIN)/mypy modoboa_pro
 	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The figures of docs/reliability.md: 200 hosts created, then renewed, at once on PostgreSQL
+# with two workers (the suite runs the same test with 50). Writes test-artefacts/scale.json.
+scale: system-deps $(STAMP)
+	SCALE_HOSTS=200 $(BIN)/pytest -m scale -s tests/scale
 
 demo: system-deps $(STAMP)
 	$(BIN)/python -m modoboa_pro.demo

@@ -3,7 +3,7 @@
 # As root it runs apt-get; otherwise it prints the exact command to run.
 set -euo pipefail
 
-packages=(redis-server nginx pebble librrd-dev pkg-config openssl python3-venv ca-certificates gettext chromium rrdtool)
+packages=(redis-server nginx pebble postgresql librrd-dev pkg-config openssl python3-venv ca-certificates gettext chromium rrdtool)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then

@@ -17,7 +17,7 @@ from modoboa_pro.demo.client import ModoboaApi
 from modoboa_pro.demo.console import Console
 from modoboa_pro.demo.run import Demo
 from modoboa_pro.demo.ui import WebUi
-from modoboa_pro.testing import DnsResponder, NginxServer
+from modoboa_pro.testing import DnsResponder, NginxServer, PostgresServer
 
 # Every password of the accounts the tests create (the admin's is Modoboa's default).
 PASSWORD = "Ui-tests-2026!"
@@ -28,7 +28,7 @@ class Stack:
     """The running instance and the loopback servers it uses."""
 
     demo: Demo
-    web: WebUi
+    web: WebUi | None
     api: ModoboaApi
     dns: DnsResponder
     nginx: NginxServer
@@ -42,21 +42,41 @@ class Stack:
         return next((h for h in self.api.virtualhosts() if h["hostname"] == hostname), None)
 
 
-def deployed_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Deploy, start everything, yield; stop everything (by PID) at the end."""
-    root = tmp_path_factory.mktemp("deployed")
+def deployed_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+    *,
+    postgres: bool = False,
+    modoboa_workers: int = 1,
+    web_ui: bool = True,
+) -> Iterator[Stack]:
+    """Deploy, start everything, yield; stop everything (by PID) at the end.
+
+    ``postgres``: on a PostgreSQL cluster of its own instead of SQLite. ``web_ui``: also
+    serve the SPA and create the accounts the browser tests log in with.
+    """
+    root = tmp_path_factory.mktemp("deployed-pg" if postgres else "deployed")
     log = open(root / "demo.log", "w")  # noqa: SIM115 (closed at teardown)
-    demo = Demo(Console(log, stages=7), root, hostnames=())
+    database = PostgresServer(root / "postgres") if postgres else None
     try:
-        demo.start_services()
-        demo.deploy()
-        demo.start_modoboa()
-        web = demo.serve_ui()
-        stack = Stack(demo, web, demo.api, demo.dns, demo.nginx)
-        stack.domains = _create_accounts(stack)
-        yield stack
+        url = database.start().create_database("modoboa") if database else None
+        demo = Demo(
+            Console(log, stages=7), root, hostnames=(), database_url=url,
+            modoboa_workers=modoboa_workers,
+        )  # fmt: skip
+        try:
+            demo.start_services()
+            demo.deploy()
+            demo.start_modoboa()
+            web = demo.serve_ui() if web_ui else None
+            stack = Stack(demo, web, demo.api, demo.dns, demo.nginx)
+            if web_ui:
+                stack.domains = _create_accounts(stack)
+            yield stack
+        finally:
+            demo.stop_all()
     finally:
-        demo.stop_all()
+        if database is not None:
+            database.stop()
         log.close()
 
 

@@ -96,7 +96,10 @@ LOGGING["loggers"]["modoboa.jobs"] = {{
 # SQLite and concurrent writers (the workers record each step while a user logs in): a
 # transaction that reads, then writes, fails at once with "database is locked" when another
 # process writes meanwhile. IMMEDIATE transactions take the write lock first and wait for it.
-DATABASES["default"].setdefault("OPTIONS", {{}}).update(transaction_mode="IMMEDIATE", timeout=20)
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    DATABASES["default"].setdefault("OPTIONS", {{}}).update(
+        transaction_mode="IMMEDIATE", timeout=20
+    )
 
 # Server errors with their traceback in the application's log (runserver.log).
 LOGGING["loggers"]["django.request"] = {{
@@ -140,13 +143,16 @@ class ModoboaInstance:
 
     name = "modoboa_demo"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, database_url: str | None = None) -> None:
+        """``database_url``: a PostgreSQL database (``postgres://…``, created beforehand)
+        instead of a SQLite file under ``root``."""
         self.root = Path(root).absolute()
         self.project_dir = self.root / self.name
         self.manage_py = self.project_dir / "manage.py"
         self.settings_path = self.project_dir / self.name / "settings.py"
         self.cron_config = self.project_dir / self.name / "cron_config.py"
         self.database = self.root / "modoboa.sqlite3"
+        self.database_url = database_url or f"sqlite:///{self.database}"
         self.logs_dir = self.root / "logs"
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self.commands_log = self.logs_dir / "manage.log"
@@ -189,7 +195,7 @@ class ModoboaInstance:
         return self._run(argv, f"manage.py {' '.join(args)}", self.project_dir, timeout)
 
     def deploy(self, redis_url: str) -> None:
-        """Create the instance with Modoboa's own installer command, on SQLite."""
+        """Create the instance with Modoboa's own installer command."""
         admin = Path(sys.executable).parent / "modoboa-admin.py"
         if not admin.exists():
             raise DemoError(f"{admin} not found: install Modoboa in this virtualenv")
@@ -200,7 +206,7 @@ class ModoboaInstance:
                 "deploy",
                 self.name,
                 "--dburl",
-                f"default:sqlite:///{self.database}",
+                f"default:{self.database_url}",
                 "--domain",
                 "localhost",
                 "--admin-username",
@@ -212,7 +218,8 @@ class ModoboaInstance:
             self.root,
         )
         # deploy reports failures of its own migrate on stderr but still exits 0.
-        if not self.settings_path.exists() or not self.database.exists():
+        on_sqlite = self.database_url.startswith("sqlite:")
+        if not self.settings_path.exists() or (on_sqlite and not self.database.exists()):
             raise DemoError(
                 f"modoboa-admin.py deploy did not create the instance: see {self.commands_log}"
             )
@@ -227,11 +234,16 @@ class ModoboaInstance:
 
     # -- long-running processes --------------------------------------------------------
 
-    def worker(self, queue: str, redis: Redis) -> DjangoProcess:
-        def registered() -> bool:
-            return Worker.count(queue=Queue(queue, connection=redis)) > 0
+    def worker(self, queue: str, redis: Redis, number: int = 1) -> DjangoProcess:
+        """``rqworker QUEUE``; ``number`` tells several workers of one queue apart."""
 
-        return DjangoProcess(f"rqworker-{queue}", self, ["rqworker", queue], registered)
+        def registered() -> bool:
+            workers = Worker.all(queue=Queue(queue, connection=redis))
+            return any(w.pid == process.pid for w in workers)
+
+        name = f"rqworker-{queue}" + (f"-{number}" if number > 1 else "")
+        process = DjangoProcess(name, self, ["rqworker", queue], registered)
+        return process
 
     def app_server(self, port: int) -> DjangoProcess:
         def answers() -> bool:

@@ -68,10 +68,22 @@ def _missing_binaries() -> list[str]:
 class Demo:
     """One run; everything it starts is registered in ``self.started`` to be stopped."""
 
-    def __init__(self, console: Console, root: Path, hostnames: Sequence[str]) -> None:
+    def __init__(
+        self,
+        console: Console,
+        root: Path,
+        hostnames: Sequence[str],
+        *,
+        database_url: str | None = None,
+        modoboa_workers: int = 1,
+    ) -> None:
+        """``database_url``: PostgreSQL instead of SQLite; ``modoboa_workers``: how many
+        `rqworker modoboa` processes run the chains side by side."""
         self.console = console
         self.root = root
         self.hostnames = list(hostnames)
+        self.database_url = database_url
+        self.modoboa_workers = modoboa_workers
         self.others: list[tuple[str, Callable[[], None]]] = []  # in-process servers
         self.processes: list[ManagedProcess] = []
         self.log_paths: list[Path] = []
@@ -157,15 +169,16 @@ class Demo:
     def deploy(self) -> None:
         c = self.console
         redis, nginx, pebble = self.redis, self.nginx, self.pebble
-        c.stage("Deploying a Modoboa instance on SQLite (modoboa-admin.py deploy)")
-        instance = ModoboaInstance(self.root / "instance")
+        instance = ModoboaInstance(self.root / "instance", self.database_url)
+        engine = "SQLite" if self.database_url is None else "PostgreSQL"
+        c.stage(f"Deploying a Modoboa instance on {engine} (modoboa-admin.py deploy)")
         self.log_paths.append(instance.commands_log)
         began = time.monotonic()
         instance.deploy(redis.url)
         c.facts(
             [
                 ("instance", str(instance.project_dir)),
-                ("database", str(instance.database)),
+                ("database", str(instance.database) if self.database_url is None else engine),
                 ("took", f"{time.monotonic() - began:.1f}s"),
             ]
         )
@@ -210,13 +223,12 @@ class Demo:
         c.stage("Starting Modoboa: RQ workers and the application")
         connection = redis.client()
         workers = [
-            instance.worker("modoboa", connection),
-            instance.worker("privileged", connection),
-        ]
+            instance.worker("modoboa", connection, n) for n in range(1, self.modoboa_workers + 1)
+        ] + [instance.worker("privileged", connection)]
         app = instance.app_server(app_port)
-        # Stopped in reverse: the app, then the modoboa worker (its warm shutdown may
+        # Stopped in reverse: the app, then the modoboa workers (their warm shutdown may
         # finish a chain that still needs a reload), then the privileged worker.
-        django_processes: list[DjangoProcess] = [workers[1], workers[0], app]
+        django_processes: list[DjangoProcess] = [workers[-1], *workers[:-1], app]
         for process in django_processes:
             self._track(process)
         start_all(django_processes)
@@ -235,7 +247,11 @@ class Demo:
         c.facts(
             [
                 ("rqworker modoboa", f"pid {workers[0].pid}  (runs the provisioning chain)"),
-                ("rqworker privileged", f"pid {workers[1].pid}  (nginx -t + reload)"),
+                *[
+                    ("rqworker modoboa", f"pid {w.pid}  (another chain runner)")
+                    for w in workers[1:-1]
+                ],
+                ("rqworker privileged", f"pid {workers[-1].pid}  (nginx -t + reload)"),
                 ("runserver", f"http://127.0.0.1:{app_port}, pid {app.pid}"),
                 (
                     "Settings",

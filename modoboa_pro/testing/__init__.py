@@ -1,4 +1,4 @@
-"""Real-server harness for tests and the demo: Redis, Pebble, nginx and a DNS stub.
+"""Real-server harness for tests and the demo: Redis, PostgreSQL, Pebble, nginx and a DNS stub.
 
 Plain Python (no pytest, no Django) so both the pytest fixtures and ``make demo`` can use it.
 """
@@ -16,6 +16,7 @@ from modoboa_pro.testing.servers import (
     ManagedProcess,
     NginxServer,
     PebbleServer,
+    PostgresServer,
     RedisServer,
     free_port,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "ManagedProcess",
     "NginxServer",
     "PebbleServer",
+    "PostgresServer",
     "RedisServer",
     "free_port",
     "make_ca",

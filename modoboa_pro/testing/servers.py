@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -577,3 +578,116 @@ http {{
             )
             if result.returncode != 0:
                 raise HarnessError(f"nginx -s reload failed:\n{result.stderr}")
+
+
+class PostgresServer(ManagedProcess):
+    """A throwaway PostgreSQL cluster on a free loopback port, trust authentication.
+
+    PostgreSQL refuses to run as root: as root, ``initdb`` and the server run as the
+    ``postgres`` user (Debian's package creates it), and the data directory lives in a
+    directory of its own under the system's temporary directory, which that user can reach
+    (pytest's temporary directories are private to root).
+    """
+
+    name = "postgres"
+    start_timeout = 30.0
+    superuser = "postgres"
+
+    def __init__(self, workdir: Path, *, port: int | None = None) -> None:
+        super().__init__(workdir)
+        self.port = port or free_port()
+        self._data_parent: Path | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        if self._data_parent is None:
+            if os.geteuid() == 0:
+                self._data_parent = Path(tempfile.mkdtemp(prefix="modoboa-pro-pg-"))
+                shutil.chown(self._data_parent, self.superuser, self.superuser)
+            else:
+                self._data_parent = self.workdir
+        return self._data_parent / "data"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return argv
+        # setpriv execs (no child process in between): our PID is the server's.
+        setpriv = _binary("setpriv", "/usr/bin/setpriv")
+        return [setpriv, "--reuid", self.superuser, "--regid", self.superuser,
+                "--init-groups", "--", *argv]  # fmt: skip
+
+    def url(self, database: str) -> str:
+        return f"postgres://{self.superuser}@127.0.0.1:{self.port}/{database}"
+
+    def prepare(self) -> None:
+        if (self.data_dir / "PG_VERSION").exists():
+            return
+        initdb = [_pg_binary("initdb"), "-D", str(self.data_dir), "-U", self.superuser,
+                  "--auth=trust", "--encoding=UTF8", "--no-locale"]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            done = subprocess.run(  # noqa: S603 - fixed arguments
+                self._as_owner(initdb), stdout=log, stderr=subprocess.STDOUT, check=False
+            )
+        if done.returncode != 0:
+            raise HarnessError(f"initdb failed (exit {done.returncode})\n{self.log_tails()}")
+
+    def command(self) -> list[str]:
+        settings = {
+            "listen_addresses": "127.0.0.1",
+            "unix_socket_directories": "",
+            "max_connections": "100",
+            # A throwaway cluster: durability buys nothing here and costs the 2-core CI.
+            "fsync": "off",
+            "synchronous_commit": "off",
+        }
+        options = [arg for k, v in settings.items() for arg in ("-c", f"{k}={v}")]
+        argv = [_pg_binary("postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        return self._as_owner([*argv, *options])
+
+    def ready(self) -> bool:
+        with self.connect("postgres"):
+            return True
+
+    def connect(self, database: str):
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user=self.superuser, dbname=database,
+            connect_timeout=2, autocommit=True,
+        )  # fmt: skip
+
+    def create_database(self, name: str) -> str:
+        """Create database ``name`` (an identifier we choose); return its URL."""
+        from psycopg import sql
+
+        with self.connect("postgres") as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.url(name)
+
+    def stop(self) -> None:
+        # SIGTERM is PostgreSQL's "smart" shutdown, which waits for every client to leave;
+        # SIGINT is the "fast" one, right for a throwaway cluster.
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=self.stop_timeout)
+        super().stop()
+        if self._data_parent is not None and self._data_parent != self.workdir:
+            shutil.rmtree(self._data_parent, ignore_errors=True)
+            self._data_parent = None
+
+
+def _pg_binary(name: str) -> str:
+    """Debian keeps PostgreSQL's server programs in /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which(name)
+    if found:
+        return found
+    versions = sorted(
+        Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+        key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0,
+    )
+    if not versions:
+        raise HarnessError(f"{name} not found: install Debian's postgresql package")
+    return str(versions[-1])
