@@ -17,6 +17,7 @@ import requests
 from cryptography import x509
 
 from modoboa_pro.testing import (
+    AcmeProxy,
     DnsResponder,
     HarnessError,
     ManagedProcess,
@@ -26,6 +27,7 @@ from modoboa_pro.testing import (
     make_ca,
     make_self_signed_leaf,
     make_server_cert,
+    rate_limited,
     validity,
 )
 
@@ -134,6 +136,12 @@ def test_dns_responder() -> None:
         flags, ancount, _ = _dns_query("www.example.test", 1, dns.port, tcp=True)
         assert (flags & 0xF, ancount) == (0, 1)
         assert ("tcp", "www.example.test", 1) in dns.queries
+
+        # A silent name gets no answer; the query is noted as left unanswered.
+        dns.silent.add("dead.example.test")
+        with pytest.raises(TimeoutError):
+            _dns_query("dead.example.test", 1, dns.port)
+        assert dns.unanswered == [("udp", "dead.example.test", 1)]
     dns.stop()
 
 
@@ -204,6 +212,57 @@ def test_pebble_directory_and_roots(tmp_path_factory: pytest.TempPathFactory) ->
             assert pid is not None
         assert _gone(pid)
         pebble.stop()
+
+
+def test_acme_proxy_forwards_refuses_and_counts(tmp_path_factory: pytest.TempPathFactory) -> None:
+    import josepy as jose
+    from acme import client, messages
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    with DnsResponder() as dns:
+        pebble = PebbleServer(
+            tmp_path_factory.mktemp("pebble"), http_port=5002, dns_address=dns.address
+        )
+        with (
+            pebble,
+            AcmeProxy(
+                tmp_path_factory.mktemp("proxy"), pebble.directory_url, pebble.ca_bundle
+            ) as proxy,
+        ):
+            verify, directory_url = str(proxy.ca_bundle), proxy.directory_url
+            directory = requests.get(directory_url, verify=verify, timeout=5).json()
+            urls = [v for v in directory.values() if isinstance(v, str) and "://" in v]
+            assert urls and all(u.startswith(f"{proxy.origin}/") for u in urls)
+
+            # A whole account registration through it: JWS URLs, nonces and Location agree.
+            key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+            net = client.ClientNetwork(key, alg=jose.ES256, verify_ssl=verify)  # type: ignore[arg-type]
+            acme = client.ClientV2(client.ClientV2.get_directory(proxy.directory_url, net), net)
+            regr = acme.new_account(
+                messages.NewRegistration.from_data(terms_of_service_agreed=True)
+            )
+            assert regr.uri.startswith(f"{proxy.origin}/")
+
+            # Told to, it answers newOrder itself, once, as a rate-limiting CA does.
+            proxy.refuse("newOrder", rate_limited("too many new orders", "3600"), times=1)
+            answer = requests.post(directory["newOrder"], data=b"{}", verify=verify, timeout=5)
+            assert answer.status_code == 429
+            assert answer.headers["Content-Type"] == "application/problem+json"
+            assert answer.headers["Retry-After"] == "3600"
+            assert answer.headers["Replay-Nonce"]
+            assert answer.json() == {
+                "type": "urn:ietf:params:acme:error:rateLimited",
+                "detail": "too many new orders",
+                "status": 429,
+            }
+            # The next one reaches Pebble, which refuses an unsigned body in its own words.
+            answer = requests.post(directory["newOrder"], data=b"{}", verify=verify, timeout=5)
+            assert answer.status_code == 415 and "rateLimited" not in answer.text
+            assert (proxy.count("newOrder", refused=True), proxy.count("newOrder")) == (1, 2)
+            with pytest.raises(ValueError, match="unknown ACME resource"):
+                proxy.refuse("newOrdr", rate_limited("typo", "1"))
+        with pytest.raises(requests.ConnectionError):  # stopped: nothing listens any more
+            requests.get(directory_url, verify=verify, timeout=5)
 
 
 # -- process control ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 Plain Python (no pytest, no Django) so both the pytest fixtures and ``make demo`` can use it.
 """
 
+from modoboa_pro.testing.acme_proxy import AcmeProxy, Problem, http_date, rate_limited
 from modoboa_pro.testing.dns import DnsResponder
 from modoboa_pro.testing.pki import (
     make_ca,
@@ -22,17 +23,21 @@ from modoboa_pro.testing.servers import (
 )
 
 __all__ = [
+    "AcmeProxy",
     "DnsResponder",
     "HarnessError",
     "ManagedProcess",
     "NginxServer",
     "PebbleServer",
     "PostgresServer",
+    "Problem",
     "RedisServer",
     "free_port",
+    "http_date",
     "make_ca",
     "make_chain_pem",
     "make_self_signed_leaf",
     "make_server_cert",
+    "rate_limited",
     "validity",
 ]

@@ -69,7 +69,8 @@ class DnsResponder:
     Pebble, which asks AAAA first, validates over IPv4. Names added to :attr:`nxdomain`
     (lower case, no trailing dot) get NXDOMAIN; names in :attr:`silent` get no answer at
     all (a dead name server: the CA's validation hangs until its own timeout). Every
-    answered query is appended to :attr:`queries` as ``(transport, name, qtype)``.
+    answered query is appended to :attr:`queries` as ``(transport, name, qtype)``, every
+    query left unanswered to :attr:`unanswered`: a test learns that the CA is validating.
     """
 
     def __init__(self, host: str = "127.0.0.1", *, ipv4: str = "127.0.0.1") -> None:
@@ -78,6 +79,7 @@ class DnsResponder:
         self.nxdomain: set[str] = set()
         self.silent: set[str] = set()
         self.queries: list[tuple[str, str, int]] = []
+        self.unanswered: list[tuple[str, str, int]] = []
         self._udp: socketserver.ThreadingUDPServer | None = None
         self._tcp: socketserver.ThreadingTCPServer | None = None
         self._threads: list[threading.Thread] = []
@@ -91,6 +93,7 @@ class DnsResponder:
         except _Malformed:
             return None
         if name.rstrip(".") in self.silent:
+            self.unanswered.append((transport, name, qtype))
             return None
         self.queries.append((transport, name, qtype))
         question = packet[_HEADER.size : end]  # echoed byte for byte: resolvers compare it

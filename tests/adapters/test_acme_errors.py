@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime
 
 import pytest
+import requests
 from acme import messages
 
+from modoboa_pro.testing import free_port
 from modoboa_pro.virtualhosts.adapters import acme
 from modoboa_pro.virtualhosts.errors import (
     AcmeAccountError,
@@ -17,7 +19,8 @@ from modoboa_pro.virtualhosts.errors import (
     ConfigurationError,
 )
 
-NOW = datetime.datetime(2026, 11, 24, 6, 0, tzinfo=datetime.UTC)
+UTC = datetime.UTC
+NOW = datetime.datetime(2026, 11, 24, 6, 0, tzinfo=UTC)
 
 
 def problem(code: str, detail: str) -> messages.Error:
@@ -51,7 +54,64 @@ def test_rate_limited_carries_its_reset_time() -> None:
     )
     assert isinstance(err, AcmeRateLimited) and err.retryable
     assert err.retry_after == datetime.datetime(2026, 11, 25, 8, 30, tzinfo=datetime.UTC)
-    assert "Nothing will be retried before 2026-11-25 08:30 UTC" in err.message
+    assert "Nothing will be retried before 2026-11-25 08:30:00 UTC" in err.message
+
+
+def test_a_reset_time_in_another_zone_is_shown_in_utc() -> None:
+    err = acme._map_problem(
+        problem("rateLimited", "too many orders, retry after 2026-11-25 10:30:00 +02:00"),
+        "ordering a certificate for www.example.com",
+    )
+    assert err.retry_after == datetime.datetime(2026, 11, 25, 8, 30, tzinfo=datetime.UTC)
+    assert "Nothing will be retried before 2026-11-25 08:30:00 UTC" in err.message
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("120", NOW + datetime.timedelta(seconds=120)),
+        (" 0 ", NOW),
+        ("Wed, 25 Nov 2026 08:30:00 GMT", datetime.datetime(2026, 11, 25, 8, 30, tzinfo=UTC)),
+        ("Wed, 25 Nov 2026 10:30:00 +0200", datetime.datetime(2026, 11, 25, 8, 30, tzinfo=UTC)),
+        ("Wed, 25 Nov 2026 08:30:00 -0000", datetime.datetime(2026, 11, 25, 8, 30, tzinfo=UTC)),
+        (None, None),
+        ("", None),
+        ("soon", None),
+        ("-5", None),
+        ("1.5", None),
+        ("9" * 30, None),  # beyond any date: ignored, not a crash
+    ],
+)
+def test_retry_after_header_forms(header, expected) -> None:
+    assert acme.parse_retry_after_header(header, NOW) == expected
+
+
+def test_the_retry_after_header_wins_over_the_detail() -> None:
+    detail = "too many orders, retry after 2026-11-25 08:30:00 UTC"
+    minute = datetime.timedelta(seconds=60)
+    assert acme.parse_rate_limit_retry_after(detail, NOW, header="60") == NOW + minute
+    # An unreadable header falls back to the detail, then to the default wait.
+    later = datetime.datetime(2026, 11, 25, 8, 30, tzinfo=UTC)
+    assert acme.parse_rate_limit_retry_after(detail, NOW, header="soon") == later
+    assert acme.parse_rate_limit_retry_after("slow down", NOW, header="soon") == (
+        NOW + acme.DEFAULT_RATE_LIMIT_WAIT
+    )
+
+
+def test_rate_limited_takes_its_time_from_the_header() -> None:
+    err = acme._map_problem(
+        problem("rateLimited", "too many new orders, retry after 2026-11-25 08:30:00 UTC"),
+        "ordering a certificate for www.example.com",
+        "Wed, 25 Nov 2026 09:15:30 GMT",
+    )
+    assert err.retry_after == datetime.datetime(2026, 11, 25, 9, 15, 30, tzinfo=UTC)
+    assert "Nothing will be retried before 2026-11-25 09:15:30 UTC" in err.message
+
+
+def test_a_refused_connection_is_named_in_a_few_words() -> None:
+    with pytest.raises(requests.ConnectionError) as caught:
+        requests.get(f"https://127.0.0.1:{free_port()}/dir", timeout=5)
+    assert acme._network_reason(caught.value) == "connection refused"
 
 
 @pytest.mark.parametrize(

@@ -8,16 +8,20 @@ names the likely cause, as the troubleshooting table of docs/tls-certificates.md
 from __future__ import annotations
 
 import datetime
+import email.utils
 import hashlib
+import http.client
 import json
 import logging
 import re
+import socket
+import ssl
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import josepy as jose
 import requests
@@ -46,7 +50,8 @@ USER_AGENT = "modoboa-pro-acme"
 POLL_FIRST_INTERVAL = 0.1
 POLL_MAX_INTERVAL = 3.0
 POLL_GROWTH = 1.6
-# When a CA rate-limits us without saying until when, wait this long.
+# When a CA rate-limits us without saying until when (no Retry-After header, no time
+# in its detail), wait this long.
 DEFAULT_RATE_LIMIT_WAIT = datetime.timedelta(hours=1)
 NETWORK_TIMEOUT = 30
 # Signed requests retried on badNonce (each library call already retries once).
@@ -85,8 +90,32 @@ def account_dir(storage_root: Path, directory_url: str) -> Path:
     return storage_root / constants.ACCOUNTS_DIRNAME / f"{host}-{digest}"
 
 
-def parse_rate_limit_retry_after(detail: str, now: datetime.datetime) -> datetime.datetime:
-    """Extract "retry after <time>" from a CA's rateLimited detail (the header is lost)."""
+def parse_retry_after_header(value: str | None, now: datetime.datetime) -> datetime.datetime | None:
+    """The time an HTTP ``Retry-After`` names (delta-seconds or an HTTP-date, RFC 9110
+    10.2.3), in UTC; None when there is none or it cannot be read."""
+    value = (value or "").strip()
+    try:
+        if re.fullmatch(r"[0-9]+", value):
+            return now + datetime.timedelta(seconds=int(value))
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:  # "-0000": a UTC time (RFC 5322 3.3)
+        when = when.replace(tzinfo=datetime.UTC)
+    return when.astimezone(datetime.UTC)
+
+
+def parse_rate_limit_retry_after(
+    detail: str, now: datetime.datetime, *, header: str | None = None
+) -> datetime.datetime:
+    """When a rate-limited request may be sent again, in UTC.
+
+    The answer's ``Retry-After`` header wins; then a "retry after <time>" in the CA's
+    detail (Let's Encrypt writes one); else ``DEFAULT_RATE_LIMIT_WAIT`` from now.
+    """
+    from_header = parse_retry_after_header(header, now)
+    if from_header is not None:
+        return from_header
     match = _RETRY_AFTER_RE.search(detail or "")
     if match:
         stamp = match.group(1).replace(" ", "T")
@@ -94,7 +123,7 @@ def parse_rate_limit_retry_after(detail: str, now: datetime.datetime) -> datetim
         if zone.upper() in ("UTC", "Z"):
             zone = "+00:00"
         try:
-            return datetime.datetime.fromisoformat(stamp + zone)
+            return datetime.datetime.fromisoformat(stamp + zone).astimezone(datetime.UTC)
         except ValueError:
             pass
     return now + DEFAULT_RATE_LIMIT_WAIT
@@ -102,6 +131,22 @@ def parse_rate_limit_retry_after(detail: str, now: datetime.datetime) -> datetim
 
 def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
+
+
+class RetryAfterNetwork(client.ClientNetwork):
+    """The library's network object, keeping the ``Retry-After`` of the last answer.
+
+    The library turns an error answer into ``messages.Error`` and drops its headers;
+    a rate limit's ``Retry-After`` is the one time a CA commits to.
+    """
+
+    last_retry_after: str | None = None
+
+    def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
+        self.last_retry_after = None  # a request that fails leaves none behind
+        response = super()._send_request(method, url, *args, **kwargs)
+        self.last_retry_after = response.headers.get("Retry-After")
+        return response
 
 
 class AcmeClient:
@@ -129,6 +174,7 @@ class AcmeClient:
         self.order_timeout = order_timeout
         self._sleep = sleep
         self._client: client.ClientV2 | None = None
+        self._net: RetryAfterNetwork | None = None
         self._key: jose.JWK | None = None
 
     # -- account -----------------------------------------------------------
@@ -156,7 +202,7 @@ class AcmeClient:
             return self._client
         self._key = self._load_or_create_key()
         alg = jose.ES256 if isinstance(self._key, jose.JWKEC) else jose.RS256
-        net = client.ClientNetwork(
+        net = RetryAfterNetwork(
             self._key,
             alg=alg,
             user_agent=USER_AGENT,
@@ -165,15 +211,25 @@ class AcmeClient:
         )
         try:
             directory = client.ClientV2.get_directory(self.directory_url, net)
+        except messages.Error as err:  # a problem document, e.g. rateLimited
+            raise _map_problem(
+                err, f"fetching the ACME directory {self.directory_url}", net.last_retry_after
+            ) from err
         except (requests.exceptions.RequestException, acme_errors.Error, ValueError) as err:
             raise AcmeDirectoryUnreachable(
-                f"The ACME directory {self.directory_url} could not be fetched ({_short(err)}). "
-                "Check ACME_DIRECTORY_URL (and ACME_CA_BUNDLE for a private CA) and that this "
+                f"The ACME directory {self.directory_url} could not be fetched "
+                f"({_network_reason(err)}); it will be retried with back-off. If this lasts, "
+                "check ACME_DIRECTORY_URL (and ACME_CA_BUNDLE for a private CA) and that this "
                 "server can reach it over HTTPS.",
                 detail=str(err),
             ) from err
+        self._net = net
         self._client = client.ClientV2(directory, net)
         return self._client
+
+    def _retry_after(self) -> str | None:
+        """The ``Retry-After`` of the CA's last answer."""
+        return self._net.last_retry_after if self._net is not None else None
 
     def ensure_account(self) -> Account:
         """Register the account on first use, or find the existing one.
@@ -193,10 +249,13 @@ class AcmeClient:
             uri = err.location
             acme.net.account = messages.RegistrationResource(uri=uri, body=registration)
         except messages.Error as err:
-            raise _map_problem(err, f"registering the ACME account {self.email}") from err
+            raise _map_problem(
+                err, f"registering the ACME account {self.email}", self._retry_after()
+            ) from err
         except requests.exceptions.RequestException as err:
             raise AcmeDirectoryUnreachable(
-                f"The CA at {self.directory_url} did not answer ({_short(err)}).",
+                f"The CA at {self.directory_url} did not answer while registering the ACME "
+                f"account ({_network_reason(err)}); it will be retried with back-off.",
                 detail=str(err),
             ) from err
         self._save_account_meta(uri)
@@ -240,7 +299,9 @@ class AcmeClient:
         except AcmeError:
             raise
         except messages.Error as err:
-            raise _map_problem(err, f"ordering a certificate for {hostname}") from err
+            raise _map_problem(
+                err, f"ordering a certificate for {hostname}", self._retry_after()
+            ) from err
         except acme_errors.Error as err:
             raise AcmeOrderFailed(
                 f"The order for {hostname} failed: {_short(err)}.", detail=str(err)
@@ -248,7 +309,7 @@ class AcmeClient:
         except requests.exceptions.RequestException as err:
             raise AcmeDirectoryUnreachable(
                 f"The CA at {self.directory_url} stopped answering during the order for "
-                f"{hostname} ({_short(err)}); it will be retried.",
+                f"{hostname} ({_network_reason(err)}); it will be retried with back-off.",
                 detail=str(err),
             ) from err
 
@@ -304,9 +365,9 @@ class AcmeClient:
         what: str,
     ) -> float:
         wait = interval
-        header = response.headers.get("Retry-After")
-        if header and header.strip().isdigit():
-            wait = max(wait, float(header))
+        until = parse_retry_after_header(response.headers.get("Retry-After"), _utcnow())
+        if until is not None:
+            wait = max(wait, (until - _utcnow()).total_seconds())
         if time.monotonic() + wait > deadline:
             raise AcmeOrderFailed(
                 f"The CA did not complete {what} for {hostname} within "
@@ -358,14 +419,16 @@ def _validation_failure(hostname: str, body: messages.Authorization) -> AcmeErro
     )
 
 
-def _map_problem(err: messages.Error, doing: str) -> AcmeError:
+def _map_problem(err: messages.Error, doing: str, retry_after: str | None = None) -> AcmeError:
+    """The operator's error for a CA's problem document; ``retry_after`` is the answer's
+    ``Retry-After`` header, if any."""
     code = err.code or ""
     detail = err.detail or str(err)
     if code == "rateLimited":
-        when = parse_rate_limit_retry_after(detail, _utcnow())
+        when = parse_rate_limit_retry_after(detail, _utcnow(), header=retry_after)
         return AcmeRateLimited(
             f"The certificate authority rate-limited us while {doing}: {detail}. "
-            f"Nothing will be retried before {when:%Y-%m-%d %H:%M} UTC.",
+            f"Nothing will be retried before {when:%Y-%m-%d %H:%M:%S} UTC.",
             retry_after=when,
             detail=detail,
         )
@@ -394,3 +457,36 @@ def _map_problem(err: messages.Error, doing: str) -> AcmeError:
 def _short(err: BaseException) -> str:
     text = str(err) or type(err).__name__
     return text if len(text) < 300 else text[:297] + "..."
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and every exception it wraps (urllib3 nests them in ``reason`` and ``args``)."""
+    seen: set[int] = set()
+    pending = [err]
+    while pending:
+        current = pending.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        nested = (getattr(current, "reason", None), current.__cause__, *current.args)
+        pending.extend(e for e in nested if isinstance(e, BaseException))
+
+
+def _network_reason(err: BaseException) -> str:
+    """A network failure in a few words ("connection refused"): requests' own text nests
+    urllib3's, object addresses included."""
+    causes = list(_causes(err))
+    for cause in causes:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return f"its TLS certificate is not trusted: {cause.verify_message}"
+    if isinstance(err, requests.exceptions.Timeout):
+        return f"no answer within {NETWORK_TIMEOUT} s"
+    for cause in causes:
+        if isinstance(cause, socket.gaierror):
+            return "its name does not resolve"
+        if isinstance(cause, http.client.RemoteDisconnected):
+            return "the connection was closed without an answer"
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror[:1].lower() + cause.strerror[1:]
+    return _short(err)
