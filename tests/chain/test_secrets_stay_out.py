@@ -1,4 +1,8 @@
-"""No key material and no challenge token in logs, alarms, the API or the host's history."""
+"""No key material and no challenge token in logs, alarms, the API or the host's history.
+
+The API's answers are read whole (list, every detail, the summary, Modoboa's alarms), as
+the Virtual hosts page and the Modoboa Pro slot receive them: the page shows nothing else.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,25 @@ from modoboa_pro.virtualhosts.models import VirtualHost
 from ..conftest import Chain
 
 pytestmark = pytest.mark.chain
+
+
+def api_answers() -> str:
+    """Every answer the page and the admin's tools read, whole, as a SuperAdmin gets them."""
+    from modoboa.core.models import User
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(User.objects.get(username="admin"))
+    answers = []
+    for url in ["/api/v2/virtualhosts/", "/api/v2/virtualhosts/summary/", "/api/v2/alarms/"]:
+        answer = client.get(url)
+        assert answer.status_code == 200, (url, answer.status_code)
+        answers.append(answer.content.decode())
+    for pk in VirtualHost.objects.values_list("pk", flat=True):
+        answer = client.get(f"/api/v2/virtualhosts/{pk}/")
+        assert answer.status_code == 200
+        answers.append(answer.content.decode())
+    return "\n".join(answers)
 
 
 def test_keys_and_tokens_never_reach_logs_alarms_or_history(chain: Chain, caplog, monkeypatch):
@@ -48,6 +71,7 @@ def test_keys_and_tokens_never_reach_logs_alarms_or_history(chain: Chain, caplog
     places = {
         "logs": "\n".join(r.getMessage() for r in caplog.records),
         "alarms": "\n".join(Alarm.objects.values_list("title", flat=True)),
+        "api": api_answers(),
         "history": json.dumps(
             list(VirtualHost.objects.values("last_error"))
             + [{"m": m} for m in VirtualHost.objects.values_list("events__message", flat=True) if m]
@@ -60,3 +84,6 @@ def test_keys_and_tokens_never_reach_logs_alarms_or_history(chain: Chain, caplog
     # The CA's problem is reported, bounded: its type and detail, not the whole document.
     assert "could not validate noisy.example.test" in failing.last_error
     assert len(failing.last_error) < 1000
+    # The API carries the hosts' history and errors (the checks above would be empty else).
+    assert "could not validate noisy.example.test" in places["api"]
+    assert "quiet.example.test" in places["api"] and "noisy.example.test" in places["api"]
