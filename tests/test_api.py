@@ -109,6 +109,16 @@ def _endpoint_cases():
     yield "retry foreign", "post", lambda w: f"{URL}{w.foreign.pk}/retry/", None, (202, 404)
     yield "renew mine", "post", lambda w: f"{URL}{w.mine.pk}/renew/", None, (202, None)
     yield "renew foreign", "post", lambda w: f"{URL}{w.foreign.pk}/renew/", None, (202, 404)
+    # The Virtual hosts page's and the Modoboa Pro slot's own endpoint.
+    yield "summary", "get", lambda w: f"{URL}summary/", None, (200, None)
+    # Not offered to anyone: a full replacement would bypass the PATCH rules.
+    yield (
+        "replace mine",
+        "put",
+        lambda w: f"{URL}{w.mine.pk}/",
+        lambda w: {"hostname": "www.example.test", "enabled": False},
+        (405, None),
+    )
 
 
 CASES = list(_endpoint_cases())
