@@ -23,6 +23,8 @@ def validate_hostname(value: str) -> None:
 
 
 # Desired state: written by services (API, CLI, admin) only.
+# (``renewal_requested_at`` too, but alone, by UPDATE: services.renew_now sets it, and a
+# run that stores a new certificate clears it.)
 DESIRED_FIELDS = ("hostname", "domain", "enabled", "updated_at")
 # Observed state: written by jobs only (``recording``), field by field, so that a
 # run never overwrites a change an admin made while it ran.
@@ -61,6 +63,14 @@ class VirtualHost(models.Model):
         help_text=_("Modoboa domain whose administrators may manage this host."),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
+    renewal_requested_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=_(
+            "When an admin asked for a new certificate (Renew now); cleared once one is "
+            "stored. Until then, retries order a new certificate even if none is due."
+        ),
+    )
 
     # Observed state: written by jobs only.
     status = models.CharField(

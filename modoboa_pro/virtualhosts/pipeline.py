@@ -166,6 +166,7 @@ def _obtain(
                 f"is valid until {existing.not_after:%Y-%m-%d}"
             )
         else:
+            ordered_at = timezone.now()
             # A certificate we could not keep would still cost rate limit: check first.
             storage.check_writable(s.storage_root, hostname)
             key_pem = x509.generate_private_key(s.key_type)
@@ -183,6 +184,7 @@ def _obtain(
             return existing, None
         facts = x509.parse_leaf(new_pair[0])
         storage.write_certificate_pair(s.storage_root, hostname, new_pair[0], new_pair[1])
+        recording.fulfil_renewal_request(run.host, ordered_at)
         step.message = f"serial {facts.serial}, expires {facts.not_after:%Y-%m-%d %H:%M} UTC"
     return facts, existing is not None
 

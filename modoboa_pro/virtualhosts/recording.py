@@ -210,6 +210,18 @@ def _write(host: VirtualHost, *, where: Q | None = None, **changes: object) -> b
     return True
 
 
+def fulfil_renewal_request(host: VirtualHost, before: datetime.datetime) -> None:
+    """A new certificate is stored: clear an admin's "Renew now" made ``before`` then.
+
+    The one desired-state field a run writes: it acknowledges the request, and a request
+    made after ``before`` (while the run ordered) stays for the next run.
+    """
+    VirtualHost.objects.filter(pk=host.pk, renewal_requested_at__lte=before).update(
+        renewal_requested_at=None
+    )
+    host.renewal_requested_at = None
+
+
 def mark_status(host: VirtualHost, status: str) -> None:
     _write(host, status=status)
 

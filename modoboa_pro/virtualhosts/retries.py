@@ -54,7 +54,8 @@ def _job_for(host: VirtualHost, letsencrypt: bool) -> tuple[str, tuple[object, .
         return queueing.PROVISION, (host.pk,)
     if not letsencrypt:
         return None  # its certificate stays until Let's Encrypt is on again
-    return queueing.RENEW, (host.pk, False)
+    # A Renew now that failed is retried as one (forced) until its certificate is stored.
+    return queueing.RENEW, (host.pk, host.renewal_requested_at is not None)
 
 
 def run(*, letsencrypt: bool, now: datetime.datetime | None = None) -> RetryReport:

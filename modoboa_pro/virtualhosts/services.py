@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
+from django.utils import timezone
 from redis.exceptions import RedisError
 
 from . import conf, constants, queueing
@@ -145,6 +146,9 @@ def renew_now(host: VirtualHost) -> VirtualHost:
         raise ConfigurationError("Let's Encrypt is disabled in Settings > Virtual hosts.")
     _check_idle(host)
     _check_ready_for_letsencrypt()
+    # Remembered until a new certificate is stored: a failed forced renewal is retried
+    # as forced, not turned into "not due, nothing to do".
+    VirtualHost.objects.filter(pk=host.pk).update(renewal_requested_at=timezone.now())
     enqueue_renewal(host, force=True)
     return host
 

@@ -145,3 +145,32 @@ def test_a_run_whose_worker_died_is_resumed_within_minutes(chain: Chain):
     chain.drain()
     host.refresh_from_db()
     assert host.status == constants.STATUS_ACTIVE, host.last_error
+
+
+def test_a_failed_renew_now_is_retried_as_renew_now(chain: Chain):
+    """An admin's Renew now on a certificate that is not due, failing at the CA: its
+    retry still orders a new certificate (it used to find "not due" and stop there,
+    showing the old certificate as if renewed)."""
+    from modoboa_pro.virtualhosts import services
+
+    host = VirtualHost.objects.create(hostname="again.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    first = host.cert_serial
+    assert host.status == constants.STATUS_ACTIVE and first
+
+    chain.dns.nxdomain.add(host.hostname)
+    services.renew_now(host)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_FAILED
+    assert host.renewal_requested_at is not None  # remembered across the failure
+
+    chain.dns.nxdomain.discard(host.hostname)
+    VirtualHost.objects.filter(pk=host.pk).update(next_attempt_at=timezone.now() - PAST)
+    assert jobs.retry_due_virtualhosts()["retried"] == [host.hostname]
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    assert host.cert_serial != first
+    assert host.renewal_requested_at is None  # fulfilled: later retries are not forced
