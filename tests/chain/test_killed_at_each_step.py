@@ -182,8 +182,8 @@ def check_after_death(
         assert wanted is not None
         assert served_serial(chain, hostname, wanted) == wanted
 
-    if point == "order":
-        assert tokens_left(chain), "the dead run's challenge token should still be there"
+    if point in ("http_site_probe", "order"):
+        assert tokens_left(chain), "the dead run's token (probe or challenge) is still there"
     host.refresh_from_db()
     assert host.status == constants.STATUS_PROVISIONING
     # Nothing blocks the host: Retry would be accepted at once (or the run's own job,
