@@ -45,13 +45,21 @@ class Settings:
     def webroot(self) -> Path:
         return self.storage_root / constants.WEBROOT_DIRNAME
 
+    @property
+    def ledgers(self) -> Path:
+        return self.storage_root / constants.CHALLENGES_DIRNAME
+
     def token_ledger(self, hostname: str) -> TokenLedger:
-        return TokenLedger(self.storage_root / constants.CHALLENGES_DIRNAME, hostname)
+        return TokenLedger(self.ledgers, hostname)
 
     @property
     def endpoint(self) -> probe.Endpoint:
         return probe.Endpoint(
-            self.webroot, self.verify_address, self.http_port, self.conf_dir
+            self.webroot,
+            self.verify_address,
+            self.http_port,
+            self.conf_dir,
+            self.ledgers,
         )
 
     def site_context(self, hostname: str) -> SiteContext:

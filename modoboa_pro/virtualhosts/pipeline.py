@@ -104,6 +104,19 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
     return constants.STATUS_ACTIVE
 
 
+def _sweep_leftovers(s: Settings, hostname: str) -> None:
+    """Remove the tokens (the CA's and the probes') a killed run of this host left.
+
+    We hold the host's lock: any token recorded for it belongs to a dead run.
+    """
+    if left := webroot.sweep_leftovers(s.webroot, s.token_ledger(hostname)):
+        logger.info(
+            "virtualhost %s: removed %d challenge token(s) left by an interrupted run",
+            hostname,
+            len(left),
+        )
+
+
 def _http_site(run: recording.Run, ctx: Context, hostname: str) -> None:
     """Step 1: the HTTP-only site, seen served by nginx before the CA is asked anything."""
     s = ctx.settings
@@ -111,6 +124,7 @@ def _http_site(run: recording.Run, ctx: Context, hostname: str) -> None:
         # nginx's workers (an unprivileged user) traverse the root to reach the webroot.
         files.ensure_dir(s.storage_root, constants.STORAGE_ROOT_MODE)
         files.ensure_dir(s.webroot, constants.WEBROOT_DIR_MODE)
+        _sweep_leftovers(s, hostname)
         # Every run leaves this step only once nginx is seen serving the challenge path
         # for this name: a failed validation at the CA costs rate limit.
         current = _read_site(s.conf_dir, hostname)
@@ -143,13 +157,6 @@ def _obtain(
     existing = stored.facts
     new_pair: tuple[bytes, bytes] | None = None
     ledger = s.token_ledger(hostname)
-    # We hold the host's lock: any token recorded for it belongs to a dead run.
-    if left := webroot.sweep_leftovers(s.webroot, ledger):
-        logger.info(
-            "virtualhost %s: removed %d challenge token(s) left by an interrupted run",
-            hostname,
-            len(left),
-        )
     with run.step(constants.STEP_ACCOUNT) as step:
         if reason is None:
             step.skip("no order needed")

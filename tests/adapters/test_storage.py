@@ -134,6 +134,20 @@ def test_failure_mid_write_keeps_current_pair(tmp_path, monkeypatch):
     assert not [p for p in (tmp_path / "certs").iterdir() if p.name.endswith(".link")]
 
 
+def test_a_version_left_half_written_is_never_restored_and_is_pruned(tmp_path):
+    """A writer SIGKILLed between the key and the chain runs no cleanup: its version holds a
+    key alone. A rollback must never point nginx at it; the next write removes it."""
+    good = storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+    half = good.parent / f"000002{good.name[6:]}"
+    half.mkdir(mode=0o700)
+    (half / "privkey.pem").write_bytes(x509.generate_private_key())
+    current = storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+    assert current.name > half.name
+    assert storage.previous_pair(tmp_path, HOST) == good
+    assert not half.exists()
+    assert storage.rollback_pair(tmp_path, HOST) == good
+
+
 def test_reader_resolving_once_never_sees_a_mixed_pair(tmp_path):
     pairs = [make_pair() for _ in range(3)]
     storage.write_certificate_pair(tmp_path, HOST, *pairs[0])

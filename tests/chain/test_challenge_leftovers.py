@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from modoboa_pro.virtualhosts import constants, services
-from modoboa_pro.virtualhosts.adapters import webroot
+from modoboa_pro.virtualhosts.adapters import probe, webroot
 from modoboa_pro.virtualhosts.models import VirtualHost
 
 from ..conftest import Chain
@@ -31,9 +31,15 @@ def test_tokens_left_by_a_killed_run_are_gone_after_the_next_success(chain: Chai
     other.publish("live-token-of-another-host", "live.thumbprint")
 
     # The first run dies after the CA validated the name, before its cleanup ran (SIGKILL
-    # skips every `finally`): the publisher's removals never happen.
+    # skips every `finally`): the removals of the CA's tokens never happen.
+    remove = webroot.WebrootPublisher.remove
+
+    def keep_ca_tokens(self: webroot.WebrootPublisher, token: str) -> None:
+        if token.startswith(probe.PROBE_TOKEN_PREFIX):
+            remove(self, token)
+
     with monkeypatch.context() as patch:
-        patch.setattr(webroot.WebrootPublisher, "remove", lambda self, token: None)
+        patch.setattr(webroot.WebrootPublisher, "remove", keep_ca_tokens)
         host = VirtualHost.objects.create(hostname=hostname)
         chain.drain()
     host.refresh_from_db()

@@ -73,6 +73,18 @@ def _zombie(pid: int) -> bool:
     return state in (["Z"], ["X"])
 
 
+def holder_value(token: str) -> str:
+    """``<token> <start time> <machine> <pid>``: a lock value naming this process."""
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return f"{token} {started} {this_machine()} {os.getpid()}"
+
+
+def holder_gone(value: bytes | str | None) -> bool:
+    """Whether the process a ``holder_value`` names is known to be dead."""
+    _, machine, pid = _holder(value)
+    return process_gone(machine, pid)
+
+
 def _holder(value: bytes | str | None) -> tuple[str, str, int | None]:
     """``(start time, machine, pid)`` of a lock value ``<token> <start> <machine> <pid>``."""
     parts = _text(value).split(" ")
@@ -152,9 +164,7 @@ class HostLock:
             time.sleep(WAIT_POLL_INTERVAL)
 
     def _try_acquire(self) -> None:
-        token = secrets.token_hex(16)
-        started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-        value = f"{token} {started} {this_machine()} {os.getpid()}"
+        value = holder_value(secrets.token_hex(16))
         try:
             taken = self.connection.set(self.key, value, nx=True, px=self.ttl_ms)
             holder = None if taken else self.connection.get(self.key)

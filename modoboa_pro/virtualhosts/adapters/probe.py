@@ -24,6 +24,8 @@ PREFLIGHT_TIMEOUT = 5.0
 STABLE_SUCCESSES = 5
 STABLE_INTERVAL = 0.02
 VERIFY_TIMEOUT = 15.0
+# Probe tokens are named apart from the CA's, for whoever reads the webroot.
+PROBE_TOKEN_PREFIX = "modoboa-pro-probe-"  # noqa: S105 - a file name prefix
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Endpoint:
     verify_address: str
     http_port: int
     conf_dir: Path
+    ledgers: Path  # the hosts' token ledgers (``webroot.TokenLedger``)
 
 
 def confirm_served(
@@ -105,10 +108,14 @@ def probe_challenge(s: Endpoint, hostname: str, *, served: bool) -> tuple[bool, 
     until they drain. So require a streak of consecutive answers, each on a
     fresh connection (the CA's validators connect several times at once).
     Returns (the expected state was observed, the last observation, the URL).
+
+    The token goes through the host's ledger like the CA's: a run killed while probing
+    never removes it, the host's next run does.
     """
-    token = f"modoboa-pro-probe-{uuid.uuid4().hex}"
+    token = f"{PROBE_TOKEN_PREFIX}{uuid.uuid4().hex}"
     content = uuid.uuid4().hex
-    webroot.publish_token(s.webroot, token, content)
+    publisher = webroot.WebrootPublisher(s.webroot, webroot.TokenLedger(s.ledgers, hostname))
+    publisher.publish(token, content)
     address = s.verify_address if ":" not in s.verify_address else f"[{s.verify_address}]"
     url = f"http://{address}:{s.http_port}/.well-known/acme-challenge/{token}"
     deadline = time.monotonic() + PREFLIGHT_TIMEOUT
@@ -125,5 +132,5 @@ def probe_challenge(s: Endpoint, hostname: str, *, served: bool) -> tuple[bool, 
             streak = streak + 1 if is_served == served else 0
             time.sleep(STABLE_INTERVAL)
     finally:
-        webroot.remove_token(s.webroot, token)
+        publisher.remove(token)
     return streak >= STABLE_SUCCESSES, got, url

@@ -29,7 +29,7 @@ from ..errors import (
     NginxReloadFailed,
     PrivilegedWorkerMissing,
 )
-from . import nginx
+from . import locks, nginx
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -156,8 +156,19 @@ class ReloadBook:
         return int(covers or 0)
 
     def acquire_running(self, ttl: float) -> str | None:
-        """Local mode: become the one process reloading now; return the token or None."""
-        token = secrets.token_hex(8)
+        """Local mode: become the one process reloading now; return the token or None.
+
+        The token names this process: a worker killed while reloading (SIGKILL, OOM)
+        never releases ``running``, and every reload would wait for its TTL.
+        """
+        token = locks.holder_value(secrets.token_hex(8))
+        if self.connection.set(self.running, token, nx=True, px=_ms(ttl)):
+            return token
+        holder = self.connection.get(self.running)
+        if holder is None or not locks.holder_gone(holder):
+            return None
+        if self.connection.eval(_RELEASE, 1, self.running, holder):
+            logger.warning("A worker died while reloading nginx; reloading again")
         if self.connection.set(self.running, token, nx=True, px=_ms(ttl)):
             return token
         return None

@@ -22,8 +22,6 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-
 from .. import constants
 from ..errors import StorageError
 from .files import (
@@ -35,7 +33,7 @@ from .files import (
     temp_name,
     utc_stamp,
 )
-from .x509 import CertificateFacts, load_key, load_leaf, parse_leaf
+from .x509 import CertificateFacts, key_matches, parse_leaf
 
 PAIRS_DIRNAME = ".pairs"
 # The current version, the previous one (rollback target) and one more, in
@@ -191,19 +189,29 @@ def _point_link(storage_root: Path, hostname: str, version: Path) -> None:
         ) from err
 
 
+def _whole(version: Path) -> bool:
+    """Both files are written (a writer killed between the key and the chain leaves a key)."""
+    names = (constants.FULLCHAIN_FILENAME, constants.PRIVKEY_FILENAME)
+    return all((version / name).is_file() for name in names)
+
+
 def _prune(storage_root: Path, hostname: str) -> None:
+    """Remove the versions beyond ``PAIR_VERSIONS_KEEP``, and halves left by killed writers.
+
+    Called under the host's lock (the pipeline holds it): no other writer of this host is
+    alive, so a version without both files can never be completed.
+    """
     current = _current(storage_root, hostname)
     versions = _versions(_pairs_dir(storage_root, hostname))
-    for old in versions[:-PAIR_VERSIONS_KEEP]:
+    whole = [v for v in versions if _whole(v)]
+    halves = [v for v in versions if not _whole(v)]
+    for old in halves + whole[:-PAIR_VERSIONS_KEEP]:
         if old.resolve() != current:
             shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_pair(fullchain_pem: bytes, privkey_pem: bytes) -> None:
-    leaf = load_leaf(fullchain_pem)
-    key = load_key(privkey_pem)
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(*spki) != leaf.public_key().public_bytes(*spki):
+    if not key_matches(fullchain_pem, privkey_pem):
         raise StorageError(
             "The private key does not match the certificate's public key; nothing was "
             "written and the previous certificate is still in place."
@@ -285,12 +293,13 @@ def write_certificate_pair(
 
 
 def previous_pair(storage_root: Path, hostname: str) -> Path | None:
-    """The version directory a rollback would restore, or None."""
+    """The version directory a rollback would restore (the newest whole pair older than the
+    current one), or None."""
     current = _current(storage_root, hostname)
     older = [
         v
         for v in _versions(_pairs_dir(storage_root, hostname))
-        if current is None or v.name < current.name
+        if (current is None or v.name < current.name) and _whole(v)
     ]
     return older[-1] if older else None
 

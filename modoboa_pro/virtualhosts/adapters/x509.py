@@ -112,6 +112,13 @@ def load_key(key_pem: bytes) -> PrivateKeyTypes:
         ) from err
 
 
+def key_matches(fullchain_pem: bytes, key_pem: bytes) -> bool:
+    """Whether ``key_pem`` is the private key of the leaf certificate of ``fullchain_pem``."""
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    leaf = load_leaf(fullchain_pem).public_key().public_bytes(*spki)
+    return load_key(key_pem).public_key().public_bytes(*spki) == leaf
+
+
 def make_csr(hostname: str, key_pem: bytes) -> bytes:
     """A PEM CSR for ``hostname`` (SAN and, when it fits, CN) signed by ``key_pem``."""
     safe_hostname(hostname)
