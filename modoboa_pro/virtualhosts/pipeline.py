@@ -94,6 +94,11 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
     stored = storage.read_current(s.storage_root, host.hostname, issued_serial=host.cert_serial)
     if stored.problem is not None:
         logger.warning("virtualhost %s: %s", host.hostname, stored.problem)
+    if force_order and stored.facts and host.cert_serial not in ("", stored.facts.serial):
+        # A pair newer than the one recorded: a run stored it for this request, then died
+        # before recording it. It answers the request: serve it, order nothing more.
+        recording.fulfil_renewal_request(host, timezone.now())
+        force_order = False
     reason = _order_reason(stored, host.hostname, s.threshold_days, force_order)
     facts, renewed = _obtain(run, ctx, host.hostname, stored, reason)
     reloaded = _https_site(run, ctx, host, new_files=renewed is not None, renewal=bool(renewed))
