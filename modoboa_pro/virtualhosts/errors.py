@@ -83,6 +83,13 @@ class StorageError(VirtualHostError):
     """Reading or writing files under the ACME storage path failed."""
 
 
+class UnusablePair(StorageError):
+    """The host's pair on disk cannot be served (damaged, mismatched, expired, another name's):
+    it was not handed to nginx, and the retry orders a new one."""
+
+    retryable = True
+
+
 class NginxError(VirtualHostError):
     """Base for nginx failures; ``output`` holds what the command printed."""
 

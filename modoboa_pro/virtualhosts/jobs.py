@@ -188,6 +188,7 @@ def check_certificate_renewals() -> dict:
         "enqueued": report.enqueued,
         "already_queued": report.already_queued,
         "unreadable": report.unreadable,
+        "expired": report.expired,
         "retried": retried["retried"],
         "summary": report.summary(),
     }

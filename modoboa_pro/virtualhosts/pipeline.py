@@ -25,7 +25,7 @@ from .errors import (
     NginxConfigTestFailed,
     NginxError,
     PrivilegedWorkerMissing,
-    StorageError,
+    UnusablePair,
     VirtualHostError,
 )
 from .models import VirtualHost
@@ -91,7 +91,9 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
         )
         return constants.STATUS_HTTP_ONLY
 
-    stored = storage.read_current(s.storage_root, host.hostname, issued_serial=host.cert_serial)
+    stored = storage.read_current(
+        s.storage_root, host.hostname, issued_serial=host.cert_serial, repair=True
+    )
     if stored.problem is not None:
         logger.warning("virtualhost %s: %s", host.hostname, stored.problem)
     if force_order and stored.facts and host.cert_serial not in ("", stored.facts.serial):
@@ -101,7 +103,9 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
         force_order = False
     reason = _order_reason(stored, host.hostname, s.threshold_days, force_order)
     facts, renewed = _obtain(run, ctx, host.hostname, stored, reason)
-    reloaded = _https_site(run, ctx, host, new_files=renewed is not None, renewal=bool(renewed))
+    reloaded = _https_site(
+        run, ctx, host, facts.serial, new_files=renewed is not None, renewal=bool(renewed)
+    )
     if reloaded is None:
         return constants.STATUS_PROVISIONING  # deferred: finish_renewal records the outcome
     _verify(run, ctx, host.hostname, facts.serial, reloaded=reloaded)
@@ -134,7 +138,7 @@ def _http_site(run: recording.Run, ctx: Context, hostname: str) -> None:
         # for this name: a failed validation at the CA costs rate limit.
         current = _read_site(s.conf_dir, hostname)
         if current is None or "/.well-known/acme-challenge/" not in current:
-            apply_site(s.conf_dir, hostname, render_http_only(s.site_context(hostname)), ctx.reload)
+            apply_site(s, hostname, render_http_only(s.site_context(hostname)), ctx.reload)
             probe.preflight(s.endpoint, hostname)
             step.message = f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served"
         elif probe.serves_challenge(s.endpoint, hostname):
@@ -202,24 +206,33 @@ def _obtain(
 
 
 def _https_site(
-    run: recording.Run, ctx: Context, host: VirtualHost, *, new_files: bool, renewal: bool
+    run: recording.Run,
+    ctx: Context,
+    host: VirtualHost,
+    serial: str,
+    *,
+    new_files: bool,
+    renewal: bool,
 ) -> bool | None:
     """Step 5: the HTTPS site; whether nginx was reloaded, None when the reload is deferred.
 
-    ``renewal``: new files replaced a previous pair, which a failed reload restores.
+    ``serial``: the certificate to serve. ``renewal``: new files replaced a previous
+    pair, which a failed reload (or a pair found unusable) restores.
     """
     s = ctx.settings
     hostname = host.hostname
     with run.step(constants.STEP_HTTPS_SITE) as step:
         content = render_https(s.site_context(hostname))
+        changed = _read_site(s.conf_dir, hostname) != content
+        if not changed and not new_files:
+            step.skip("HTTPS site already installed")
+            return False
         try:
-            if _read_site(s.conf_dir, hostname) != content:
-                apply_site(s.conf_dir, hostname, content, ctx.reload)
+            _usable_pair(s, hostname, serial)
+            if changed:
+                apply_site(s, hostname, content, ctx.reload)
                 step.message = "HTTPS site installed and nginx reloaded"
                 return True
-            if not new_files:
-                step.skip("HTTPS site already installed")
-                return False
             if ctx.defer is not None and (generation := ctx.reload.request()) is not None:
                 # Same config, new files: any reload from now on serves them. Let the
                 # renewals queued behind this one share a single reload.
@@ -229,6 +242,10 @@ def _https_site(
             ctx.reload()  # same config, new files: nginx re-reads them on reload
             step.message = "nginx reloaded with the new certificate"
             return True
+        except UnusablePair as err:
+            first = new_files and not renewal  # nginx still has the HTTP-only site
+            kept = "nginx keeps serving the HTTP-only site" if first else ""
+            raise _not_deployed(err, s, hostname, roll_back=renewal, kept=kept) from err
         except NginxError as err:
             _after_refused_reload(err, s, hostname, new_pair=renewal)
             raise
@@ -242,6 +259,10 @@ def _verify(
         if not reloaded and _served_serial(ctx, hostname) != serial:
             # nginx predates the files on disk (e.g. a run stopped between storing
             # the pair and reloading): reload before judging.
+            try:
+                _usable_pair(s, hostname, serial)
+            except UnusablePair as err:
+                raise _not_deployed(err, s, hostname, roll_back=False) from err
             ctx.reload()
             step.message = "nginx had not loaded the current certificate; reloaded. "
         served = probe.confirm_served(ctx.served, hostname, serial, s.https_port)
@@ -290,15 +311,16 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
             with recording.outcome(run) as result:
                 with run.step(constants.STEP_HTTPS_SITE) as step:
                     try:
+                        # Checked again: the reload is shared, and the files may have
+                        # changed while this renewal waited in the queue.
+                        facts = _usable_pair(s, host.hostname, host.cert_serial)
                         ctx.reload.wait(generation)
+                    except UnusablePair as err:
+                        raise _not_deployed(err, s, host.hostname, roll_back=True) from err
                     except NginxError as err:
                         _after_refused_reload(err, s, host.hostname, new_pair=True)
                         raise
                     step.message = "nginx reloaded (one reload shared by the queued renewals)"
-                pem = storage.read_fullchain(s.storage_root, host.hostname)
-                if pem is None:
-                    raise StorageError(f"The certificate of {host.hostname} vanished from disk.")
-                facts = x509.parse_leaf(pem)
                 _verify(run, ctx, host.hostname, facts.serial, reloaded=True)
                 _succeed(host, facts, s, renewed=True)
                 result.status = constants.STATUS_ACTIVE
@@ -332,19 +354,51 @@ def _read_site(conf_dir: Path, hostname: str) -> str | None:
         return None
 
 
-def apply_site(conf_dir: Path, hostname: str, content: str, reload: Callable[[], str]) -> None:
+def apply_site(s: Settings, hostname: str, content: str, reload: Callable[[], str]) -> None:
     """Write a site, test and reload; on failure put the previous file back, unless
     nginx blames another file (ours is then not at fault, and kept for the retry)."""
-    previous = nginx.write_site(conf_dir, hostname, content)
+    previous = nginx.write_site(s.conf_dir, hostname, content)
     try:
         reload()
     except NginxConfigTestFailed as err:
-        _blame(err, nginx.site_path(conf_dir, hostname), hostname)
-        nginx.restore_site(conf_dir, hostname, previous)
+        _blame(err, s, hostname)
+        nginx.restore_site(s.conf_dir, hostname, previous)
         raise
     except NginxError:
-        nginx.restore_site(conf_dir, hostname, previous)
+        nginx.restore_site(s.conf_dir, hostname, previous)
         raise
+
+
+def _usable_pair(s: Settings, hostname: str, issued_serial: str) -> CertificateFacts:
+    """The pair nginx is about to load, checked first (UnusablePair says why not).
+
+    ``nginx -t`` must never see a pair it refuses: while it fails, no site's change
+    can be loaded. An expired certificate or another name's is refused too.
+    """
+    stored = storage.read_current(
+        s.storage_root, hostname, issued_serial=issued_serial, repair=True
+    )
+    if stored.problem is not None:
+        raise UnusablePair(stored.problem)
+    fullchain = storage.certificate_paths(s.storage_root, hostname)[0]
+    if stored.facts is None:  # absent, and no serial recorded to call it missing
+        raise UnusablePair(f"certificate unusable: {fullchain} is missing. {storage.REPLACED}")
+    expired = policy.expired_problem(timezone.now(), stored.facts.not_after, fullchain)
+    if expired is not None:
+        raise UnusablePair(f"{expired}. {storage.REPLACED}")
+    return stored.facts
+
+
+def _not_deployed(
+    err: UnusablePair, s: Settings, hostname: str, *, roll_back: bool, kept: str = ""
+) -> UnusablePair:
+    """The error saying an unusable pair was not handed to nginx; ``roll_back`` first puts
+    back the previous pair, the one nginx serves."""
+    if roll_back:
+        storage.rollback_pair(s.storage_root, hostname)
+        kept = "the previous certificate was put back, and nginx keeps serving it"
+    kept = kept or "nginx keeps its current configuration"
+    return UnusablePair(f"{err.message} Not deployed: {kept}; the run is retried.")
 
 
 def _after_refused_reload(err: NginxError, s: Settings, hostname: str, *, new_pair: bool) -> None:
@@ -353,20 +407,32 @@ def _after_refused_reload(err: NginxError, s: Settings, hostname: str, *, new_pa
     raised instead) or never got to run (no privileged worker): the new files then stay,
     and the next reload serves them, whoever runs it."""
     if isinstance(err, NginxConfigTestFailed) and not isinstance(err, ForeignConfigBroken):
-        _blame(err, nginx.site_path(s.conf_dir, hostname), hostname)
+        _blame(err, s, hostname)
     if new_pair and not isinstance(err, ForeignConfigBroken | PrivilegedWorkerMissing):
         storage.rollback_pair(s.storage_root, hostname)
 
 
-def _blame(err: NginxConfigTestFailed, own: Path, hostname: str) -> None:
-    """Raise ForeignConfigBroken when ``nginx -t`` names a file other than ``own``."""
+def _blame(err: NginxConfigTestFailed, s: Settings, hostname: str) -> None:
+    """Raise ForeignConfigBroken when ``nginx -t`` names a file other than the host's own
+    (its site, its certificate and key)."""
     culprit = nginx.failing_file(err.output)
-    if culprit is None or culprit == own:
+    own = {
+        nginx.site_path(s.conf_dir, hostname),
+        *storage.certificate_paths(s.storage_root, hostname),
+    }
+    if culprit is None or culprit in own:
         return
+    other = storage.pair_owner(s.storage_root, culprit)
+    fix = (
+        f"It is the certificate of {other}, unusable on disk: its renewal replaces it (the "
+        f"daily scan plans it; Renew now on {other} does it at once)"
+        if other
+        else "Fix or remove that file"
+    )
     raise ForeignConfigBroken(
         f"nginx -t fails because of {culprit}, not because of the site of {hostname} "
-        f"({err.message}) Fix or remove that file; nginx keeps serving its current "
-        f"configuration meanwhile, and {hostname} is retried.",
+        f"({err.message}) {fix}; nginx keeps serving its current configuration meanwhile, "
+        f"and {hostname} is retried.",
         output=err.output,
     ) from err
 

@@ -179,6 +179,18 @@ def decide_stored(
     )
 
 
+def expired_problem(
+    now: datetime.datetime, not_after: datetime.datetime, where: object
+) -> str | None:
+    """An expired certificate file (``where``), in words for the operator; None while valid."""
+    if not_after > now:
+        return None
+    return (
+        f"certificate expired: {where} expired on {not_after:%Y-%m-%d %H:%M} UTC, and "
+        "browsers refuse it"
+    )
+
+
 def in_backoff(
     now: datetime.datetime, attempts: int, next_attempt_at: datetime.datetime | None
 ) -> bool:

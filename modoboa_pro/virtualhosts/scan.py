@@ -106,6 +106,7 @@ class ScanReport:
     skipped: Counter[str] = field(default_factory=Counter)
     without_certificate: dict[str, list[str]] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
     urgent: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
@@ -130,6 +131,8 @@ class ScanReport:
         line += f"; {len(self.unreadable)} unreadable certificate file(s)"
         if self.unreadable:
             line += f" ({_names(self.unreadable)})"
+        if self.expired:
+            line += f"; {len(self.expired)} expired ({_names(self.expired)})"
         if self.urgent:
             line += f"; {len(self.urgent)} expiring within 7 days ({_names(self.urgent)})"
         if self.errors:
@@ -207,7 +210,10 @@ def _scan_host(
         report.verdicts.append(verdict(host, storage.StoredCertificate(None), threshold_days, now))
         return
     report.seen += 1
-    stored = storage.read_current(storage_root, host.hostname, issued_serial=host.cert_serial)
+    # A key others can read is made private at once (not in a dry run), then replaced.
+    stored = storage.read_current(
+        storage_root, host.hostname, issued_serial=host.cert_serial, repair=not dry_run
+    )
     found = verdict(host, stored, threshold_days, now)
     report.verdicts.append(found)
     if stored.problem is not None:
@@ -222,10 +228,18 @@ def _scan_host(
     else:
         if not dry_run:
             recording.sync_facts(host, stored.facts, threshold_days)
+        fullchain = storage.certificate_paths(storage_root, host.hostname)[0]
         if policy.is_urgent(now, stored.facts.not_after, host.attempts):
             report.urgent.append(host.hostname)
             if not dry_run:
                 alarms.alarm_urgent(host, stored.facts.not_after, now)
+        elif expired := policy.expired_problem(now, stored.facts.not_after, fullchain):
+            # Expired with no failing renewal to blame (a pair restored from an old
+            # backup, renewals not running): the host shows it until the renewal is done.
+            report.expired.append(host.hostname)
+            logger.warning("virtualhost %s: %s", host.hostname, expired)
+            if not dry_run:
+                recording.mark_unusable_file(host, f"{expired}. A renewal replaces it.", now)
     if found.renews:
         report.due += 1
         _schedule(host, enqueue, found.reason, report, dry_run)

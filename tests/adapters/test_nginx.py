@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from modoboa_pro.testing import make_chain_pem, validity
 from modoboa_pro.virtualhosts.adapters import nginx
 from modoboa_pro.virtualhosts.errors import (
     ConfigurationError,
@@ -285,3 +286,42 @@ def test_reload_changes_what_nginx_serves(nginx_server):
     nginx.remove_site(nginx_server.sites, "a.test")
     nginx.test_and_reload(nginx_server.test_argv, nginx_server.reload_argv)
     nginx_server.wait_for_answer("a.test", 404)
+
+
+# -- which file `nginx -t` blames ---------------------------------------------------
+
+
+def test_failing_file_names_a_site_with_its_line(nginx_server):
+    nginx.write_site(nginx_server.sites, "a.test", "server { bogus_directive on; }\n")
+    with pytest.raises(NginxConfigTestFailed) as info:
+        nginx.run_test(nginx_server.test_argv)
+    assert nginx.failing_file(info.value.output) == nginx_server.sites / "a.test.conf"
+
+
+@pytest.mark.parametrize("at_fault", ["fullchain", "privkey", "mismatch"])
+def test_failing_file_names_a_certificate_or_key_nginx_cannot_load(nginx_server, at_fault):
+    # nginx gives no "in FILE:LINE" for these: the certificate or key is named instead.
+    not_before, not_after = validity()
+    fullchain, key = make_chain_pem(["a.test"], not_before=not_before, not_after=not_after)
+    chain_path, key_path = nginx_server.prefix / "fullchain.pem", nginx_server.prefix / "key.pem"
+    chain_path.write_bytes(b"garbage" if at_fault == "fullchain" else fullchain)
+    key_path.write_bytes(b"garbage" if at_fault == "privkey" else key)
+    if at_fault == "mismatch":
+        key_path.write_bytes(
+            make_chain_pem(["a.test"], not_before=not_before, not_after=not_after)[1]
+        )
+    nginx.write_site(
+        nginx_server.sites,
+        "a.test",
+        f"server {{ listen 127.0.0.1:{free_port()} ssl; server_name a.test; "
+        f"ssl_certificate {chain_path}; ssl_certificate_key {key_path}; }}\n",
+    )
+    with pytest.raises(NginxConfigTestFailed) as info:
+        nginx.run_test(nginx_server.test_argv)
+    expected = chain_path if at_fault == "fullchain" else key_path
+    assert nginx.failing_file(info.value.output) == expected
+
+
+def test_failing_file_without_a_file():
+    assert nginx.failing_file("nginx: [emerg] bind() to 0.0.0.0:80 failed (98: in use)") is None
+    assert nginx.failing_file("nothing to see") is None

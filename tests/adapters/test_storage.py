@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from modoboa_pro.testing import make_chain_pem, validity
 from modoboa_pro.virtualhosts.adapters import storage, x509
 from modoboa_pro.virtualhosts.errors import InvalidHostname, StorageError
 
@@ -301,3 +302,109 @@ def test_read_current_unreadable_fullchain(tmp_path):
     assert current.problem is not None
     assert str(fullchain_path) in current.problem
     assert "Cannot read" in current.problem
+
+
+def test_read_current_checks_the_key_too(tmp_path):
+    storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+    privkey = storage.certificate_paths(tmp_path, HOST)[1]
+    privkey.unlink()
+    current = storage.read_current(tmp_path, HOST)
+    assert current.facts is None
+    assert f"{privkey}: the private key is missing" in (current.problem or "")
+    privkey.write_bytes(x509.generate_private_key())
+    privkey.chmod(0o600)
+    current = storage.read_current(tmp_path, HOST)
+    assert "does not match the certificate" in (current.problem or "")
+    assert str(privkey) in (current.problem or "")
+
+
+def test_read_current_refuses_a_pair_for_another_name(tmp_path):
+    storage.write_certificate_pair(tmp_path, HOST, *make_pair(names=("other.example",)))
+    current = storage.read_current(tmp_path, HOST)
+    assert current.facts is None
+    assert f"does not cover {HOST}: it is for other.example" in (current.problem or "")
+
+
+@pytest.mark.parametrize("what", ["link", "fullchain", "privkey"])
+def test_read_current_does_not_follow_links_out_of_certs(tmp_path, what):
+    root = tmp_path / "acme"
+    pair = make_pair()
+    storage.write_certificate_pair(root, HOST, *pair)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # A good pair outside: followed, it would pass every check.
+    (elsewhere / "fullchain.pem").write_bytes(pair[0])
+    (elsewhere / "privkey.pem").write_bytes(pair[1])
+    (elsewhere / "privkey.pem").chmod(0o600)
+    fullchain, privkey = storage.certificate_paths(root, HOST)
+    if what == "link":
+        fullchain.parent.unlink()
+        fullchain.parent.symlink_to(elsewhere)
+        at_fault = fullchain
+    else:
+        at_fault = fullchain if what == "fullchain" else privkey
+        at_fault.resolve().unlink()
+        at_fault.resolve().symlink_to(elsewhere / at_fault.name)
+    current = storage.read_current(root, HOST, issued_serial="abc")
+    assert current.facts is None
+    assert f"{at_fault}: it leads to {elsewhere / at_fault.name}, outside" in (
+        current.problem or ""
+    )
+    assert "was not read" in (current.problem or "")
+
+
+def test_a_readable_key_is_made_private_and_remembered_until_replaced(tmp_path):
+    first = make_pair()
+    storage.write_certificate_pair(tmp_path, HOST, *first)
+    privkey = storage.certificate_paths(tmp_path, HOST)[1]
+    privkey.chmod(0o644)
+
+    dry = storage.read_current(tmp_path, HOST)  # the scan's dry run: reports, changes nothing
+    assert f"{privkey} was readable by other users (mode 0644); chmod 600" in (dry.problem or "")
+    assert mode(privkey) == 0o644
+
+    fixed = storage.read_current(tmp_path, HOST, repair=True)
+    assert mode(privkey) == 0o600
+    assert fixed.facts is None
+    serial = x509.parse_leaf(first[0]).serial
+    assert (fixed.problem or "").startswith(f"private key exposed: {privkey} was readable")
+    assert "its mode is now 0600. It may have been copied" in (fixed.problem or "")
+    assert f"serial {serial}" in (fixed.problem or "")
+    # The mode no longer shows it: the pair is still to be replaced, on every read.
+    again = storage.read_current(tmp_path, HOST, repair=True)
+    assert again.facts is None and "was readable by other users (mode 0644)" in (
+        again.problem or ""
+    )
+    marker = privkey.parent / storage.EXPOSED_MARKER
+    assert mode(marker) == 0o600
+
+    storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+    assert storage.read_current(tmp_path, HOST).problem is None  # replaced
+    storage.rollback_pair(tmp_path, HOST)
+    assert "private key exposed" in (storage.read_current(tmp_path, HOST).problem or "")
+
+
+def test_read_current_refuses_an_oversized_file(tmp_path):
+    storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+    fullchain = storage.certificate_paths(tmp_path, HOST)[0]
+    fullchain.write_bytes(fullchain.read_bytes() + b"\n" * storage.PEM_MAX_BYTES)
+    current = storage.read_current(tmp_path, HOST)
+    assert "larger than 64 KiB" in (current.problem or "")
+
+
+def test_write_refuses_a_chain_in_the_wrong_order(tmp_path):
+    not_before, not_after = validity()
+    fullchain, key = make_chain_pem([HOST], not_before=not_before, not_after=not_after)
+    end = b"-----END CERTIFICATE-----\n"
+    leaf, issuer = (b + end for b in fullchain.split(end) if b.strip())
+    with pytest.raises(StorageError, match="cannot be stored: the chain is in the wrong order"):
+        storage.write_certificate_pair(tmp_path, HOST, issuer + leaf, key)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_pair_owner(tmp_path):
+    fullchain, privkey = storage.certificate_paths(tmp_path, HOST)
+    assert storage.pair_owner(tmp_path, fullchain) == HOST
+    assert storage.pair_owner(tmp_path, privkey) == HOST
+    assert storage.pair_owner(tmp_path, tmp_path / "certs" / "x.pem") is None
+    assert storage.pair_owner(tmp_path, Path("/etc/nginx/sites/a.conf")) is None

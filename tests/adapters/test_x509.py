@@ -7,10 +7,11 @@ import datetime
 import pytest
 from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 from django.core.exceptions import ImproperlyConfigured
 
+from modoboa_pro.testing import make_chain_pem, validity
 from modoboa_pro.virtualhosts.adapters import x509
 from modoboa_pro.virtualhosts.errors import ConfigurationError, InvalidHostname, StorageError
 
@@ -130,3 +131,112 @@ def test_make_csr_bad_key():
 def test_make_csr_refuses_unsafe_hostnames(hostname):
     with pytest.raises(InvalidHostname):
         x509.make_csr(hostname, x509.generate_private_key())
+
+
+# -- stored pairs, checked as nginx loads them ------------------------------------
+
+
+def _chain_and_key() -> tuple[list[bytes], bytes]:
+    """A leaf and its issuer (as PEM blocks), and the leaf's key."""
+    not_before, not_after = validity()
+    fullchain, key = make_chain_pem([HOST], not_before=not_before, not_after=not_after)
+    end = b"-----END CERTIFICATE-----\n"
+    return [b + end for b in fullchain.split(end) if b.strip()], key
+
+
+def test_check_pair_accepts_a_chain_and_its_key():
+    blocks, key = _chain_and_key()
+    leaf = x509.check_pair(b"".join(blocks), key)
+    assert HOST in x509.facts_of(leaf).names
+    # Text around the blocks is ignored, as nginx ignores it.
+    x509.check_pair(b"# comment\n" + b"".join(blocks) + b"\n\n", key)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda b: b"", "the file is empty"),
+        (lambda b: b"  \n", "the file is empty"),
+        (lambda b: b"garbage", "not a PEM certificate"),
+        (lambda b: b[0][:200], "truncated: certificate 1 has no"),
+        (lambda b: b[0][:200] + b[1], "truncated: certificate 1 has no"),
+        (lambda b: b[0] + b[1][:200], "truncated: certificate 2 has no"),
+        (
+            lambda b: b[0] + b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+            "certificate 2 of the file cannot be decoded",
+        ),
+        (lambda b: b[1] + b[0], "wrong order: the certificate of the key is number 2 of 2"),
+        (lambda b: b[0] + b[0], "certificate 1 of the chain is not issued by certificate 2"),
+    ],
+    ids=[
+        "empty",
+        "blank",
+        "not-pem",
+        "leaf-cut",
+        "leaf-cut-before-issuer",
+        "issuer-cut",
+        "undecodable",
+        "reversed",
+        "foreign-issuer",
+    ],
+)
+def test_check_pair_refuses_damaged_chains(damage, message):
+    blocks, key = _chain_and_key()
+    with pytest.raises(StorageError, match=message):
+        x509.check_pair(damage(blocks), key)
+
+
+def _ed25519_key() -> bytes:
+    return ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _ec_key(curve: ec.EllipticCurve) -> bytes:
+    return ec.generate_private_key(curve).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+@pytest.mark.parametrize(
+    ("key_pem", "message"),
+    [
+        (b"", "the file is empty"),
+        (b"not a key", "not an unencrypted PEM private key"),
+        (x509.generate_private_key()[:80], r"truncated \(no '-----END PRIVATE KEY-----'"),
+        (
+            serialization.load_pem_private_key(x509.generate_private_key(), None).private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"secret"),
+            ),
+            "not an unencrypted PEM private key",
+        ),
+        (_ed25519_key(), "it holds an Ed25519 key; this product makes only"),
+        (_ec_key(ec.SECP384R1()), "it holds an ECDSA secp384r1 key"),
+    ],
+    ids=["empty", "not-pem", "truncated", "encrypted", "ed25519", "p384"],
+)
+def test_load_private_key_refuses_what_was_not_written_here(key_pem, message):
+    with pytest.raises(StorageError, match=message):
+        x509.load_private_key(key_pem)
+
+
+def test_key_types_are_the_ones_generated():
+    for key_type in x509.KEY_TYPES[:2]:  # RSA-3072/4096 are slow to generate
+        key = x509.load_private_key(x509.generate_private_key(key_type))
+        assert x509.key_type(key) == key_type
+
+
+def test_check_pair_refuses_another_key():
+    blocks, _ = _chain_and_key()
+    with pytest.raises(StorageError, match="does not match the certificate"):
+        x509.check_pair(b"".join(blocks), x509.generate_private_key())
+
+
+def test_check_names():
+    blocks, _ = _chain_and_key()
+    leaf = x509.load_chain(blocks[0])[0]
+    x509.check_names(leaf, HOST)
+    with pytest.raises(StorageError, match=f"does not cover other.example: it is for {HOST}"):
+        x509.check_names(leaf, "other.example")

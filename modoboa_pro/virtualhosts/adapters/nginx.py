@@ -121,13 +121,22 @@ def remove_site(conf_dir: Path, hostname: str) -> bytes | None:
 
 
 # nginx names the file of a configuration error: "... in /etc/nginx/sites/x.conf:12".
-_ERROR_LOCATION = re.compile(r"\[emerg\].* in (/\S+):(\d+)\s*$", re.MULTILINE)
+_ERROR_LOCATION = re.compile(r"\[emerg\].* in (/\S+):(\d+)\s*$")
+# ... and a certificate or key it cannot load, without a location: 'cannot load certificate
+# "/x/fullchain.pem": ...', 'cannot load certificate key "/x/privkey.pem"',
+# 'SSL_CTX_use_PrivateKey("/x/privkey.pem") failed' (a key that does not match).
+_UNLOADABLE_FILE = re.compile(
+    r'\[emerg\].*?(?:cannot load certificate(?: key)? |SSL_CTX_use_\w+\()"(/[^"]+)"'
+)
 
 
 def failing_file(output: str) -> Path | None:
     """The file ``nginx -t`` blames in ``output`` (its first emergency), if it names one."""
-    match = _ERROR_LOCATION.search(output)
-    return Path(match.group(1)) if match else None
+    for line in output.splitlines():
+        if "[emerg]" in line:
+            match = _ERROR_LOCATION.search(line) or _UNLOADABLE_FILE.search(line)
+            return Path(match.group(1)) if match else None
+    return None
 
 
 def _quote(output: str) -> str:

@@ -16,14 +16,19 @@ key and its chain always change together.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import re
 import shutil
+import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from .. import constants
 from ..errors import StorageError
+from . import x509
 from .files import (
     atomic_write,
     ensure_dir,
@@ -33,7 +38,9 @@ from .files import (
     temp_name,
     utc_stamp,
 )
-from .x509 import CertificateFacts, key_matches, parse_leaf
+from .x509 import CertificateFacts
+
+T = TypeVar("T")
 
 PAIRS_DIRNAME = ".pairs"
 # The current version, the previous one (rollback target) and one more, in
@@ -92,6 +99,14 @@ def certificate_paths(storage_root: Path, hostname: str) -> tuple[Path, Path]:
     return link / constants.FULLCHAIN_FILENAME, link / constants.PRIVKEY_FILENAME
 
 
+def pair_owner(storage_root: Path, path: Path) -> str | None:
+    """The hostname whose ``fullchain.pem`` or ``privkey.pem`` ``path`` is, if it is one."""
+    names = (constants.FULLCHAIN_FILENAME, constants.PRIVKEY_FILENAME)
+    if path.name not in names or path.parent.parent != _certs_dir(storage_root):
+        return None
+    return path.parent.name
+
+
 def read_fullchain(storage_root: Path, hostname: str) -> bytes | None:
     """The current fullchain PEM, or None when the host has no certificate."""
     fullchain, _ = certificate_paths(storage_root, hostname)
@@ -110,32 +125,161 @@ class StoredCertificate:
     """The host's current certificate as read from disk."""
 
     facts: CertificateFacts | None  # None: no usable certificate
-    problem: str | None = None  # why the file on disk cannot be used, for the operator
+    problem: str | None = None  # why the pair on disk cannot be used, for the operator
+
+
+# Larger than any pair this product stores (an RSA-4096 chain is ~7 KB): a file this big is
+# not a certificate or a key, and is not read whole.
+PEM_MAX_BYTES = 64 * 1024
+# Said after every problem found in a stored pair: what the runs do about it.
+REPLACED = "A new certificate and key replace the pair."
+# Said of a private key others could read: mode 0600 stops further reads, a new key stops
+# the use of a copy (revoking the old certificate is the operator's call). Once the mode is
+# fixed nothing on the key shows it was exposed: this file, next to it, remembers until a
+# new pair replaces it (a rollback to that pair finds it again).
+EXPOSED_MARKER = "key-exposed"
+EXPOSED = (
+    "It may have been copied, so a new key and certificate replace it; revoke the current "
+    "certificate (serial {serial}) if you think the key was read."
+)
 
 
 def read_current(
-    storage_root: Path, hostname: str, *, issued_serial: str = ""
+    storage_root: Path, hostname: str, *, issued_serial: str = "", repair: bool = False
 ) -> StoredCertificate:
-    """Read and parse ``certs/<hostname>/fullchain.pem``; never raises for a bad file.
+    """Read and check the host's current pair as nginx loads it; never raises for bad files.
+
+    Checked: both files present, reached without leaving ``certs/`` (a link out of
+    it is not followed), complete PEM; the key's certificate first, then its
+    issuers; a key of a type this product makes, matching the certificate; the
+    certificate naming the host; the key readable by its owner only (with
+    ``repair``, its mode is set back to 0600 first). Expiry is the policy's business.
 
     ``issued_serial`` is the serial recorded when a certificate was stored: a
     file missing after that is a problem, not "no certificate yet".
     """
-    path = certificate_paths(storage_root, hostname)[0]
     try:
-        pem = read_fullchain(storage_root, hostname)
-        if pem is None:
-            if not issued_serial:
-                return StoredCertificate(None)
-            return StoredCertificate(
-                None,
-                f"{path} is missing although a certificate was issued (serial "
-                f"{issued_serial}); nginx fails its next configuration test until a new "
-                "certificate is stored.",
-            )
-        return StoredCertificate(parse_leaf(pem))
+        return _read_pair(Path(storage_root), hostname, issued_serial, repair)
     except StorageError as err:
-        return StoredCertificate(None, f"certificate unusable: {path}: {err.message}")
+        return StoredCertificate(None, f"certificate unusable: {err.message}. {REPLACED}")
+
+
+def _read_pair(root: Path, hostname: str, issued_serial: str, repair: bool) -> StoredCertificate:
+    fullchain_path, privkey_path = certificate_paths(root, hostname)
+    read = _read_stored(root, fullchain_path)
+    if read is None:
+        if not issued_serial:
+            return StoredCertificate(None)
+        return StoredCertificate(
+            None,
+            f"{fullchain_path} is missing although a certificate was issued (serial "
+            f"{issued_serial}); nginx fails its next configuration test until a new "
+            "certificate is stored.",
+        )
+    chain_pem = read[0]
+    chain = _about(fullchain_path, lambda: x509.load_chain(chain_pem))
+    key_read = _read_stored(root, privkey_path, repair=repair)
+    if key_read is None:
+        raise StorageError(f"{privkey_path}: the private key is missing")
+    key_pem, key_mode = key_read
+    exposed = _exposure(root, privkey_path, key_mode, repair)
+    try:
+        key = _about(privkey_path, lambda: x509.load_private_key(key_pem))
+        _about(fullchain_path, lambda: x509.check_order(chain, key))
+        _about(
+            f"{fullchain_path} and {privkey_path}", lambda: x509.check_key_matches(chain[0], key)
+        )
+        _about(fullchain_path, lambda: x509.check_names(chain[0], hostname))
+    except StorageError as err:
+        raise StorageError(f"{err.message}; also, {exposed}" if exposed else err.message) from err
+    facts = x509.facts_of(chain[0])
+    if exposed:
+        return StoredCertificate(
+            None, f"private key exposed: {exposed}. {EXPOSED.format(serial=facts.serial)}"
+        )
+    return StoredCertificate(facts)
+
+
+def _about(where: Path | str, check: Callable[[], T]) -> T:
+    """Run ``check``; name ``where`` (the file at fault) in the error it raises."""
+    try:
+        return check()
+    except StorageError as err:
+        raise StorageError(f"{where}: {err.message}", detail=err.detail) from err
+
+
+def _exposure(root: Path, key: Path, found_mode: int, repaired: bool) -> str:
+    """What to tell about a private key others could read, now or before ("" if never)."""
+    marker = key.parent / EXPOSED_MARKER
+    if found_mode & 0o077:
+        said = f"{key} was readable by other users (mode {found_mode:04o})"
+        if not repaired:
+            return f"{said}; chmod {constants.PRIVATE_FILE_MODE:o} {key} closes it"
+        atomic_write(marker, f"{said}, found {utc_stamp()}\n".encode(), constants.PRIVATE_FILE_MODE)
+    elif (recorded := _read_stored(root, marker)) is None:
+        return ""
+    else:
+        lines = recorded[0].decode("utf-8", "replace").strip().splitlines()
+        said = (lines or [f"{key} was readable by other users"])[0][:500]
+    return f"{said}; its mode is now {constants.PRIVATE_FILE_MODE:04o}"
+
+
+def _read_stored(root: Path, path: Path, *, repair: bool = False) -> tuple[bytes, int] | None:
+    """One file of a pair and its mode as found, or None when absent.
+
+    Links are followed only inside ``certs/``: a link leading elsewhere (placed by
+    something else, as this module never makes one) is not read. With ``repair``,
+    a file others could read is made private before it is read.
+    """
+    certs = Path(os.path.realpath(_certs_dir(root)))
+    real = Path(os.path.realpath(path))
+    if not real.is_relative_to(certs):
+        raise StorageError(
+            f"{path}: it leads to {real}, outside {certs}; links there are made by this "
+            "product and never leave it, so it was not read"
+        )
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        raise StorageError(
+            f"Cannot read {path}: {err.strerror}. Check the permissions of the storage path"
+        ) from err
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            reason = os.strerror(errno.EISDIR) if stat.S_ISDIR(info.st_mode) else "not a file"
+            raise StorageError(f"Cannot read {path}: {reason}")
+        if repair and info.st_mode & 0o077:
+            try:
+                os.fchmod(fd, constants.PRIVATE_FILE_MODE)
+            except OSError as err:
+                raise StorageError(
+                    f"{path}: readable by other users (mode {stat.S_IMODE(info.st_mode):04o}) "
+                    f"and its mode cannot be changed ({err.strerror}); run chmod "
+                    f"{constants.PRIVATE_FILE_MODE:o} {path}"
+                ) from err
+        data = _read_at_most(fd, PEM_MAX_BYTES + 1)
+    except OSError as err:
+        raise StorageError(f"Cannot read {path}: {err.strerror}") from err
+    finally:
+        os.close(fd)
+    if len(data) > PEM_MAX_BYTES:
+        raise StorageError(
+            f"{path}: the file is larger than {PEM_MAX_BYTES // 1024} KiB, which no "
+            "certificate chain or key is"
+        )
+    return data, stat.S_IMODE(info.st_mode)
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit and (chunk := os.read(fd, limit - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _versions(pairs: Path) -> list[Path]:
@@ -211,11 +355,15 @@ def _prune(storage_root: Path, hostname: str) -> None:
 
 
 def _check_pair(fullchain_pem: bytes, privkey_pem: bytes) -> None:
-    if not key_matches(fullchain_pem, privkey_pem):
+    """Refuse to store a pair nginx would refuse (e.g. a CA's chain in the wrong order)."""
+    try:
+        x509.check_pair(fullchain_pem, privkey_pem)
+    except StorageError as err:
         raise StorageError(
-            "The private key does not match the certificate's public key; nothing was "
-            "written and the previous certificate is still in place."
-        )
+            f"The new certificate cannot be stored: {err.message}. Nothing was written and "
+            "the previous certificate is still in place.",
+            detail=err.detail,
+        ) from err
 
 
 # What a probe writes: more than a real pair (an ECDSA chain is ~3 KB, an RSA-4096 one
