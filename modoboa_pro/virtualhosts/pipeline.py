@@ -25,6 +25,7 @@ from .errors import (
     NginxConfigTestFailed,
     NginxError,
     PrivilegedWorkerMissing,
+    ReloadInterrupted,
     StorageError,
     VirtualHostError,
 )
@@ -336,11 +337,12 @@ def apply_site(conf_dir: Path, hostname: str, content: str, reload: Callable[[],
 def _after_refused_reload(err: NginxError, s: Settings, hostname: str, *, new_pair: bool) -> None:
     """nginx refused the test or the reload: it still serves the previous pair, so put its
     files back (``new_pair``). Unless nginx blames another file (ForeignConfigBroken is
-    raised instead) or never got to run (no privileged worker): the new files then stay,
-    and the next reload serves them, whoever runs it."""
+    raised instead), never got to run (no privileged worker), or may have run (Redis lost
+    its answer): the new files then stay, and the next reload serves them, whoever runs it."""
     if isinstance(err, NginxConfigTestFailed) and not isinstance(err, ForeignConfigBroken):
         _blame(err, nginx.site_path(s.conf_dir, hostname), hostname)
-    if new_pair and not isinstance(err, ForeignConfigBroken | PrivilegedWorkerMissing):
+    kept = ForeignConfigBroken | PrivilegedWorkerMissing | ReloadInterrupted
+    if new_pair and not isinstance(err, kept):
         storage.rollback_pair(s.storage_root, hostname)
 
 
