@@ -195,6 +195,8 @@ def check_certificate_renewals() -> dict:
         "due": report.due,
         "enqueued": report.enqueued,
         "already_queued": report.already_queued,
+        "requeued": report.requeued,  # lost with a Redis restart during the scan
+        "not_queued": report.not_queued,  # Redis unreachable: the scan was interrupted
         "unreadable": report.unreadable,
         "retried": retried["retried"],
         "summary": report.summary(),
