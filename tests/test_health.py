@@ -47,6 +47,12 @@ NOW = datetime.datetime(2026, 11, 29, 12, tzinfo=datetime.UTC)
             health.WARNING,
             "2 certificates overdue for renewal",
         ),
+        # A scan interrupted by Redis outranks the hosts' own warnings.
+        (
+            health.Counts(total=4, by_status={"failed": 1, "active": 3}, scan_not_queued=3),
+            health.WARNING,
+            "Renewal scan interrupted: 3 renewals not queued",
+        ),
         # Worst first: an expired certificate outranks a stopped scan, which outranks a failure.
         (
             health.Counts(total=4, by_status={"failed": 1, "active": 3}, scan_stale=True),

@@ -233,17 +233,31 @@ class ManagedProcess:
         self.stop()
 
 
+# Redis's own snapshot rules when redis.conf sets none, as a Debian redis-server runs:
+# after an hour with one change, 5 minutes with 100, a minute with 10,000, and at shutdown.
+DEFAULT_SAVE_POINTS = "3600 1 300 100 60 10000"
+
+
 class RedisServer(ManagedProcess):
-    """``redis-server`` reachable only through a unix socket, with no persistence."""
+    """``redis-server`` reachable only through a unix socket.
+
+    Without persistence by default: a restart (``stop`` then ``start``) loses every key,
+    as a crash of a Redis without persistence does. ``persistent=True`` uses Redis's
+    default snapshots: a clean stop saves ``dump.rdb``, the next start loads it.
+    """
 
     name = "redis"
 
-    def __init__(self, workdir: Path, *, socket_path: Path | None = None) -> None:
+    def __init__(
+        self, workdir: Path, *, socket_path: Path | None = None, persistent: bool = False
+    ) -> None:
         super().__init__(workdir)
         self.socket_path = Path(socket_path or self.workdir / "redis.sock").absolute()
         if len(os.fsencode(self.socket_path)) > _MAX_SOCKET_PATH:
             raise HarnessError(f"unix socket path too long for Linux: {self.socket_path}")
         self.conf_path = self.workdir / "redis.conf"
+        self.dump_path = self.workdir / "dump.rdb"
+        self.persistent = persistent
 
     @property
     def url(self) -> str:
@@ -254,6 +268,10 @@ class RedisServer(ManagedProcess):
 
     def prepare(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.persistent:
+            # Redis loads a snapshot it finds whatever its save rules: start empty.
+            with contextlib.suppress(FileNotFoundError):
+                self.dump_path.unlink()
         # Jobs are pickled: whoever reaches Redis runs code in the workers, hence no TCP and a
         # socket only we can open.
         self.conf_path.write_text(
@@ -262,7 +280,8 @@ class RedisServer(ManagedProcess):
                     "port 0",
                     f'unixsocket "{self.socket_path}"',
                     "unixsocketperm 700",
-                    'save ""',
+                    f"save {DEFAULT_SAVE_POINTS}" if self.persistent else 'save ""',
+                    f'dbfilename "{self.dump_path.name}"',
                     "appendonly no",
                     "daemonize no",
                     f'dir "{self.workdir}"',

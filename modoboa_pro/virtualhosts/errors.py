@@ -120,6 +120,12 @@ class PrivilegedWorkerMissing(NginxReloadFailed):
     served, and new certificate files are kept for the next reload to serve."""
 
 
+class ReloadInterrupted(NginxReloadFailed):
+    """Redis, through which a reload is asked for and answered, was lost (restarted, down):
+    whether nginx reloaded is not known. New certificate files are kept; the retry checks
+    what nginx serves and reloads if needed."""
+
+
 class DeployNotVerified(NginxError):
     """Nginx does not serve the expected certificate after a reload."""
 

@@ -32,6 +32,7 @@ class Counts:
     expired: int = 0
     overdue: int = 0  # expired, or due for renewal for too long
     scan_stale: bool = False
+    scan_not_queued: int = 0  # renewals the last scan could not queue (Redis unreachable)
 
     @property
     def failing(self) -> int:
@@ -69,6 +70,7 @@ def collect(hosts: QuerySet, threshold_days: int, now: datetime.datetime | None 
         expired=expired,
         overdue=overdue,
         scan_stale=alarms.staleness(now) is not None,
+        scan_not_queued=latest.not_queued if (latest := alarms.last_scan()) else 0,
     )
 
 
@@ -81,6 +83,13 @@ def assess(counts: Counts) -> Health:
         return Health(ERROR, text)
     if counts.scan_stale:
         return Health(ERROR, _("Renewal scan not running"))
+    if counts.scan_not_queued:
+        text = ngettext(
+            "Renewal scan interrupted: %(n)d renewal not queued",
+            "Renewal scan interrupted: %(n)d renewals not queued",
+            counts.scan_not_queued,
+        ) % {"n": counts.scan_not_queued}
+        return Health(WARNING, text)
     if counts.failing:
         text = ngettext("%(n)d host failing", "%(n)d hosts failing", counts.failing) % {
             "n": counts.failing
@@ -128,6 +137,7 @@ def summary(hosts: QuerySet, threshold_days: int, now: datetime.datetime | None 
         "scan": {
             "last_at": latest.finished_at if latest else None,
             "stale": counts.scan_stale,
+            "not_queued": counts.scan_not_queued,
         },
         "health": {"color": verdict.color, "text": verdict.text},
     }

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import django_rq
+from redis.exceptions import RedisError
 
 from . import alarms, conf, constants, context, pipeline, queueing, retries, scan
 from .adapters import acme, locks, tls
@@ -21,6 +22,7 @@ from .adapters.reloader import (
     outcome_of,
     serve_reload_requests,
 )
+from .errors import QueueUnavailable
 from .models import VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
@@ -96,14 +98,20 @@ def renewal_context() -> context.Context:
 
 def defer_finish_renewal(host_id: int, generation: int, run_id: str) -> None:
     """Queue the second half of a renewal behind the renewals already queued."""
-    queueing.queue().enqueue(
-        queueing.FINISH_RENEWAL,
-        host_id,
-        generation,
-        run_id,
-        job_id=queueing.job_id(queueing.FINISH_RENEWAL, host_id),
-        job_timeout=queueing.CHAIN_JOB_TIMEOUT,
-    )
+    try:
+        queueing.queue().enqueue(
+            queueing.FINISH_RENEWAL,
+            host_id,
+            generation,
+            run_id,
+            job_id=queueing.job_id(queueing.FINISH_RENEWAL, host_id),
+            job_timeout=queueing.CHAIN_JOB_TIMEOUT,
+        )
+    except RedisError as err:
+        raise QueueUnavailable(
+            f"Cannot reach Redis to queue the end of the renewal ({err}). The new "
+            "certificate is stored; the retry reloads nginx and checks that it is served.",
+        ) from err
 
 
 def provision_virtualhost(host_id: int) -> str:
@@ -187,6 +195,8 @@ def check_certificate_renewals() -> dict:
         "due": report.due,
         "enqueued": report.enqueued,
         "already_queued": report.already_queued,
+        "requeued": report.requeued,  # lost with a Redis restart during the scan
+        "not_queued": report.not_queued,  # Redis unreachable: the scan was interrupted
         "unreadable": report.unreadable,
         "expired": report.expired,
         "retried": retried["retried"],

@@ -164,6 +164,10 @@ class RenewalScan(models.Model):
     due = models.PositiveIntegerField(default=0)
     enqueued = models.PositiveIntegerField(default=0)
     unreadable = models.PositiveIntegerField(default=0)
+    not_queued = models.PositiveIntegerField(
+        default=0,
+        help_text=_("Due renewals the scan could not queue (Redis unreachable): interrupted."),
+    )
     summary = models.TextField(blank=True, default="", help_text=_("The scan's summary line."))
 
     class Meta:

@@ -25,6 +25,7 @@ from .errors import (
     NginxConfigTestFailed,
     NginxError,
     PrivilegedWorkerMissing,
+    ReloadInterrupted,
     UnusablePair,
     VirtualHostError,
 )
@@ -404,11 +405,12 @@ def _not_deployed(
 def _after_refused_reload(err: NginxError, s: Settings, hostname: str, *, new_pair: bool) -> None:
     """nginx refused the test or the reload: it still serves the previous pair, so put its
     files back (``new_pair``). Unless nginx blames another file (ForeignConfigBroken is
-    raised instead) or never got to run (no privileged worker): the new files then stay,
-    and the next reload serves them, whoever runs it."""
+    raised instead), never got to run (no privileged worker), or may have run (Redis lost
+    its answer): the new files then stay, and the next reload serves them, whoever runs it."""
     if isinstance(err, NginxConfigTestFailed) and not isinstance(err, ForeignConfigBroken):
         _blame(err, s, hostname)
-    if new_pair and not isinstance(err, ForeignConfigBroken | PrivilegedWorkerMissing):
+    kept = ForeignConfigBroken | PrivilegedWorkerMissing | ReloadInterrupted
+    if new_pair and not isinstance(err, kept):
         storage.rollback_pair(s.storage_root, hostname)
 
 

@@ -19,7 +19,7 @@ from rq.worker import Worker
 
 from . import constants
 from .adapters import locks
-from .errors import LockHeld, QueueUnavailable
+from .errors import LockHeld, LockUnavailable, QueueUnavailable
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -75,6 +75,23 @@ def ensure_reachable() -> None:
             f"Cannot reach Redis, where Modoboa's workers take their jobs ({err}). Nothing "
             "was changed: start Redis (e.g. systemctl start redis-server), then try again."
         ) from err
+
+
+def server_epoch() -> str | None:
+    """The running Redis server's id, new at every start; None when Redis cannot be reached.
+
+    A different id means Redis restarted: without persistence, every job queued before
+    (and every lock) is gone.
+    """
+    try:
+        return str(queue().connection.info("server")["run_id"])
+    except (RedisError, KeyError):
+        return None
+
+
+def _unreachable(what: str, err: Exception) -> QueueUnavailable:
+    reason = err.__cause__ if isinstance(err, LockUnavailable) and err.__cause__ else err
+    return QueueUnavailable(f"Cannot reach Redis to {what} ({reason}).")
 
 
 def job_id(path: str, host_id: int) -> str:
@@ -136,10 +153,16 @@ def pending_job(path: str, host_id: int) -> Job | None:
 
 
 def is_busy(host_id: int, hostname: str) -> bool:
-    """True while a provisioning or renewal run is queued, running, or holds the host."""
-    return locks.is_locked(queue().connection, hostname) or any(
-        pending_job(path, host_id) is not None for path in RUN_JOBS
-    )
+    """True while a provisioning or renewal run is queued, running, or holds the host.
+
+    Raises QueueUnavailable when Redis cannot be reached.
+    """
+    try:
+        return locks.is_locked(queue().connection, hostname) or any(
+            pending_job(path, host_id) is not None for path in RUN_JOBS
+        )
+    except (RedisError, LockUnavailable) as err:
+        raise _unreachable(f"see whether a run for {hostname} is queued", err) from err
 
 
 def enqueue_once(path: str, host_id: int, *args: object, description: str = "") -> bool:
@@ -149,7 +172,7 @@ def enqueue_once(path: str, host_id: int, *args: object, description: str = "") 
     the check and the enqueue, and RQ's ``unique=True`` refuses a second job
     with the same id anyway. A finished job's id is reused; a failed job with
     the same arguments is requeued, so RQ keeps its traceback. Returns True
-    when this call enqueued.
+    when this call enqueued; raises QueueUnavailable when Redis cannot be reached.
     """
     q = queue()
     connection = q.connection
@@ -179,3 +202,5 @@ def enqueue_once(path: str, host_id: int, *args: object, description: str = "") 
             return True
     except (LockHeld, DuplicateJobError):
         return False
+    except (RedisError, LockUnavailable) as err:
+        raise _unreachable(f"queue the job {jid}", err) from err

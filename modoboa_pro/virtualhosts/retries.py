@@ -17,6 +17,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import constants, policy, queueing
+from .errors import QueueUnavailable
 from .models import VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
@@ -26,9 +27,11 @@ logger = logging.getLogger("modoboa.jobs")
 class RetryReport:
     retried: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+    stopped: str = ""  # why the sweep stopped early (Redis unreachable)
 
     def summary(self) -> str:
-        return f"{len(self.retried)} retried, {len(self.busy)} already queued or running"
+        line = f"{len(self.retried)} retried, {len(self.busy)} already queued or running"
+        return f"{line}; stopped: {self.stopped}" if self.stopped else line
 
 
 def due(now: datetime.datetime) -> Q:
@@ -67,9 +70,16 @@ def run(*, letsencrypt: bool, now: datetime.datetime | None = None) -> RetryRepo
         if job is None:
             continue
         path, args = job
-        if queueing.is_busy(host.pk, host.hostname) or not queueing.enqueue_once(
-            path, host.pk, *args, description=f"retry {host.hostname}"
-        ):
+        try:
+            queued = not queueing.is_busy(host.pk, host.hostname) and queueing.enqueue_once(
+                path, host.pk, *args, description=f"retry {host.hostname}"
+            )
+        except QueueUnavailable as err:
+            # Every other host needs Redis too: the next sweep takes them all up again.
+            report.stopped = f"{err.message} The next sweep retries."
+            logger.error("virtual host retries stopped at %s: %s", host.hostname, err.message)
+            break
+        if not queued:
             report.busy.append(host.hostname)
             continue
         why = "stuck" if host.status != constants.STATUS_FAILED else "retry time reached"
@@ -77,6 +87,6 @@ def run(*, letsencrypt: bool, now: datetime.datetime | None = None) -> RetryRepo
         logger.info(
             "virtualhost %s: retry enqueued (%s, attempt %d)", host.hostname, why, host.attempts + 1
         )
-    if report.retried or report.busy:
+    if report.retried or report.busy or report.stopped:
         logger.info("virtual host retries: %s", report.summary())
     return report

@@ -3,6 +3,11 @@
 Selection only: each renewal runs as its own job (``queueing.RENEW``). The
 dry run (``run(..., dry_run=True)``) takes the same decisions and writes and
 enqueues nothing, so ``virtualhosts scan --dry-run`` says what the scan does.
+
+Redis restarted during the scan loses (without persistence) the renewals queued
+before: the scan notices (``queueing.server_epoch`` changed) and queues them again.
+Renewals it could not queue while Redis was down are queued at the end if Redis is
+back; otherwise the scan records them as not queued, for the next scan.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import alarms, constants, policy, recording
+from . import alarms, constants, policy, queueing, recording
 from .adapters import storage
-from .errors import VirtualHostError
+from .errors import QueueUnavailable, VirtualHostError
 from .models import OBSERVED_FIELDS, RenewalScan, VirtualHost
 
 logger = logging.getLogger("modoboa.jobs")
@@ -110,6 +115,12 @@ class ScanReport:
     urgent: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
+    # Due, but Redis could not be reached to queue their renewal.
+    not_queued: list[str] = field(default_factory=list)
+    # Queued, lost when Redis restarted during the scan, and queued again.
+    requeued: list[str] = field(default_factory=list)
+    # Every due host handed to ``enqueue``: what a Redis restart may have lost.
+    scheduled: list[VirtualHost] = field(default_factory=list, repr=False)
 
     def summary(self) -> str:
         no_cert = sum(len(v) for v in self.without_certificate.values())
@@ -137,6 +148,17 @@ class ScanReport:
             line += f"; {len(self.urgent)} expiring within 7 days ({_names(self.urgent)})"
         if self.errors:
             line += f"; {len(self.errors)} error(s) ({_names(self.errors)})"
+        if self.requeued:
+            line += (
+                f"; Redis restarted during the scan: {len(self.requeued)} renewal(s) queued "
+                f"before were lost with it and queued again ({_names(self.requeued)})"
+            )
+        if self.not_queued:
+            line += (
+                f"; interrupted: Redis unreachable, {len(self.not_queued)} due renewal(s) not "
+                f"queued ({_names(self.not_queued)}): the next scan queues them, or run "
+                "`virtualhosts scan` once Redis is back"
+            )
         return line
 
     def _no_cert_detail(self) -> str:
@@ -171,6 +193,7 @@ def run(
     """
     now = now or timezone.now()
     report = ScanReport(started_at=now)
+    epoch = queueing.server_epoch() if enqueue is not None and not dry_run else None
     hosts = VirtualHost.objects.only(*_FIELDS).order_by("hostname")
     for host in hosts.iterator(chunk_size=CHUNK_SIZE):
         try:
@@ -180,8 +203,12 @@ def run(
             logger.error("virtualhost %s: renewal scan failed: %s", host.hostname, err.message)
     if dry_run:
         return report
+    if enqueue is not None:
+        _catch_up(report, enqueue, epoch)
     summary = report.summary()
     logger.info("certificate renewal scan: %s", summary)
+    if report.not_queued:
+        logger.error("certificate renewal scan interrupted: %s", summary)
     RenewalScan.objects.create(
         started_at=now,
         finished_at=timezone.now(),
@@ -189,6 +216,7 @@ def run(
         due=report.due,
         enqueued=len(report.enqueued),
         unreadable=len(report.unreadable),
+        not_queued=len(report.not_queued),
         summary=summary[:4000],
     )
     _prune_scans()
@@ -260,12 +288,53 @@ def _schedule(
     elif enqueue is None:
         report.skipped[SKIP_LETSENCRYPT_OFF] += 1
         logger.warning("virtualhost %s: due (%s) but Let's Encrypt is disabled", host.hostname, why)
-    elif enqueue(host):
-        report.enqueued.append(host.hostname)
-        logger.info("virtualhost %s: renewal scheduled (%s)", host.hostname, why)
     else:
-        report.already_queued.append(host.hostname)
-        logger.info("virtualhost %s: renewal already queued or running", host.hostname)
+        report.scheduled.append(host)
+        try:
+            queued = enqueue(host)
+        except QueueUnavailable as err:
+            report.not_queued.append(host.hostname)
+            logger.error("virtualhost %s: renewal due but not queued: %s", host.hostname, err)
+            return
+        if queued:
+            report.enqueued.append(host.hostname)
+            logger.info("virtualhost %s: renewal scheduled (%s)", host.hostname, why)
+        else:
+            report.already_queued.append(host.hostname)
+            logger.info("virtualhost %s: renewal already queued or running", host.hostname)
+
+
+def _catch_up(
+    report: ScanReport, enqueue: Callable[[VirtualHost], bool], epoch: str | None
+) -> None:
+    """Queue again what Redis lost during the scan, and what could not be queued while it
+    was down. ``enqueue`` leaves a renewal still queued alone: nothing runs twice."""
+    now_epoch = queueing.server_epoch()
+    restarted = None not in (epoch, now_epoch) and epoch != now_epoch
+    missing = set(report.not_queued)
+    if now_epoch is None or not (restarted or missing):
+        return  # unreachable still (not_queued says so), or nothing was lost
+    if restarted:
+        logger.warning("Redis restarted during the renewal scan: queueing its lost renewals")
+    for host in report.scheduled:
+        name = host.hostname
+        if not (restarted or name in missing):
+            continue
+        try:
+            queued = enqueue(host)
+        except QueueUnavailable as err:
+            logger.error("virtualhost %s: renewal still not queued: %s", name, err)
+            break  # down again: what is left stays as recorded
+        if name in missing:
+            report.not_queued.remove(name)
+            (report.enqueued if queued else report.already_queued).append(name)
+        elif queued:
+            report.requeued.append(name)
+            if name in report.already_queued:  # queued by another scan, lost all the same
+                report.already_queued.remove(name)
+                report.enqueued.append(name)
+        if queued:
+            logger.info("virtualhost %s: renewal queued again after Redis came back", name)
 
 
 def _without_certificate(host: VirtualHost, now: datetime.datetime) -> str:

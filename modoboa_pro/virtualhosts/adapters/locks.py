@@ -197,7 +197,11 @@ class HostLock:
         finally:
             self.token = ""
         if not released:
-            logger.warning("The lock for %s expired before the run ended", self.name)
+            logger.warning(
+                "The lock for %s was gone before the run ended (expired, or lost with a Redis "
+                "restart)",
+                self.name,
+            )
         return released
 
     def __enter__(self) -> HostLock:

@@ -10,6 +10,10 @@ bumps a Redis counter, the *reload generation*, after writing its files. A
 reload reads the counter just before running ``nginx -t``, so its outcome
 serves every caller whose bump it read: callers wait for such a covering
 reload instead of each running their own.
+
+Redis restarted without persistence forgets the book: a waiter whose request is gone
+asks again, and a waiter that loses Redis mid-wait reloads itself (local mode) or
+stops with ``ReloadInterrupted`` (privileged mode), never waiting for nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from ..errors import (
     NginxError,
     NginxReloadFailed,
     PrivilegedWorkerMissing,
+    ReloadInterrupted,
 )
 from . import locks, nginx
 
@@ -114,6 +119,14 @@ class ReloadBook:
     def request(self) -> int:
         """Record that files changed; return the generation a reload must cover."""
         return int(self.connection.incr(self.requested))
+
+    def still_requested(self, generation: int) -> int:
+        """``generation``, or a new request when Redis lost it: restarted without
+        persistence, the counter starts again below it, and no reload would ever cover it."""
+        if int(self.connection.get(self.requested) or 0) >= generation:
+            return generation
+        logger.warning("The nginx reload requests were lost (Redis restarted); requesting again")
+        return self.request()
 
     def covering_outcome(self, generation: int) -> dict[str, Any] | None:
         """The outcome of the first reload that started after ``generation`` was requested."""
@@ -254,12 +267,22 @@ class LocalReloader:
 
     def wait(self, generation: int) -> str:
         assert self.connection is not None, "wait() needs the generation request() returned"
-        book = ReloadBook(self.connection)
+        try:
+            return self._wait(ReloadBook(self.connection), generation)
+        except redis.RedisError as err:
+            # This process may run nginx itself: without the book, reload uncoordinated.
+            logger.warning(
+                "Lost Redis while coordinating the nginx reload (%s); reloading now", err
+            )
+            return self._reload()
+
+    def _wait(self, book: ReloadBook, generation: int) -> str:
         deadline = time.monotonic() + self.timeout
         while True:
             outcome = book.covering_outcome(generation)
             if outcome is not None:
                 return raise_for_outcome(outcome)
+            generation = book.still_requested(generation)
             token = book.acquire_running(self.timeout)
             if token is not None:
                 return raise_for_outcome(self._serve(book, generation, token))
@@ -285,10 +308,14 @@ class LocalReloader:
             return outcome
         finally:
             # Publish even a crash, so that waiters never wait for nothing.
-            if covers:
-                book.finish(covers, outcome, token)
-            else:
-                book.release(token)
+            try:
+                if covers:
+                    book.finish(covers, outcome, token)
+                else:
+                    book.release(token)
+            except redis.RedisError as err:
+                # The reload's outcome is this call's own; waiters elsewhere ask again.
+                logger.warning("Cannot publish the nginx reload outcome to Redis: %s", err)
 
 
 def serve_reload_requests(
@@ -357,10 +384,28 @@ class PrivilegedReloader:
         return self.wait(self.request())
 
     def request(self) -> int:
-        return ReloadBook(self.connection).request()
+        try:
+            return ReloadBook(self.connection).request()
+        except redis.RedisError as err:
+            raise ReloadInterrupted(
+                f"Cannot reach Redis to ask Modoboa's privileged worker for an nginx reload "
+                f"({err}). nginx keeps serving its current configuration; files written for "
+                "it are kept, and the run is retried once Redis is back.",
+                retryable=True,
+            ) from err
 
     def wait(self, generation: int) -> str:
-        book = ReloadBook(self.connection)
+        try:
+            return self._wait(ReloadBook(self.connection), generation)
+        except redis.RedisError as err:
+            raise ReloadInterrupted(
+                f"Lost Redis while waiting for the nginx reload of Modoboa's privileged worker "
+                f"({err}): whether nginx reloaded is not known. Files written for it are kept; "
+                "the run is retried once Redis is back and checks what nginx serves.",
+                retryable=True,
+            ) from err
+
+    def _wait(self, book: ReloadBook, generation: int) -> str:
         if book.covering_outcome(generation) is None:
             self._enqueue(book)
         start = time.monotonic()
@@ -371,6 +416,7 @@ class PrivilegedReloader:
             outcome = book.covering_outcome(generation)
             if outcome is not None:
                 return raise_for_outcome(outcome)
+            generation = book.still_requested(generation)
             # Check "pending" first, then the outcome again: a reload that published in
             # between is seen, so an extra job is only enqueued when none is coming.
             if not book.pending() and book.covering_outcome(generation) is None:

@@ -333,6 +333,12 @@ class Command(BaseCommand):
             self._json(result)
         else:
             self.stdout.write(f"Renewal scan: {result['summary']}")
+        if result["not_queued"]:
+            raise CommandError(
+                f"Renewal scan interrupted: {len(result['not_queued'])} due renewal(s) not "
+                "queued, Redis is unreachable. Start Redis, then run `virtualhosts scan` again.",
+                returncode=EXIT_ERROR,
+            )
 
     def do_add(self, options: dict[str, Any]) -> None:
         try:
