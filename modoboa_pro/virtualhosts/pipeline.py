@@ -473,6 +473,13 @@ def disable(host_id: int, ctx: Context) -> str:
                 with run.step(constants.STEP_REMOVE) as step:
                     if remove_site(ctx.settings, host.hostname, ctx.reload):
                         step.message = "site removed; nginx reloaded"
+                    elif host.status != constants.STATUS_DISABLED:
+                        # Gone from disk, but this disable never finished: its reload may
+                        # not have happened (no privileged worker, Redis lost its answer),
+                        # and nginx would serve the host until some other reload.
+                        ctx.reload()
+                        probe.confirm_removed(ctx.settings.endpoint, host.hostname)
+                        step.message = "site file already removed; nginx reloaded"
                     else:
                         step.skip("no site file")
                 recording.mark_disabled(host)

@@ -149,6 +149,20 @@ def test_a_version_left_half_written_is_never_restored_and_is_pruned(tmp_path):
     assert storage.rollback_pair(tmp_path, HOST) == good
 
 
+def test_a_temporary_link_left_by_a_killed_swap_is_removed_by_the_next_write(tmp_path):
+    """A writer SIGKILLed between symlink() and rename() leaves its hidden link in certs/."""
+    first = storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+    certs = tmp_path / "certs"
+    stale = certs / f".{HOST}.0123456789ab{storage.LINK_TEMP_SUFFIX}"
+    os.symlink(os.path.relpath(first, certs), stale)
+    # Another host's, whose name starts with ours: not ours to remove.
+    other = certs / f".{HOST}.example.0123456789ab{storage.LINK_TEMP_SUFFIX}"
+    os.symlink(os.path.relpath(first, certs), other)
+    storage.write_certificate_pair(tmp_path, HOST, *make_pair())
+    assert not stale.is_symlink()
+    assert other.is_symlink()
+
+
 def test_reader_resolving_once_never_sees_a_mixed_pair(tmp_path):
     pairs = [make_pair() for _ in range(3)]
     storage.write_certificate_pair(tmp_path, HOST, *pairs[0])

@@ -210,3 +210,34 @@ def test_remove_job_waits_for_the_run_in_progress(chain: Chain):
     assert let_go_at and returned_at >= let_go_at[0]
     assert archived is not None and Path(archived) == assert_archived(chain, hostname)
     assert_not_served(chain, hostname)
+
+
+def test_a_disable_whose_reload_failed_is_not_left_served(chain: Chain, monkeypatch):
+    """The site file is removed, then the reload fails (no privileged worker, Redis lost
+    its answer): the retry finds no file, yet must still make nginx forget the host."""
+    from modoboa_pro.virtualhosts.adapters import reloader
+    from modoboa_pro.virtualhosts.errors import NginxReloadFailed
+
+    hostname = "half-disabled.example.test"
+    host = provision(chain, hostname)
+    real_call = reloader.LocalReloader.__call__
+    calls = []
+
+    def failing_once(self):
+        calls.append(1)
+        if len(calls) == 1:
+            raise NginxReloadFailed("the reload did not happen", retryable=True)
+        return real_call(self)
+
+    monkeypatch.setattr(reloader.LocalReloader, "__call__", failing_once)
+    services.set_enabled(host, False)
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_FAILED
+    assert not nginx.site_path(chain.nginx.sites_dir, hostname).exists()
+    assert serves_challenge(chain, hostname)  # nginx never reloaded: still served
+
+    assert jobs.disable_virtualhost(host.pk) == constants.STATUS_DISABLED  # the retry
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_DISABLED
+    assert_not_served(chain, hostname)

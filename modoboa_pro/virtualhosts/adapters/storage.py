@@ -30,6 +30,7 @@ from .. import constants
 from ..errors import StorageError
 from . import x509
 from .files import (
+    TEMP_TOKEN_BYTES,
     atomic_write,
     ensure_dir,
     fsync_dir,
@@ -352,6 +353,15 @@ def _prune(storage_root: Path, hostname: str) -> None:
     for old in halves + whole[:-PAIR_VERSIONS_KEEP]:
         if old.resolve() != current:
             shutil.rmtree(old, ignore_errors=True)
+    # A writer killed between making its temporary link and renaming it leaves the link.
+    # Exactly this host's (``x.test``'s pattern must not match ``x.test.example``'s).
+    link = _link(storage_root, hostname)
+    mine = re.compile(
+        rf"\.{re.escape(hostname)}\.[0-9a-f]{{{2 * TEMP_TOKEN_BYTES}}}{re.escape(LINK_TEMP_SUFFIX)}"
+    )
+    for stale in link.parent.glob(f".{hostname}.*{LINK_TEMP_SUFFIX}"):
+        if mine.fullmatch(stale.name) and stale.is_symlink():
+            stale.unlink(missing_ok=True)
 
 
 def _check_pair(fullchain_pem: bytes, privkey_pem: bytes) -> None:
