@@ -216,27 +216,39 @@ def chain(
     nginx_server.reload()
 
 
-@pytest.fixture
-def privileged_worker(chain: Chain, settings) -> Iterator[subprocess.Popen]:
-    """Modoboa's root worker, as a real `rqworker privileged` process (stopped by PID)."""
-    settings.VIRTUALHOSTS_RELOAD_MODE = "privileged"
-    settings.VIRTUALHOSTS_RELOAD_TIMEOUT = 30
+def start_privileged_worker(log_path: Path) -> subprocess.Popen:
+    """A real `rqworker privileged` process with the test settings, logging to ``log_path``."""
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(REPO))
-    with open(chain.storage.parent / "privileged-worker.log", "wb") as log:
-        process = subprocess.Popen(
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
             [sys.executable, "-m", "django", "rqworker", "privileged"],
             cwd=REPO,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        yield process
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+
+
+def stop_by_pid(process: subprocess.Popen) -> None:
+    """SIGTERM (RQ's warm shutdown), then SIGKILL if it does not exit."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def privileged_worker(chain: Chain, settings) -> Iterator[subprocess.Popen]:
+    """Modoboa's root worker, as a real `rqworker privileged` process (stopped by PID)."""
+    settings.VIRTUALHOSTS_RELOAD_MODE = "privileged"
+    settings.VIRTUALHOSTS_RELOAD_TIMEOUT = 30
+    process = start_privileged_worker(chain.storage.parent / "privileged-worker.log")
+    yield process
+    stop_by_pid(process)
 
 
 @pytest.fixture(scope="session")

@@ -350,6 +350,16 @@ def damaged_on_store(monkeypatch: pytest.MonkeyPatch):
     return state
 
 
+def assert_refused_before_deployment(chain: Chain, host: VirtualHost, variant: Variant) -> None:
+    """The run failed at the deploy step, naming the damaged file and what is wrong with it."""
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_FAILED
+    assert host.failed_step == constants.STEP_HTTPS_SITE
+    assert str(variant.path(chain.storage)) in host.last_error
+    for words in variant.words:
+        assert words in host.last_error
+
+
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
 def test_a_renewal_never_deploys_a_damaged_pair(
     chain: Chain, variant: Variant, nginx_tests: list[list[str]], damaged_on_store
@@ -361,12 +371,7 @@ def test_a_renewal_never_deploys_a_damaged_pair(
 
     assert jobs.check_certificate_renewals()["enqueued"] == [HOST]
     chain.drain()
-    host.refresh_from_db()
-    assert host.status == constants.STATUS_FAILED
-    assert host.failed_step == constants.STEP_HTTPS_SITE
-    assert str(variant.path(chain.storage)) in host.last_error
-    for words in variant.words:
-        assert words in host.last_error
+    assert_refused_before_deployment(chain, host, variant)
     assert "Not deployed: the previous certificate was put back, and nginx keeps serving it" in (
         host.last_error
     )
@@ -401,12 +406,7 @@ def test_a_first_certificate_damaged_before_deployment_leaves_the_http_site(
     damaged_on_store["variant"] = variant
     host = VirtualHost.objects.create(hostname=HOST)
     chain.drain()
-    host.refresh_from_db()
-    assert host.status == constants.STATUS_FAILED
-    assert host.failed_step == constants.STEP_HTTPS_SITE
-    assert str(variant.path(chain.storage)) in host.last_error
-    for words in variant.words:
-        assert words in host.last_error
+    assert_refused_before_deployment(chain, host, variant)
     assert "Not deployed: nginx keeps serving the HTTP-only site" in host.last_error
     # The HTTP-only site is still the one in place, and serves the application.
     site = nginx.site_path(chain.nginx.sites_dir, HOST).read_text()

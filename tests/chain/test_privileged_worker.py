@@ -7,10 +7,8 @@ still see that nobody listens, and say so within seconds, not after the full tim
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -24,7 +22,7 @@ from modoboa_pro.virtualhosts.adapters import nginx, reloader, storage, tls
 from modoboa_pro.virtualhosts.errors import PrivilegedWorkerMissing
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import REPO, Chain
+from ..conftest import Chain, start_privileged_worker, stop_by_pid
 from .test_renewal import served_serial, stand_in
 
 pytestmark = pytest.mark.chain
@@ -44,31 +42,16 @@ def privileged_mode(chain: Chain, settings, monkeypatch) -> None:
 def start_worker(chain: Chain, privileged_mode: None) -> Iterator[Callable[[], subprocess.Popen]]:
     """Start real `rqworker privileged` processes; each is stopped by its PID afterwards."""
     started: list[subprocess.Popen] = []
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="tests.settings", PYTHONPATH=str(REPO))
 
     def start() -> subprocess.Popen:
-        log = open(chain.storage.parent / f"privileged-{len(started)}.log", "wb")  # noqa: SIM115
-        process = subprocess.Popen(
-            [sys.executable, "-m", "django", "rqworker", "privileged"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
+        process = start_privileged_worker(chain.storage.parent / f"privileged-{len(started)}.log")
         started.append(process)
         wait_for("the worker to listen", lambda: process_listens(process))
         return process
 
     yield start
     for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_by_pid(process)
 
 
 def privileged_queue():
