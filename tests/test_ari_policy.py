@@ -71,3 +71,11 @@ def test_an_ari_time_at_or_after_expiry_falls_back_to_the_lifetime_rule() -> Non
 def test_without_ari_the_lifetime_rule_as_before() -> None:
     decision = policy.decide_stored(NOW, 30, HOST, StoredCertificate(facts()))
     assert (decision.source, decision.due_at) == ("lifetime", NOW + 60 * DAY)
+
+
+def test_a_host_waiting_for_its_ari_time_is_not_overdue() -> None:
+    cert = facts()
+    late = NOW + 65 * DAY  # past the lifetime rule's time (day 60) and its grace
+    assert policy.is_overdue(late, 30, cert.not_before, cert.not_after)
+    assert not policy.is_overdue(late, 30, cert.not_before, cert.not_after, NOW + 64 * DAY)
+    assert policy.is_overdue(late, 30, cert.not_before, cert.not_after, NOW + 62 * DAY)

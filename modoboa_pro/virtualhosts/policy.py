@@ -277,15 +277,20 @@ def is_overdue(
     threshold_days: int,
     not_before: datetime.datetime | None,
     not_after: datetime.datetime | None,
+    ari_renew_at: datetime.datetime | None = None,
 ) -> bool:
-    """Expired, or due for renewal for longer than ``OVERDUE_GRACE``: renewals are not happening."""
+    """Expired, or due for renewal for longer than ``OVERDUE_GRACE``: renewals are not happening.
+
+    Due by the planned time (``planned_renewal``): a host waiting for the time chosen in
+    its CA's ARI window is not overdue."""
     if not_after is None:
         return False
     if not_after <= now:
         return True
     if not_before is None:
         return False
-    return now >= renewal_due_at(threshold_days, not_before, not_after) + OVERDUE_GRACE
+    due_at, _source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
+    return now >= due_at + OVERDUE_GRACE
 
 
 def format_duration(delta: datetime.timedelta) -> str:

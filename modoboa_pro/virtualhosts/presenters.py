@@ -89,7 +89,7 @@ def renewal_plan(
 def is_overdue(host: VirtualHost, threshold_days: int, now: datetime.datetime) -> bool:
     """An enabled host whose certificate expired, or has been due for renewal too long."""
     return host.enabled and policy.is_overdue(
-        now, threshold_days, host.cert_not_before, host.cert_not_after
+        now, threshold_days, host.cert_not_before, host.cert_not_after, host.ari_renew_at
     )
 
 
