@@ -9,10 +9,13 @@ is not asked. Every certificate is issued by Pebble and checked as nginx serves 
 from __future__ import annotations
 
 import datetime
+import io
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
@@ -86,6 +89,12 @@ def shown_by_api(host: VirtualHost) -> dict:
     return answer.json()
 
 
+def command(*args: str) -> str:
+    out = io.StringIO()
+    call_command("virtualhosts", *args, stdout=out)
+    return out.getvalue()
+
+
 def nothing_enqueued(host: VirtualHost) -> None:
     pytest.fail(f"{host.hostname} renewed before its time")
 
@@ -109,6 +118,11 @@ def test_renewal_happens_at_the_ari_time_not_before_and_replaces_the_old_one(
     assert parse_datetime(shown["planned_renewal_at"]) == host.ari_renew_at
     assert shown["renewal_explanation_url"] == EXPLANATION
     assert [o.get("replaces") for o in ca.orders()] == [None]  # a first certificate
+    shown_by_cli = command("show", hostname)
+    assert f"{'  Renewal due:':<17}{host.ari_renew_at:%Y-%m-%d %H:%M} UTC" in shown_by_cli
+    assert f"{'  Decided by:':<17}the CA's renewal window (ARI), see {EXPLANATION}" in shown_by_cli
+    (dry,) = json.loads(command("scan", "--dry-run", "--json"))
+    assert (dry["action"], dry["renewal_source"]) == ("skip", "ari")
 
     # Before the time: neither the scan nor its dry run renews, and nobody asks the CA again
     # (its Retry-After is six hours away).
