@@ -24,11 +24,14 @@ from modoboa_pro.testing import (
     NginxServer,
     PebbleServer,
     RedisServer,
+    RenewalAnswer,
+    already_replaced,
     make_ca,
     make_self_signed_leaf,
     make_server_cert,
     rate_limited,
     validity,
+    window,
 )
 
 pytestmark = pytest.mark.harness
@@ -359,3 +362,91 @@ def test_job_round_trip_through_redis(redis_server, db):
     SimpleWorker([queue], connection=queue.connection).work(burst=True)
     assert job.get_status(refresh=True) == "finished"
     assert job.return_value() == 5
+
+
+def test_acme_proxy_plays_ari_in_front_of_pebble(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """renewalInfo in the directory, windows answered per certificate id, newOrder payloads
+    recorded, ``replaces`` accepted by Pebble 2.4 as it is, one 409 alreadyReplaced."""
+    import josepy as jose
+    from acme import client, messages
+    from acme import errors as acme_errors
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    class Payload(jose.JSONDeSerializable):
+        def __init__(self, data: dict) -> None:
+            self.data = data
+
+        def to_partial_json(self) -> dict:
+            return self.data
+
+        @classmethod
+        def from_json(cls, jobj: dict) -> Payload:
+            return cls(jobj)
+
+    start = datetime.datetime(2030, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
+    with DnsResponder() as dns:
+        pebble = PebbleServer(
+            tmp_path_factory.mktemp("pebble"), http_port=5002, dns_address=dns.address
+        )
+        with (
+            pebble,
+            AcmeProxy(
+                tmp_path_factory.mktemp("proxy"),
+                pebble.directory_url,
+                pebble.ca_bundle,
+                renewal_info=True,
+            ) as proxy,
+        ):
+            verify = str(proxy.ca_bundle)
+            directory = requests.get(proxy.directory_url, verify=verify, timeout=5).json()
+            base = directory["renewalInfo"]
+            assert base == f"{proxy.origin}/renewal-info" and "newOrder" in directory
+
+            proxy.set_renewal_info(
+                "a.b",
+                window(
+                    start,
+                    start + datetime.timedelta(days=2),
+                    retry_after="21600",
+                    explanation_url="https://ca.example/incident",
+                ),
+            )
+            answer = requests.get(f"{base}/a.b", verify=verify, timeout=5)
+            assert answer.status_code == 200 and answer.headers["Retry-After"] == "21600"
+            assert answer.json() == {
+                "suggestedWindow": {"start": "2030-01-02T03:04:05Z", "end": "2030-01-04T03:04:05Z"},
+                "explanationURL": "https://ca.example/incident",
+            }
+            # An unknown id: 404 as a CA answers; then a default answer, here malformed.
+            assert requests.get(f"{base}/x.y", verify=verify, timeout=5).status_code == 404
+            proxy.set_renewal_info(None, RenewalAnswer('{"suggestedWindow": "soon"}'))
+            assert requests.get(f"{base}/x.y", verify=verify, timeout=5).json() == {
+                "suggestedWindow": "soon"
+            }
+            backwards = window(start, start - datetime.timedelta(hours=1))
+            assert '"end": "2030-01-02T02:04:05Z"' in backwards.body  # sent as the test says
+            assert proxy.renewal_info_asked() == ["a.b", "x.y", "x.y"]
+
+            key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
+            net = client.ClientNetwork(key, alg=jose.ES256, verify_ssl=verify)  # type: ignore[arg-type]
+            acme = client.ClientV2(client.ClientV2.get_directory(proxy.directory_url, net), net)
+            acme.new_account(messages.NewRegistration.from_data(terms_of_service_agreed=True))
+            order = {
+                "identifiers": [{"type": "dns", "value": "ari.example.com"}],
+                "replaces": "a.b",
+                "profile": "shortlived",
+            }
+            # Pebble 2.4 takes an order carrying fields it does not know.
+            assert acme._post(directory["newOrder"], Payload(order)).status_code == 201
+            proxy.refuse("newOrder", already_replaced(), times=1)
+            # The library turns every 409 into ConflictError (hence the client's fallback
+            # on 409 itself); the answer is the CA's problem document all the same.
+            with pytest.raises(acme_errors.ConflictError):
+                acme._post(directory["newOrder"], Payload(order))
+            signed = proxy.exchanges[-1]
+            assert (signed.status, signed.refused) == (409, True)
+            assert acme._post(directory["newOrder"], Payload(order)).status_code == 201
+            assert [(o.get("replaces"), o.get("profile")) for o in proxy.orders()] == [
+                ("a.b", "shortlived")
+            ] * 3
+            assert proxy.count("newOrder", refused=True) == 1

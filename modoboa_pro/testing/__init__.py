@@ -3,7 +3,15 @@
 Plain Python (no pytest, no Django) so both the pytest fixtures and ``make demo`` can use it.
 """
 
-from modoboa_pro.testing.acme_proxy import AcmeProxy, Problem, http_date, rate_limited
+from modoboa_pro.testing.acme_proxy import (
+    AcmeProxy,
+    Problem,
+    RenewalAnswer,
+    already_replaced,
+    http_date,
+    rate_limited,
+    window,
+)
 from modoboa_pro.testing.dns import DnsResponder
 from modoboa_pro.testing.pki import (
     make_ca,
@@ -32,6 +40,8 @@ __all__ = [
     "PostgresServer",
     "Problem",
     "RedisServer",
+    "RenewalAnswer",
+    "already_replaced",
     "free_port",
     "http_date",
     "make_ca",
@@ -40,4 +50,5 @@ __all__ = [
     "make_server_cert",
     "rate_limited",
     "validity",
+    "window",
 ]

@@ -3,10 +3,18 @@
 Tests put it between the plugin and Pebble to make the CA refuse a request the way a real CA
 does (e.g. ``newOrder`` answered 429 ``rateLimited`` with a ``Retry-After``), and to count what
 the client asked for. Everything else reaches Pebble unchanged.
+
+With ``renewal_info=True`` it is also the CA's ARI (RFC 9773), which Debian's Pebble 2.4 lacks:
+the directory gains ``renewalInfo``, and ``GET renewalInfo/<certificate id>`` is answered with
+the window the test set (:meth:`AcmeProxy.set_renewal_info`). The JWS payload of every
+``newOrder`` is recorded (:meth:`AcmeProxy.orders`: ``replaces``, ``profile``). Orders carrying
+``replaces`` are forwarded unchanged: Pebble 2.4 ignores fields it does not know (checked in
+tests/test_harness.py), and the proxy could not strip one without breaking the signature.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.utils
 import http.server
@@ -27,6 +35,10 @@ from modoboa_pro.testing import pki
 
 PROBLEM_JSON = "application/problem+json"
 RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"
+ALREADY_REPLACED = "urn:ietf:params:acme:error:alreadyReplaced"
+MALFORMED = "urn:ietf:params:acme:error:malformed"
+# Where the proxy serves ARI: GET <origin>/renewal-info/<certificate id>.
+RENEWAL_INFO_PATH = "/renewal-info/"
 SERVER_INTERNAL = "urn:ietf:params:acme:error:serverInternal"
 _JSON_TYPES = ("application/json", PROBLEM_JSON)
 # Headers that describe one connection, or the body as sent, not the resource: never forwarded.
@@ -74,6 +86,55 @@ def rate_limited(detail: str, retry_after: str) -> Problem:
     return Problem(429, RATE_LIMITED, detail, {"Retry-After": retry_after})
 
 
+def already_replaced(detail: str = "the certificate was already replaced") -> Problem:
+    """409 ``alreadyReplaced`` (RFC 9773 5): the order's ``replaces`` names a certificate
+    that another order replaced already."""
+    return Problem(409, ALREADY_REPLACED, detail)
+
+
+def rfc3339(when: datetime.datetime) -> str:
+    return when.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class RenewalAnswer:
+    """What the proxy answers to ``GET renewalInfo/<id>``: status, raw body, headers."""
+
+    body: str
+    status: int = 200
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+def window(
+    start: datetime.datetime,
+    end: datetime.datetime,
+    *,
+    retry_after: str | None = None,
+    explanation_url: str | None = None,
+) -> RenewalAnswer:
+    """A suggested window as a CA sends it (``end`` before ``start`` is the test's choice)."""
+    document: dict[str, object] = {
+        "suggestedWindow": {"start": rfc3339(start), "end": rfc3339(end)}
+    }
+    if explanation_url is not None:
+        document["explanationURL"] = explanation_url
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return RenewalAnswer(json.dumps(document), headers=headers)
+
+
+def jws_payload(body: bytes) -> dict[str, object] | None:
+    """The JSON payload of a flattened JWS request body; None when there is none (a
+    POST-as-GET, or not a JWS)."""
+    try:
+        encoded = json.loads(body)["payload"]
+        if not encoded:
+            return None
+        payload = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
 @dataclass(frozen=True)
 class Exchange:
     """One request the proxy received, and how it was answered."""
@@ -83,6 +144,7 @@ class Exchange:
     resource: str | None  # the directory's name for the path ("newOrder"), "directory", or None
     status: int
     refused: bool  # answered by the proxy itself: the CA never saw it
+    payload: Mapping[str, object] | None = None  # the JWS payload of a signed POST
 
 
 @dataclass
@@ -110,6 +172,7 @@ class AcmeProxy:
         *,
         host: str = "127.0.0.1",
         timeout: float = 30.0,
+        renewal_info: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +196,9 @@ class AcmeProxy:
         self._exchanges: list[Exchange] = []
         self._connections: set[socket.socket] = set()
         self._local = threading.local()
+        self.renewal_info = renewal_info
+        # Answers per certificate id; the None key answers ids the test did not name.
+        self._renewal_answers: dict[str | None, RenewalAnswer] = {}
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -168,6 +234,26 @@ class AcmeProxy:
                 self._refusals.clear()
             else:
                 self._refusals.pop(resource, None)
+
+    def set_renewal_info(self, cert_id: str | None, answer: RenewalAnswer) -> None:
+        """Answer ``GET renewalInfo/<cert_id>`` (any id not set otherwise, for None) with
+        ``answer``; an id with no answer gets 404, as a CA answers an unknown certificate."""
+        with self._lock:
+            self._renewal_answers[cert_id] = answer
+
+    def renewal_info_asked(self) -> list[str]:
+        """The certificate ids asked about, in order."""
+        return [
+            e.path.split(RENEWAL_INFO_PATH, 1)[1]
+            for e in self.exchanges
+            if e.resource == "renewalInfo"
+        ]
+
+    def orders(self) -> list[Mapping[str, object]]:
+        """The payloads of the newOrder requests received (refused ones included)."""
+        return [
+            e.payload for e in self.exchanges if e.resource == "newOrder" and e.payload is not None
+        ]
 
     @property
     def exchanges(self) -> list[Exchange]:
@@ -251,19 +337,29 @@ class AcmeProxy:
         """Answer one request: refuse it as told, or forward it to the CA."""
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
-        resource = self._resources.get(urllib.parse.urlsplit(handler.path).path)
+        path = urllib.parse.urlsplit(handler.path).path
+        resource = self._resources.get(path)
+        if self.renewal_info and path.startswith(RENEWAL_INFO_PATH):
+            resource = "renewalInfo"
         problem = self._take_refusal(resource)
+        answered = problem is not None
         if problem is not None:
             status, headers, payload = (
                 problem.status,
                 self._problem_headers(problem),
                 problem.body(),
             )
+        elif resource == "renewalInfo":
+            answered = True
+            status, headers, payload = self._renewal_answer(path[len(RENEWAL_INFO_PATH) :])
         else:
             status, headers, payload = self._forward(handler, body)
+            if resource == "directory" and self.renewal_info and status == 200:
+                payload = self._with_renewal_info(payload)
+        signed = jws_payload(body) if handler.command == "POST" and body else None
         with self._lock:
             self._exchanges.append(
-                Exchange(handler.command, handler.path, resource, status, problem is not None)
+                Exchange(handler.command, handler.path, resource, status, answered, signed)
             )
         handler.send_response(status)
         for name, value in headers:
@@ -272,6 +368,20 @@ class AcmeProxy:
         handler.end_headers()
         if handler.command != "HEAD":
             handler.wfile.write(payload)
+
+    def _renewal_answer(self, cert_id: str) -> tuple[int, list[tuple[str, str]], bytes]:
+        with self._lock:
+            answer = self._renewal_answers.get(cert_id) or self._renewal_answers.get(None)
+        if answer is None:
+            problem = Problem(404, MALFORMED, f"no certificate with the id {cert_id!r}")
+            return problem.status, [("Content-Type", PROBLEM_JSON)], problem.body()
+        headers = [("Content-Type", "application/json"), *answer.headers.items()]
+        return answer.status, headers, answer.body.encode()
+
+    def _with_renewal_info(self, payload: bytes) -> bytes:
+        directory = json.loads(payload)
+        directory["renewalInfo"] = self.origin + RENEWAL_INFO_PATH.rstrip("/")
+        return json.dumps(directory, indent=2).encode()
 
     def _take_refusal(self, resource: str | None) -> Problem | None:
         with self._lock:

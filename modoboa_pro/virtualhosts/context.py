@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import constants
-from .adapters import probe, storage, webroot
+from .adapters import ari, probe, storage, webroot
 from .adapters.reloader import Reloader
 from .adapters.webroot import TokenLedger
 from .adapters.x509 import CertificateFacts
@@ -81,8 +81,15 @@ class CertificateAuthority(Protocol):
     def ensure_account(self) -> object: ...
 
     def obtain_certificate(
-        self, hostname: str, csr_pem: bytes, publisher: webroot.WebrootPublisher
+        self,
+        hostname: str,
+        csr_pem: bytes,
+        publisher: webroot.WebrootPublisher,
+        *,
+        replaces: str = "",
     ) -> bytes: ...
+
+    def renewal_info(self, cert_id: str) -> ari.RenewalWindow | None: ...
 
 
 class LockFactory(Protocol):

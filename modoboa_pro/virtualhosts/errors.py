@@ -185,6 +185,11 @@ class AcmeOrderFailed(AcmeError):
     """The order failed at finalization or timed out."""
 
 
+class RenewalInfoUnusable(AcmeError):
+    """The CA's renewal information (ARI) could not be fetched or read: the lifetime rule
+    decides for this certificate until the next ask."""
+
+
 class LockHeld(VirtualHostError):
     """Another worker holds the lock for this host; the work is in progress."""
 

@@ -59,10 +59,11 @@ def collect(hosts: QuerySet, threshold_days: int, now: datetime.datetime | None 
     }
     enabled = hosts.filter(enabled=True).exclude(cert_not_after=None)
     expired = overdue = 0
-    for not_before, not_after in enabled.values_list("cert_not_before", "cert_not_after"):
+    rows = enabled.values_list("cert_not_before", "cert_not_after", "ari_renew_at")
+    for not_before, not_after, ari_renew_at in rows:
         if not_after <= now:
             expired += 1
-        if policy.is_overdue(now, threshold_days, not_before, not_after):
+        if policy.is_overdue(now, threshold_days, not_before, not_after, ari_renew_at):
             overdue += 1
     return Counts(
         total=sum(n for status, n in by_status.items() if status != constants.STATUS_DISABLED),

@@ -65,18 +65,19 @@ def build_reloader():
     )
 
 
+def make_acme(s: context.Settings) -> acme.AcmeClient:
+    return acme.AcmeClient(
+        s.directory_url,
+        storage_root=s.storage_root,
+        email=s.email,
+        ca_bundle=s.ca_bundle,
+        order_timeout=s.order_timeout,
+    )
+
+
 def build_context() -> context.Context:
     settings = read_settings()
     connection = django_rq.get_connection(constants.QUEUE_DEFAULT)
-
-    def make_acme(s: context.Settings) -> acme.AcmeClient:
-        return acme.AcmeClient(
-            s.directory_url,
-            storage_root=s.storage_root,
-            email=s.email,
-            ca_bundle=s.ca_bundle,
-            order_timeout=s.order_timeout,
-        )
 
     def lock(hostname: str, *, wait: datetime.timedelta = datetime.timedelta(0)):
         return locks.HostLock(connection, hostname, constants.HOST_LOCK_TTL, wait=wait)
@@ -188,6 +189,7 @@ def check_certificate_renewals() -> dict:
         settings.storage_root,
         settings.threshold_days,
         _enqueue_scheduled_renewal if settings.letsencrypt else None,
+        ari_source=(lambda: make_acme(settings)) if settings.letsencrypt else None,
     )
     retried = retry_due_virtualhosts()  # the safety net when the retry cron is not set up
     return {

@@ -40,6 +40,10 @@ OBSERVED_FIELDS = (
     "cert_not_before",
     "cert_not_after",
     "last_success_at",
+    "ari_cert_id",
+    "ari_renew_at",
+    "ari_recheck_at",
+    "ari_explanation_url",
     "updated_at",
 )
 
@@ -95,6 +99,16 @@ class VirtualHost(models.Model):
     cert_not_before = models.DateTimeField(null=True, blank=True)
     cert_not_after = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
+    # ACME Renewal Information (RFC 9773) for the certificate ``ari_cert_id``: the renewal
+    # time chosen in the CA's window, when to ask the CA again, and its explanation link.
+    ari_cert_id = models.CharField(max_length=255, blank=True, default="")
+    ari_renew_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("Renewal time chosen in the CA's ARI window.")
+    )
+    ari_recheck_at = models.DateTimeField(
+        null=True, blank=True, help_text=_("No new ARI request to the CA before this time.")
+    )
+    ari_explanation_url = models.CharField(max_length=500, blank=True, default="")
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

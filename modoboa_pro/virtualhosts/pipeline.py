@@ -15,11 +15,12 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from . import constants, policy, recording
+from . import constants, policy, recording, renewal_info
 from .adapters import files, nginx, probe, storage, webroot, x509
 from .adapters.x509 import CertificateFacts
 from .context import Context, Settings
 from .errors import (
+    AcmeError,
     ForeignConfigBroken,
     LockHeld,
     NginxConfigTestFailed,
@@ -102,7 +103,7 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
         # before recording it. It answers the request: serve it, order nothing more.
         recording.fulfil_renewal_request(host, timezone.now())
         force_order = False
-    reason = _order_reason(stored, host.hostname, s.threshold_days, force_order)
+    reason = _order_reason(stored, host, s.threshold_days, force_order)
     facts, renewed = _obtain(run, ctx, host.hostname, stored, reason)
     reloaded = _https_site(
         run, ctx, host, facts.serial, new_files=renewed is not None, renewal=bool(renewed)
@@ -188,9 +189,14 @@ def _obtain(
             storage.check_writable(s.storage_root, hostname)
             key_pem = x509.generate_private_key(s.key_type)
             csr_pem = x509.make_csr(hostname, key_pem)
-            fullchain = ca.obtain_certificate(
-                hostname, csr_pem, webroot.WebrootPublisher(s.webroot, ledger)
-            )
+            publisher = webroot.WebrootPublisher(s.webroot, ledger)
+            if existing is not None and existing.ari_id:
+                # RFC 9773 5: a renewal names the certificate it replaces.
+                fullchain = ca.obtain_certificate(
+                    hostname, csr_pem, publisher, replaces=existing.ari_id
+                )
+            else:
+                fullchain = ca.obtain_certificate(hostname, csr_pem, publisher)
             new_pair = (fullchain, key_pem)
             step.message = f"certificate issued ({reason})"
 
@@ -203,6 +209,15 @@ def _obtain(
         storage.write_certificate_pair(s.storage_root, hostname, new_pair[0], new_pair[1])
         recording.fulfil_renewal_request(run.host, ordered_at)
         step.message = f"serial {facts.serial}, expires {facts.not_after:%Y-%m-%d %H:%M} UTC"
+        try:
+            planned = renewal_info.ask(
+                run.host, ca, facts, now=timezone.now(), threshold_days=s.threshold_days
+            )
+        except AcmeError as err:  # the certificate is stored: the daily scan asks again
+            logger.warning("virtualhost %s: %s", hostname, err.message)
+            planned = None
+        if planned is not None:
+            step.message += f"; renewal at {planned} (the CA's renewal window)"
     return facts, existing is not None
 
 
@@ -335,13 +350,15 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
 
 
 def _order_reason(
-    stored: storage.StoredCertificate, hostname: str, threshold_days: int, force: bool
+    stored: storage.StoredCertificate, host: VirtualHost, threshold_days: int, force: bool
 ) -> str | None:
     """Why a new order is needed, or None when the current certificate will do.
 
     The same decision as the scan's, without the backoff: this run is the retry.
     """
-    decision = policy.decide_stored(timezone.now(), threshold_days, hostname, stored)
+    decision = policy.decide_stored(
+        timezone.now(), threshold_days, host.hostname, stored, ari=recording.stored_ari(host)
+    )
     if decision.action in (policy.RENEW, policy.NO_CERTIFICATE):
         return decision.reason
     return "renewal requested" if force else None

@@ -7,6 +7,7 @@ and the pipeline's "why order now"; the retry backoff table is ``RETRY_BACKOFF``
 from __future__ import annotations
 
 import datetime
+import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -95,6 +96,40 @@ PROVISIONING_STUCK_AFTER = datetime.timedelta(hours=1)
 # Hosts waiting in a long queue are busy, so they are never run twice.
 ORPHANED_RUN_AFTER = datetime.timedelta(minutes=3)
 
+# Where a planned renewal time comes from: the CA's ARI window, or the lifetime rule.
+SOURCE_ARI = "ari"
+SOURCE_LIFETIME = "lifetime"
+
+
+def ari_renewal_time(
+    now: datetime.datetime,
+    start: datetime.datetime,
+    end: datetime.datetime,
+    rng: random.Random | None = None,
+) -> datetime.datetime:
+    """A uniformly random time inside the CA's window (RFC 9773 4.2), so that hosts sharing a
+    window do not all renew at once; ``now`` once the window has started: the CA asks for
+    the renewal already."""
+    if start <= now:
+        return now
+    span = (end - start).total_seconds()
+    return start + datetime.timedelta(seconds=(rng or random).uniform(0, span))
+
+
+def planned_renewal(
+    threshold_days: int,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    ari_renew_at: datetime.datetime | None = None,
+) -> tuple[datetime.datetime, str]:
+    """When the certificate is to be renewed, and by which rule (``SOURCE_*``): the time
+    chosen in the CA's ARI window first, else the lifetime rule. A time at or after
+    expiry is no renewal plan (a window past expiry is a CA's mistake): the lifetime rule."""
+    if ari_renew_at is not None and ari_renew_at < not_after:
+        return ari_renew_at, SOURCE_ARI
+    return renewal_due_at(threshold_days, not_before, not_after), SOURCE_LIFETIME
+
+
 # The actions of a decision.
 RENEW = "renew"
 SKIP_NOT_DUE = "not_due"
@@ -109,6 +144,7 @@ class Decision:
     action: str  # RENEW, SKIP_NOT_DUE, SKIP_BACKOFF or NO_CERTIFICATE
     reason: str
     due_at: datetime.datetime | None = None
+    source: str = SOURCE_LIFETIME  # what set ``due_at``: SOURCE_ARI or SOURCE_LIFETIME
 
 
 def decide(
@@ -121,30 +157,38 @@ def decide(
     problem: str | None = None,
     attempts: int = 0,
     next_attempt_at: datetime.datetime | None = None,
+    ari_renew_at: datetime.datetime | None = None,
 ) -> Decision:
     """Renew when the certificate does not cover the name, has expired or is due, or when
     its file is unusable (``problem``), unless a failed host is backing off.
+
+    Due means: at the renewal time chosen in the CA's ARI window (``ari_renew_at``, for
+    this certificate), else by the lifetime rule (``renewal_due_at``).
 
     A failed renewal is retried when its backoff says so, not on every scan:
     each failed order counts against the CA's rate limits. A run that is itself
     the retry passes no ``attempts``.
     """
     due_at = None
+    source = SOURCE_LIFETIME
     if problem is not None:
         reason = problem  # a new order replaces the unusable file
     elif not_before is None or not_after is None:
         return Decision(NO_CERTIFICATE, "no certificate yet")
     else:
-        due_at = renewal_due_at(threshold_days, not_before, not_after)
+        due_at, source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
+        by = " (the CA's renewal window)" if source == SOURCE_ARI else ""
         if not covers_hostname:
             reason = "the certificate does not cover the hostname"
         elif not_after <= now:
             reason = f"expired on {not_after:%Y-%m-%d %H:%M} UTC"
         elif now >= due_at:
             left = format_duration(not_after - now)
-            reason = f"{left} left, due since {due_at:%Y-%m-%d %H:%M} UTC"
+            reason = f"{left} left, due since {due_at:%Y-%m-%d %H:%M} UTC{by}"
         else:
-            return Decision(SKIP_NOT_DUE, f"not due until {due_at:%Y-%m-%d %H:%M} UTC", due_at)
+            return Decision(
+                SKIP_NOT_DUE, f"not due until {due_at:%Y-%m-%d %H:%M} UTC{by}", due_at, source
+            )
     if in_backoff(now, attempts, next_attempt_at):
         assert next_attempt_at is not None
         return Decision(
@@ -152,8 +196,9 @@ def decide(
             f"{reason}; last renewal failed ({attempts} attempt(s)), "
             f"next try after {next_attempt_at:%Y-%m-%d %H:%M} UTC",
             due_at,
+            source,
         )
-    return Decision(RENEW, reason, due_at)
+    return Decision(RENEW, reason, due_at, source)
 
 
 def decide_stored(
@@ -164,9 +209,15 @@ def decide_stored(
     *,
     attempts: int = 0,
     next_attempt_at: datetime.datetime | None = None,
+    ari: tuple[str, datetime.datetime | None] = ("", None),
 ) -> Decision:
-    """``decide`` for the certificate read from a host's files (``storage.read_current``)."""
+    """``decide`` for the certificate read from a host's files (``storage.read_current``);
+    ``ari``: the certificate id and renewal time stored from the CA's ARI answer, used
+    only while they belong to this very certificate."""
     facts = stored.facts
+    ari_id, ari_renew_at = ari
+    if facts is None or not ari_id or facts.ari_id != ari_id:
+        ari_renew_at = None
     return decide(
         now,
         threshold_days,
@@ -176,6 +227,7 @@ def decide_stored(
         problem=stored.problem,
         attempts=attempts,
         next_attempt_at=next_attempt_at,
+        ari_renew_at=ari_renew_at,
     )
 
 
@@ -225,19 +277,24 @@ def is_overdue(
     threshold_days: int,
     not_before: datetime.datetime | None,
     not_after: datetime.datetime | None,
+    ari_renew_at: datetime.datetime | None = None,
 ) -> bool:
-    """Expired, or due for renewal for longer than ``OVERDUE_GRACE``: renewals are not happening."""
+    """Expired, or due for renewal for longer than ``OVERDUE_GRACE``: renewals are not happening.
+
+    Due by the planned time (``planned_renewal``): a host waiting for the time chosen in
+    its CA's ARI window is not overdue."""
     if not_after is None:
         return False
     if not_after <= now:
         return True
     if not_before is None:
         return False
-    return now >= renewal_due_at(threshold_days, not_before, not_after) + OVERDUE_GRACE
+    due_at, _source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
+    return now >= due_at + OVERDUE_GRACE
 
 
 def format_duration(delta: datetime.timedelta) -> str:
-    """"N day(s)" from a day up, else "N hour(s)" (never negative)."""
+    """ "N day(s)" from a day up, else "N hour(s)" (never negative)."""
     if delta >= datetime.timedelta(days=1):
         return f"{delta.days} day(s)"
     return f"{max(int(delta.total_seconds() // 3600), 0)} hour(s)"

@@ -74,10 +74,22 @@ def renewal_due_at(host: VirtualHost, threshold_days: int) -> datetime.datetime 
     return policy.renewal_due_at(threshold_days, host.cert_not_before, host.cert_not_after)
 
 
+def renewal_plan(
+    host: VirtualHost, threshold_days: int
+) -> tuple[datetime.datetime | None, str | None]:
+    """When the current certificate is to be renewed, and by which rule: ``ari`` (the time
+    chosen in the CA's renewal window) or ``lifetime``; (None, None) without a certificate."""
+    if host.cert_not_after is None or host.cert_not_before is None:
+        return None, None
+    return policy.planned_renewal(
+        threshold_days, host.cert_not_before, host.cert_not_after, host.ari_renew_at
+    )
+
+
 def is_overdue(host: VirtualHost, threshold_days: int, now: datetime.datetime) -> bool:
     """An enabled host whose certificate expired, or has been due for renewal too long."""
     return host.enabled and policy.is_overdue(
-        now, threshold_days, host.cert_not_before, host.cert_not_after
+        now, threshold_days, host.cert_not_before, host.cert_not_after, host.ari_renew_at
     )
 
 
@@ -134,6 +146,9 @@ def summary(
         "next_action": next_action(host),
         "next_attempt_at": host.next_attempt_at,
         "renewal_due_at": renewal_due_at(host, threshold_days),
+        "planned_renewal_at": renewal_plan(host, threshold_days)[0],
+        "renewal_source": renewal_plan(host, threshold_days)[1],
+        "renewal_explanation_url": host.ari_explanation_url or None,
         "overdue": is_overdue(host, threshold_days, now),
         "last_success_at": host.last_success_at,
         "created_at": host.created_at,

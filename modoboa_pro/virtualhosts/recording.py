@@ -20,6 +20,7 @@ from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
 from . import alarms, constants, policy
+from .adapters.ari import RenewalWindow
 from .adapters.x509 import CertificateFacts
 from .errors import DesiredStateChanged, VirtualHostError
 from .models import OBSERVED_FIELDS, VirtualHost, VirtualHostEvent
@@ -249,10 +250,9 @@ def mark_success(
             cert_issuer=facts.issuer[:255],
             cert_not_before=facts.not_before,
             cert_not_after=facts.not_after,
-            next_attempt_at=policy.renewal_due_at(
-                threshold_days, facts.not_before, facts.not_after
-            ),
+            next_attempt_at=planned_renewal(host, facts, threshold_days),
         )
+        changes.update(_forget_other_ari(host, facts))
     if _write(host, **changes):
         alarms.close_host_alarm(host)
 
@@ -331,9 +331,8 @@ def sync_facts(host: VirtualHost, facts: CertificateFacts, threshold_days: int) 
         "cert_not_after": facts.not_after,
     }
     if host.attempts == 0:
-        changes["next_attempt_at"] = policy.renewal_due_at(
-            threshold_days, facts.not_before, facts.not_after
-        )
+        changes["next_attempt_at"] = planned_renewal(host, facts, threshold_days)
+    changes.update(_forget_other_ari(host, facts))
     # Conditional on what we read: a renewal finishing meanwhile wins.
     if _write(host, where=Q(cert_serial=host.cert_serial), **changes):
         logger.info(
@@ -342,3 +341,73 @@ def sync_facts(host: VirtualHost, facts: CertificateFacts, threshold_days: int) 
             facts.serial,
             f"{facts.not_after:%Y-%m-%d %H:%M} UTC",
         )
+
+
+# -- the CA's renewal information (ARI) ------------------------------------------------
+
+
+def stored_ari(host: VirtualHost) -> tuple[str, datetime.datetime | None]:
+    """The certificate id and renewal time stored from the CA's ARI answer."""
+    return host.ari_cert_id, host.ari_renew_at
+
+
+def planned_renewal(
+    host: VirtualHost, facts: CertificateFacts, threshold_days: int
+) -> datetime.datetime:
+    """When this certificate is to be renewed: the stored ARI time when it is this
+    certificate's, else the lifetime rule."""
+    ari_renew_at = host.ari_renew_at if host.ari_cert_id == facts.ari_id != "" else None
+    when, _source = policy.planned_renewal(
+        threshold_days, facts.not_before, facts.not_after, ari_renew_at
+    )
+    return when
+
+
+def _forget_other_ari(host: VirtualHost, facts: CertificateFacts) -> dict[str, object]:
+    """The changes that drop an ARI answer about another certificate than ``facts``."""
+    if host.ari_cert_id in ("", facts.ari_id):
+        return {}
+    return {
+        "ari_cert_id": "",
+        "ari_renew_at": None,
+        "ari_recheck_at": None,
+        "ari_explanation_url": "",
+    }
+
+
+def record_renewal_info(
+    host: VirtualHost,
+    facts: CertificateFacts,
+    window: RenewalWindow | None,
+    *,
+    now: datetime.datetime,
+    recheck_at: datetime.datetime,
+    threshold_days: int,
+) -> None:
+    """Store the CA's answer for the certificate ``facts``: a renewal time chosen in its
+    ``window`` (None: unusable, the lifetime rule decides), and when to ask again.
+
+    A time chosen earlier for the same certificate is kept while it stays inside the
+    window: asking again must not draw a new time each day (RFC 9773 4.2).
+    """
+    renew_at: datetime.datetime | None = None
+    explanation = ""
+    if window is not None:
+        explanation = window.explanation_url[:500]
+        kept = host.ari_renew_at if host.ari_cert_id == facts.ari_id else None
+        if kept is not None and window.start <= kept <= window.end:
+            renew_at = kept
+        else:
+            renew_at = policy.ari_renewal_time(now, window.start, window.end)
+    changes: dict[str, object] = {
+        "ari_cert_id": facts.ari_id,
+        "ari_renew_at": renew_at,
+        "ari_recheck_at": recheck_at,
+        "ari_explanation_url": explanation,
+    }
+    if host.attempts == 0 and host.cert_serial == facts.serial:
+        changes["next_attempt_at"] = policy.planned_renewal(
+            threshold_days, facts.not_before, facts.not_after, renew_at
+        )[0]
+    # Conditional on the certificate: a renewal stored meanwhile has its own answer.
+    _write(host, where=Q(cert_serial=host.cert_serial), **changes)

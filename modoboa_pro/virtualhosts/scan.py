@@ -22,8 +22,9 @@ from typing import Any
 
 from django.utils import timezone
 
-from . import alarms, constants, policy, queueing, recording
+from . import alarms, constants, policy, queueing, recording, renewal_info
 from .adapters import storage
+from .adapters.x509 import CertificateFacts
 from .errors import QueueUnavailable, VirtualHostError
 from .models import OBSERVED_FIELDS, RenewalScan, VirtualHost
 
@@ -55,6 +56,7 @@ class Verdict:
     reason: str
     not_after: datetime.datetime | None = None
     due_at: datetime.datetime | None = None
+    renewal_source: str = policy.SOURCE_LIFETIME  # what set ``due_at``: "ari" or "lifetime"
 
     @property
     def renews(self) -> bool:
@@ -84,6 +86,7 @@ def verdict(
         stored,
         attempts=host.attempts,
         next_attempt_at=host.next_attempt_at,
+        ari=recording.stored_ari(host),
     )
     reason = decision.reason
     if decision.action == policy.NO_CERTIFICATE:
@@ -95,6 +98,7 @@ def verdict(
         reason,
         not_after=stored.facts.not_after if stored.facts else None,
         due_at=decision.due_at,
+        renewal_source=decision.source,
     )
 
 
@@ -170,6 +174,39 @@ class ScanReport:
         return f" ({'; '.join(details)})" if details else ""
 
 
+class _AriAsker:
+    """The scan's questions to the CA about renewal windows: at most one per host, only for
+    hosts whose re-ask time has passed, none at all once the CA proved unreachable."""
+
+    def __init__(self, make_ca: Callable[[], renewal_info.RenewalInfoSource] | None) -> None:
+        self._make_ca = make_ca
+        self._ca: renewal_info.RenewalInfoSource | None = None
+        self.asked = 0
+
+    def maybe_ask(
+        self,
+        host: VirtualHost,
+        facts: CertificateFacts,
+        now: datetime.datetime,
+        threshold_days: int,
+    ) -> None:
+        if self._make_ca is None or not renewal_info.needs_asking(host, facts, now):
+            return
+        try:
+            if self._ca is None:
+                self._ca = self._make_ca()  # the directory is fetched once, on first need
+            self.asked += 1
+            renewal_info.ask(host, self._ca, facts, now=now, threshold_days=threshold_days)
+        except VirtualHostError as err:  # unreachable, or not configured: ask no more
+            logger.warning(
+                "certificate renewal scan: no renewal information asked from the CA after "
+                "%s: %s; the stored times and the lifetime rule decide",
+                host.hostname,
+                err.message,
+            )
+            self._make_ca = None
+
+
 def _names(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
@@ -182,8 +219,12 @@ def run(
     *,
     now: datetime.datetime | None = None,
     dry_run: bool = False,
+    ari_source: Callable[[], renewal_info.RenewalInfoSource] | None = None,
 ) -> ScanReport:
     """Scan every host; ``enqueue(host)`` returns False when a renewal is already pending.
+
+    ``ari_source`` builds the CA client asked for renewal windows (ARI) of hosts whose
+    re-ask time has passed, before their decision; the dry run never asks.
 
     ``enqueue=None`` (Let's Encrypt disabled) reports due hosts without renewing
     them. ``dry_run`` decides the same way and writes and enqueues nothing.
@@ -194,10 +235,11 @@ def run(
     now = now or timezone.now()
     report = ScanReport(started_at=now)
     epoch = queueing.server_epoch() if enqueue is not None and not dry_run else None
+    asker = _AriAsker(None if dry_run else ari_source)
     hosts = VirtualHost.objects.only(*_FIELDS).order_by("hostname")
     for host in hosts.iterator(chunk_size=CHUNK_SIZE):
         try:
-            _scan_host(host, storage_root, threshold_days, enqueue, now, report, dry_run)
+            _scan_host(host, storage_root, threshold_days, enqueue, now, report, dry_run, asker)
         except VirtualHostError as err:  # e.g. Redis unreachable: report, go on
             report.errors.append(host.hostname)
             logger.error("virtualhost %s: renewal scan failed: %s", host.hostname, err.message)
@@ -232,6 +274,7 @@ def _scan_host(
     now: datetime.datetime,
     report: ScanReport,
     dry_run: bool,
+    asker: _AriAsker,
 ) -> None:
     if not host.enabled:
         report.disabled += 1
@@ -242,6 +285,8 @@ def _scan_host(
     stored = storage.read_current(
         storage_root, host.hostname, issued_serial=host.cert_serial, repair=not dry_run
     )
+    if stored.facts is not None and stored.problem is None:
+        asker.maybe_ask(host, stored.facts, now, threshold_days)
     found = verdict(host, stored, threshold_days, now)
     report.verdicts.append(found)
     if stored.problem is not None:

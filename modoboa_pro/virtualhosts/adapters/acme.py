@@ -25,8 +25,9 @@ from typing import Any, Protocol, TypeVar
 
 import josepy as jose
 import requests
-from acme import challenges, client, messages
+from acme import challenges, client, crypto_util, messages
 from acme import errors as acme_errors
+from cryptography import x509 as crypto_x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import constants
@@ -39,8 +40,9 @@ from ..errors import (
     AcmeUnauthorized,
     AcmeValidationFailed,
     ConfigurationError,
+    RenewalInfoUnusable,
 )
-from . import files
+from . import ari, files
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -56,6 +58,12 @@ DEFAULT_RATE_LIMIT_WAIT = datetime.timedelta(hours=1)
 NETWORK_TIMEOUT = 30
 # Signed requests retried on badNonce (each library call already retries once).
 BAD_NONCE_ATTEMPTS = 8
+# A renewalInfo answer is asked by the daily scan, host after host: a CA that does not
+# answer quickly must not hold the scan for NETWORK_TIMEOUT per host.
+RENEWAL_INFO_TIMEOUT = 10
+# Answers to an order carrying ``replaces`` after which it is sent again without it
+# (RFC 9773 5: the certificate was already replaced, or an older CA does not know the field).
+REPLACES_REFUSED = frozenset({"alreadyReplaced", "malformed"})
 
 T = TypeVar("T")
 
@@ -147,6 +155,17 @@ class RetryAfterNetwork(client.ClientNetwork):
         response = super()._send_request(method, url, *args, **kwargs)
         self.last_retry_after = response.headers.get("Retry-After")
         return response
+
+
+class _NewOrder(messages.NewOrder):
+    """A newOrder naming the certificate it replaces (RFC 9773 5), which acme 5.x lacks."""
+
+    replaces: str | None = jose.field("replaces", omitempty=True)
+
+
+def _problem_type(err: messages.Error) -> str:
+    """The last part of a problem type (``alreadyReplaced``), known to the library or not."""
+    return str(err.typ).rsplit(":", 1)[-1]
 
 
 class AcmeClient:
@@ -268,17 +287,72 @@ class AcmeClient:
 
     # -- orders ------------------------------------------------------------
 
+    def renewal_info(self, cert_id: str) -> ari.RenewalWindow | None:
+        """The CA's suggested renewal window for the certificate ``cert_id`` (RFC 9773), or
+        None when the CA's directory has no ``renewalInfo``.
+
+        ``RenewalInfoUnusable`` when the answer cannot be had or used: the caller falls back
+        to the lifetime rule. An unauthenticated GET (RFC 9773 4.1).
+        """
+        acme = self._connect()
+        base = acme.directory.to_partial_json().get("renewalInfo")
+        if not isinstance(base, str) or not base or not cert_id:
+            return None
+        url = base.rstrip("/") + "/" + cert_id
+        try:
+            response = requests.get(
+                url,
+                headers={"User-Agent": USER_AGENT},
+                verify=self.ca_bundle or True,
+                timeout=RENEWAL_INFO_TIMEOUT,
+            )
+        except requests.exceptions.RequestException as err:
+            raise AcmeDirectoryUnreachable(
+                f"The CA's renewal information at {url} could not be fetched "
+                f"({_network_reason(err)}); the lifetime rule decides until it answers.",
+                detail=str(err),
+            ) from err
+        now = _utcnow()
+        retry_after = parse_retry_after_header(response.headers.get("Retry-After"), now)
+        if response.status_code != 200:
+            raise RenewalInfoUnusable(
+                f"The CA answered HTTP {response.status_code} for the renewal information "
+                f"of certificate {cert_id}; the lifetime rule decides until it answers.",
+                detail=response.text[:500],
+                retry_after=ari.recheck_time(retry_after, now),
+            )
+        try:
+            return ari.parse(response.content, retry_after=retry_after, now=now)
+        except RenewalInfoUnusable as err:
+            raise RenewalInfoUnusable(
+                f"Unusable renewal information for certificate {cert_id}: {err.message}; "
+                "the lifetime rule decides instead.",
+                detail=response.text[:500],
+                retry_after=ari.recheck_time(retry_after, now),
+            ) from err
+
     def obtain_certificate(
-        self, hostname: str, csr_pem: bytes, publisher: ChallengePublisher
+        self,
+        hostname: str,
+        csr_pem: bytes,
+        publisher: ChallengePublisher,
+        *,
+        replaces: str = "",
     ) -> bytes:
-        """Run one HTTP-01 order for ``hostname``; return the full chain PEM."""
+        """Run one HTTP-01 order for ``hostname``; return the full chain PEM.
+
+        ``replaces``: the RFC 9773 identifier of the certificate this one renews (sent when
+        the CA offers ARI; renewals inside the CA's window are exempt from its rate limits).
+        """
         acme = self._connect()
         if acme.net.account is None:
             self.ensure_account()
         assert self._key is not None
         deadline = time.monotonic() + self.order_timeout
+        if "renewalInfo" not in acme.directory.to_partial_json():
+            replaces = ""  # RFC 9773 5: only to a CA that implements it
         try:
-            order = _signed(acme.new_order, csr_pem)
+            order = self._new_order(acme, csr_pem, hostname, replaces)
             published: list[str] = []
             try:
                 for authzr in order.authorizations:
@@ -312,6 +386,56 @@ class AcmeClient:
                 f"{hostname} ({_network_reason(err)}); it will be retried with back-off.",
                 detail=str(err),
             ) from err
+
+    def _new_order(
+        self, acme: client.ClientV2, csr_pem: bytes, hostname: str, replaces: str
+    ) -> messages.OrderResource:
+        """``acme.new_order``, carrying ``replaces`` when given; sent once more without it
+        when the CA refuses it (already replaced, or an older CA's ``malformed``)."""
+        if not replaces:
+            return _signed(acme.new_order, csr_pem)
+        try:
+            return _signed(self._post_new_order, acme, csr_pem, replaces)
+        except acme_errors.ConflictError:
+            # The library raises this for every 409 and drops the body: on newOrder, 409 is
+            # alreadyReplaced (RFC 9773 7.4).
+            why = "alreadyReplaced"
+        except messages.Error as err:
+            if _problem_type(err) not in REPLACES_REFUSED:
+                raise
+            why = f"{_problem_type(err)}: {err.detail}" if err.detail else _problem_type(err)
+        logger.warning(
+            "virtualhost %s: the CA refused the order replacing certificate %s (%s); "
+            "ordering again without 'replaces'",
+            hostname,
+            replaces,
+            why,
+        )
+        return _signed(acme.new_order, csr_pem)
+
+    @staticmethod
+    def _post_new_order(
+        acme: client.ClientV2, csr_pem: bytes, replaces: str
+    ) -> messages.OrderResource:
+        """What ``ClientV2.new_order`` sends, plus ``replaces``, through its signed post."""
+        csr = crypto_x509.load_pem_x509_csr(csr_pem)
+        dns_names, ips = crypto_util.get_identifiers_from_x509(csr.subject, csr.extensions)
+        identifiers = [
+            messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name) for name in dns_names
+        ] + [messages.Identifier(typ=messages.IDENTIFIER_IP, value=str(ip)) for ip in ips]
+        order = _NewOrder(identifiers=identifiers, replaces=replaces)
+        response = acme._post(acme.directory["newOrder"], order)
+        body = messages.Order.from_json(response.json())
+        authorizations = [
+            acme._authzr_from_response(acme._post_as_get(url), uri=url)
+            for url in body.authorizations
+        ]
+        return messages.OrderResource(
+            body=body,
+            uri=response.headers.get("Location"),
+            authorizations=authorizations,
+            csr_pem=csr_pem,
+        )
 
     def _wait_authorization(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import datetime
 import re
 from dataclasses import dataclass
@@ -34,6 +35,28 @@ class CertificateFacts:
     issuer: str
     names: tuple[str, ...]  # DNS subjectAltNames
     fingerprint_sha256: str  # lower-case hex of the DER
+    # RFC 9773 certificate identifier (ARI, ``replaces``); "" without an AKI extension.
+    ari_id: str = ""
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def ari_certificate_id(cert: x509.Certificate) -> str:
+    """The RFC 9773 (4.1) identifier: base64url(AKI keyIdentifier) "." base64url(serial),
+    the serial as the content octets of its DER INTEGER (a leading zero byte when the
+    high bit is set, as in the RFC's example ``AIdlQyE``). "" without a key identifier."""
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return ""
+    if not aki.key_identifier:
+        return ""
+    serial = cert.serial_number
+    # Two's complement, minimal: one more bit than the magnitude needs (the sign).
+    serial_der = serial.to_bytes(serial.bit_length() // 8 + 1, "big")
+    return f"{_b64url(aki.key_identifier)}.{_b64url(serial_der)}"
 
 
 def _facts(cert: x509.Certificate) -> CertificateFacts:
@@ -51,6 +74,7 @@ def _facts(cert: x509.Certificate) -> CertificateFacts:
         issuer=issuer,
         names=names,
         fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
+        ari_id=ari_certificate_id(cert),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +11,7 @@ from django.utils.translation import gettext_lazy
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from .. import presenters
+from .. import conf, presenters
 from ..errors import InvalidHostname
 from ..hostnames import normalize_hostname
 from ..models import VirtualHost, VirtualHostEvent
@@ -180,6 +181,9 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
     current_step = serializers.SerializerMethodField()
     certificate = serializers.SerializerMethodField()
     next_action = serializers.SerializerMethodField()
+    planned_renewal_at = serializers.SerializerMethodField()
+    renewal_source = serializers.SerializerMethodField()
+    renewal_explanation_url = serializers.SerializerMethodField()
     history = serializers.SerializerMethodField()
 
     class Meta:
@@ -198,6 +202,9 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
             "certificate",
             "next_action",
             "next_attempt_at",
+            "planned_renewal_at",
+            "renewal_source",
+            "renewal_explanation_url",
             "last_success_at",
             "created_at",
             "updated_at",
@@ -234,6 +241,22 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
 
     def get_next_action(self, obj: VirtualHost) -> str | None:
         return presenters.next_action(obj)
+
+    def _renewal_plan(self, obj: VirtualHost) -> tuple[datetime.datetime | None, str | None]:
+        # The threshold is read once per answer, not once per host of a list.
+        if "threshold_days" not in self.context:
+            self.context["threshold_days"] = int(conf.param("certificate_renewal_threshold"))
+        return presenters.renewal_plan(obj, self.context["threshold_days"])
+
+    def get_planned_renewal_at(self, obj: VirtualHost) -> str | None:
+        when = self._renewal_plan(obj)[0]
+        return serializers.DateTimeField().to_representation(when) if when else None
+
+    def get_renewal_source(self, obj: VirtualHost) -> str | None:
+        return self._renewal_plan(obj)[1]
+
+    def get_renewal_explanation_url(self, obj: VirtualHost) -> str | None:
+        return obj.ari_explanation_url or None
 
     def get_history(self, obj: VirtualHost) -> list[dict[str, Any]]:
         events = getattr(obj, "recent_events", None)

@@ -264,7 +264,8 @@ class Command(BaseCommand):
                 ("  Issuer", cert["issuer"]),
                 ("  Valid from", _when(cert["not_before"])),
                 ("  Valid until", f"{_when(cert['not_after'])} ({_expires_in(host, self.now)})"),
-                ("  Renewal due", _when(data["renewal_due_at"])),
+                ("  Renewal due", _when(data["planned_renewal_at"])),
+                ("  Decided by", _renewal_source(data)),
             ]
         lines += [
             ("Next run", _next(host)),
@@ -364,3 +365,11 @@ class Command(BaseCommand):
     def do_disable(self, options: dict[str, Any]) -> None:
         host = services.set_enabled(self._host(options["hostname"]), False)
         self.stdout.write(f"Disabled {host.hostname}.")
+
+
+def _renewal_source(data: dict[str, Any]) -> str:
+    """Which rule set the renewal time: the CA's ARI window (with its link) or the lifetime."""
+    if data["renewal_source"] == "ari":
+        link = data["renewal_explanation_url"]
+        return "the CA's renewal window (ARI)" + (f", see {link}" if link else "")
+    return "the certificate's lifetime and the renewal threshold"
