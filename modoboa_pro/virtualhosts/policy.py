@@ -7,6 +7,7 @@ and the pipeline's "why order now"; the retry backoff table is ``RETRY_BACKOFF``
 from __future__ import annotations
 
 import datetime
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -20,20 +21,6 @@ RETRY_BACKOFF = (
     datetime.timedelta(minutes=100),
 )
 RETRY_CEILING = datetime.timedelta(days=1)
-
-# Never renew later than half-way through a certificate's life: with 6-day
-# (and soon 45-day) certificates a fixed 30-day threshold would renew on every
-# scan and hit the CA's duplicate-certificate limit (5 per week).
-MAX_THRESHOLD_LIFETIME_RATIO = 0.5
-
-# An Alarm is raised when a certificate this close to expiry still fails to renew.
-URGENT_EXPIRY = datetime.timedelta(days=7)
-
-# The daily scan renews a certificate on the day it becomes due; a failed
-# renewal is retried within the day (1, 10, 100 minutes, then daily). A
-# certificate still not renewed this long after it became due means renewals
-# are not happening (scheduler stopped, host stuck): monitoring must alert.
-OVERDUE_GRACE = datetime.timedelta(days=2)
 
 
 def retry_delay(attempts: int) -> datetime.timedelta:
@@ -55,19 +42,120 @@ def next_attempt(
     return planned
 
 
-def effective_threshold(
+# -- the lifetime rule (the fallback when the CA suggests no renewal time) -------------
+
+# Renew when a third of the certificate's lifetime is left (certmagic's rule): 30 days
+# of a 90-day certificate, 15 of a 45-day one, leaving two thirds of the time left for
+# retries. Short-lived certificates (6 days) renew at half-life: a third (2 days) leaves
+# too little room for a CA outage over a weekend.
+RENEW_AT_LIFETIME_LEFT = 1 / 3
+SHORT_LIFETIME = datetime.timedelta(days=10)
+RENEW_AT_LIFETIME_LEFT_SHORT = 1 / 2
+
+# The operator's threshold (days before expiry) makes a renewal earlier, never later,
+# but is capped at half the lifetime: with 6-day (and 45-day) certificates a fixed 30-day
+# threshold would renew on every scan and hit the CA's duplicate-certificate limit.
+MAX_THRESHOLD_LIFETIME_RATIO = 0.5
+
+# Less than this share of its lifetime left, and renewals failing: a human must look now.
+# A sixth is 15 days of a 90-day certificate and 1 day of a 6-day one.
+URGENT_LIFETIME_LEFT = 1 / 6
+
+# The daily scan (and the retry sweep, every few minutes) renews a certificate once it is
+# due; a failed renewal is retried within the day (1, 10, 100 minutes, then daily). Still
+# not renewed this long after it became due, renewals are not happening (scheduler
+# stopped, host stuck): monitoring must alert. A tenth of the lifetime (14 hours of a
+# 6-day certificate), at most 2 days.
+OVERDUE_GRACE = datetime.timedelta(days=2)
+OVERDUE_GRACE_LIFETIME_RATIO = 1 / 10
+
+# Renewals due by the lifetime rule are spread over ``VIRTUALHOSTS_RENEWAL_SPREAD``
+# after their due time (so that hundreds of hosts do not all order at the daily scan),
+# but over at most this share of the overdue grace: a planned renewal never looks overdue.
+MAX_SPREAD_GRACE_RATIO = 0.5
+
+
+def lifetime(not_before: datetime.datetime, not_after: datetime.datetime) -> datetime.timedelta:
+    """The certificate's total validity (never negative)."""
+    return max(not_after - not_before, datetime.timedelta(0))
+
+
+def renewal_left(
     threshold_days: int, not_before: datetime.datetime, not_after: datetime.datetime
 ) -> datetime.timedelta:
-    """The renewal threshold, capped at half the certificate's lifetime."""
-    lifetime = not_after - not_before
-    return min(datetime.timedelta(days=threshold_days), lifetime * MAX_THRESHOLD_LIFETIME_RATIO)
+    """How much validity is left when the lifetime rule makes the certificate due.
+
+    The larger (earlier) of the lifetime share and the operator's threshold, the
+    latter capped at half the lifetime.
+    """
+    total = lifetime(not_before, not_after)
+    share = RENEW_AT_LIFETIME_LEFT_SHORT if total < SHORT_LIFETIME else RENEW_AT_LIFETIME_LEFT
+    threshold = min(datetime.timedelta(days=threshold_days), total * MAX_THRESHOLD_LIFETIME_RATIO)
+    return max(total * share, threshold)
 
 
 def renewal_due_at(
     threshold_days: int, not_before: datetime.datetime, not_after: datetime.datetime
 ) -> datetime.datetime:
-    """The moment from which the certificate is due for renewal."""
-    return not_after - effective_threshold(threshold_days, not_before, not_after)
+    """The lifetime rule: the moment from which the certificate is due for renewal.
+
+    The fallback of the renewal decision when no CA-suggested time (ARI) is known.
+    """
+    return not_after - renewal_left(threshold_days, not_before, not_after)
+
+
+def overdue_grace(
+    not_before: datetime.datetime, not_after: datetime.datetime
+) -> datetime.timedelta:
+    """How long after its due time a certificate not renewed counts as overdue."""
+    return min(OVERDUE_GRACE, lifetime(not_before, not_after) * OVERDUE_GRACE_LIFETIME_RATIO)
+
+
+def spread_window(
+    spread: datetime.timedelta, not_before: datetime.datetime, not_after: datetime.datetime
+) -> datetime.timedelta:
+    """The window after the due time a renewal is planned in: ``spread``, capped."""
+    cap = overdue_grace(not_before, not_after) * MAX_SPREAD_GRACE_RATIO
+    return max(min(spread, cap), datetime.timedelta(0))
+
+
+def jitter(hostname: str, serial: str) -> float:
+    """A stable pseudo-random share in [0, 1) for one certificate of one host.
+
+    A hash, not a stored random: every scan, the retry sweep and the renewal run
+    compute the same planned time without writing anything; a new certificate (new
+    serial) draws anew.
+    """
+    digest = hashlib.sha256(f"{hostname}/{serial}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def planned_renewal_at(
+    threshold_days: int,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    *,
+    spread: datetime.timedelta = datetime.timedelta(0),
+    share: float = 0.0,
+) -> datetime.datetime:
+    """When the renewal is planned: the due time plus ``share`` (a ``jitter``) of the
+    spread window. Never later than ``latest_renewal_at``."""
+    window = spread_window(spread, not_before, not_after)
+    return renewal_due_at(threshold_days, not_before, not_after) + window * min(
+        max(share, 0.0), 1.0
+    )
+
+
+def latest_renewal_at(
+    threshold_days: int,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    spread: datetime.timedelta,
+) -> datetime.datetime:
+    """The cap of the planned time: the due time plus the whole (capped) spread window."""
+    return renewal_due_at(threshold_days, not_before, not_after) + spread_window(
+        spread, not_before, not_after
+    )
 
 
 def is_due(
@@ -76,7 +164,7 @@ def is_due(
     not_before: datetime.datetime,
     not_after: datetime.datetime,
 ) -> bool:
-    """True when the remaining validity is below the (capped) threshold."""
+    """True once the lifetime rule makes the certificate due (spread aside)."""
     return now >= renewal_due_at(threshold_days, not_before, not_after)
 
 
@@ -109,6 +197,8 @@ class Decision:
     action: str  # RENEW, SKIP_NOT_DUE, SKIP_BACKOFF or NO_CERTIFICATE
     reason: str
     due_at: datetime.datetime | None = None
+    # When the renewal is planned: ``due_at`` plus the host's share of the spread.
+    planned_at: datetime.datetime | None = None
 
 
 def decide(
@@ -121,30 +211,50 @@ def decide(
     problem: str | None = None,
     attempts: int = 0,
     next_attempt_at: datetime.datetime | None = None,
+    spread: datetime.timedelta = datetime.timedelta(0),
+    share: float = 0.0,
 ) -> Decision:
-    """Renew when the certificate does not cover the name, has expired or is due, or when
-    its file is unusable (``problem``), unless a failed host is backing off.
+    """Renew when the certificate does not cover the name, has expired or its planned
+    renewal time has come, or when its file is unusable (``problem``), unless a failed
+    host is backing off.
 
-    A failed renewal is retried when its backoff says so, not on every scan:
-    each failed order counts against the CA's rate limits. A run that is itself
-    the retry passes no ``attempts``.
+    The planned time is the lifetime rule's due time plus ``share`` of the ``spread``
+    (``planned_renewal_at``); the other reasons renew at once. A failed renewal is
+    retried when its backoff says so, not on every scan: each failed order counts
+    against the CA's rate limits. A run that is itself the retry passes no ``attempts``.
     """
-    due_at = None
+    due_at = planned_at = None
     if problem is not None:
         reason = problem  # a new order replaces the unusable file
     elif not_before is None or not_after is None:
         return Decision(NO_CERTIFICATE, "no certificate yet")
     else:
         due_at = renewal_due_at(threshold_days, not_before, not_after)
+        planned_at = planned_renewal_at(
+            threshold_days, not_before, not_after, spread=spread, share=share
+        )
         if not covers_hostname:
             reason = "the certificate does not cover the hostname"
         elif not_after <= now:
             reason = f"expired on {not_after:%Y-%m-%d %H:%M} UTC"
-        elif now >= due_at:
+        elif now >= planned_at:
             left = format_duration(not_after - now)
             reason = f"{left} left, due since {due_at:%Y-%m-%d %H:%M} UTC"
+        elif now >= due_at:
+            return Decision(
+                SKIP_NOT_DUE,
+                f"due since {due_at:%Y-%m-%d %H:%M} UTC, renewal planned at "
+                f"{planned_at:%Y-%m-%d %H:%M} UTC (renewals are spread out)",
+                due_at,
+                planned_at,
+            )
         else:
-            return Decision(SKIP_NOT_DUE, f"not due until {due_at:%Y-%m-%d %H:%M} UTC", due_at)
+            return Decision(
+                SKIP_NOT_DUE,
+                f"not due until {due_at:%Y-%m-%d %H:%M} UTC",
+                due_at,
+                planned_at,
+            )
     if in_backoff(now, attempts, next_attempt_at):
         assert next_attempt_at is not None
         return Decision(
@@ -152,8 +262,9 @@ def decide(
             f"{reason}; last renewal failed ({attempts} attempt(s)), "
             f"next try after {next_attempt_at:%Y-%m-%d %H:%M} UTC",
             due_at,
+            planned_at,
         )
-    return Decision(RENEW, reason, due_at)
+    return Decision(RENEW, reason, due_at, planned_at)
 
 
 def decide_stored(
@@ -164,6 +275,7 @@ def decide_stored(
     *,
     attempts: int = 0,
     next_attempt_at: datetime.datetime | None = None,
+    spread: datetime.timedelta = datetime.timedelta(0),
 ) -> Decision:
     """``decide`` for the certificate read from a host's files (``storage.read_current``)."""
     facts = stored.facts
@@ -176,6 +288,8 @@ def decide_stored(
         problem=stored.problem,
         attempts=attempts,
         next_attempt_at=next_attempt_at,
+        spread=spread,
+        share=jitter(hostname, facts.serial) if facts else 0.0,
     )
 
 
@@ -198,9 +312,26 @@ def in_backoff(
     return attempts > 0 and next_attempt_at is not None and next_attempt_at > now
 
 
-def is_urgent(now: datetime.datetime, not_after: datetime.datetime, attempts: int) -> bool:
-    """A certificate close to expiry whose renewal fails: a human must look now."""
-    return attempts > 0 and not_after - now <= URGENT_EXPIRY
+def expires_soon(
+    now: datetime.datetime, not_before: datetime.datetime, not_after: datetime.datetime
+) -> bool:
+    """Less than ``URGENT_LIFETIME_LEFT`` of the lifetime left (or expired)."""
+    return not_after - now < lifetime(not_before, not_after) * URGENT_LIFETIME_LEFT
+
+
+def is_urgent(
+    now: datetime.datetime,
+    not_before: datetime.datetime | None,
+    not_after: datetime.datetime,
+    attempts: int,
+) -> bool:
+    """A certificate close to expiry, relative to its lifetime, whose renewal fails: a human
+    must look now (a 90-day certificate with 3 days left, not a 6-day one)."""
+    if attempts <= 0:
+        return False
+    if not_before is None:  # lifetime unknown: only an expired certificate is urgent
+        return not_after <= now
+    return expires_soon(now, not_before, not_after)
 
 
 def is_scan_stale(
@@ -226,14 +357,47 @@ def is_overdue(
     not_before: datetime.datetime | None,
     not_after: datetime.datetime | None,
 ) -> bool:
-    """Expired, or due for renewal for longer than ``OVERDUE_GRACE``: renewals are not happening."""
+    """Expired, or due for renewal for longer than its ``overdue_grace``: renewals are not
+    happening."""
     if not_after is None:
         return False
     if not_after <= now:
         return True
     if not_before is None:
         return False
-    return now >= renewal_due_at(threshold_days, not_before, not_after) + OVERDUE_GRACE
+    due_at = renewal_due_at(threshold_days, not_before, not_after)
+    return now >= due_at + overdue_grace(not_before, not_after)
+
+
+# What an operator reads about a certificate, mildest first (the API's ``state``, the
+# CLI's and the page's colours).
+STATE_VALID = "valid"  # not due yet
+STATE_DUE = "due"  # due, its renewal planned
+STATE_OVERDUE = "overdue"  # due for too long: renewals are not happening
+STATE_EXPIRING = "expiring"  # less than a sixth of its lifetime left
+STATE_EXPIRED = "expired"
+
+
+def certificate_state(
+    now: datetime.datetime,
+    threshold_days: int,
+    not_before: datetime.datetime | None,
+    not_after: datetime.datetime | None,
+) -> str | None:
+    """The certificate's state relative to its own lifetime (None without a certificate)."""
+    if not_after is None:
+        return None
+    if not_after <= now:
+        return STATE_EXPIRED
+    if not_before is None:
+        return STATE_VALID
+    if expires_soon(now, not_before, not_after):
+        return STATE_EXPIRING
+    if is_overdue(now, threshold_days, not_before, not_after):
+        return STATE_OVERDUE
+    if is_due(now, threshold_days, not_before, not_after):
+        return STATE_DUE
+    return STATE_VALID
 
 
 def format_duration(delta: datetime.timedelta) -> str:

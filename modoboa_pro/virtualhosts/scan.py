@@ -55,6 +55,7 @@ class Verdict:
     reason: str
     not_after: datetime.datetime | None = None
     due_at: datetime.datetime | None = None
+    planned_at: datetime.datetime | None = None
 
     @property
     def renews(self) -> bool:
@@ -71,6 +72,7 @@ def verdict(
     stored: storage.StoredCertificate,
     threshold_days: int,
     now: datetime.datetime,
+    spread: datetime.timedelta = datetime.timedelta(0),
 ) -> Verdict:
     """The renewal decision for one host and the certificate read from its files."""
     if not host.enabled:
@@ -84,6 +86,7 @@ def verdict(
         stored,
         attempts=host.attempts,
         next_attempt_at=host.next_attempt_at,
+        spread=spread,
     )
     reason = decision.reason
     if decision.action == policy.NO_CERTIFICATE:
@@ -95,6 +98,7 @@ def verdict(
         reason,
         not_after=stored.facts.not_after if stored.facts else None,
         due_at=decision.due_at,
+        planned_at=decision.planned_at,
     )
 
 
@@ -145,7 +149,10 @@ class ScanReport:
         if self.expired:
             line += f"; {len(self.expired)} expired ({_names(self.expired)})"
         if self.urgent:
-            line += f"; {len(self.urgent)} expiring within 7 days ({_names(self.urgent)})"
+            line += (
+                f"; {len(self.urgent)} close to expiry with failing renewals "
+                f"({_names(self.urgent)})"
+            )
         if self.errors:
             line += f"; {len(self.errors)} error(s) ({_names(self.errors)})"
         if self.requeued:
@@ -182,6 +189,7 @@ def run(
     *,
     now: datetime.datetime | None = None,
     dry_run: bool = False,
+    spread: datetime.timedelta = datetime.timedelta(0),
 ) -> ScanReport:
     """Scan every host; ``enqueue(host)`` returns False when a renewal is already pending.
 
@@ -197,7 +205,7 @@ def run(
     hosts = VirtualHost.objects.only(*_FIELDS).order_by("hostname")
     for host in hosts.iterator(chunk_size=CHUNK_SIZE):
         try:
-            _scan_host(host, storage_root, threshold_days, enqueue, now, report, dry_run)
+            _scan_host(host, storage_root, threshold_days, enqueue, now, report, dry_run, spread)
         except VirtualHostError as err:  # e.g. Redis unreachable: report, go on
             report.errors.append(host.hostname)
             logger.error("virtualhost %s: renewal scan failed: %s", host.hostname, err.message)
@@ -232,6 +240,7 @@ def _scan_host(
     now: datetime.datetime,
     report: ScanReport,
     dry_run: bool,
+    spread: datetime.timedelta,
 ) -> None:
     if not host.enabled:
         report.disabled += 1
@@ -242,7 +251,7 @@ def _scan_host(
     stored = storage.read_current(
         storage_root, host.hostname, issued_serial=host.cert_serial, repair=not dry_run
     )
-    found = verdict(host, stored, threshold_days, now)
+    found = verdict(host, stored, threshold_days, now, spread)
     report.verdicts.append(found)
     if stored.problem is not None:
         report.unreadable.append(host.hostname)
@@ -255,9 +264,10 @@ def _scan_host(
         return
     else:
         if not dry_run:
-            recording.sync_facts(host, stored.facts, threshold_days)
+            recording.sync_facts(host, stored.facts, threshold_days, spread)
         fullchain = storage.certificate_paths(storage_root, host.hostname)[0]
-        if policy.is_urgent(now, stored.facts.not_after, host.attempts):
+        facts = stored.facts
+        if policy.is_urgent(now, facts.not_before, facts.not_after, host.attempts):
             report.urgent.append(host.hostname)
             if not dry_run:
                 alarms.alarm_urgent(host, stored.facts.not_after, now)

@@ -10,7 +10,7 @@ from django.utils.translation import gettext_lazy
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from .. import presenters
+from .. import conf, presenters
 from ..errors import InvalidHostname
 from ..hostnames import normalize_hostname
 from ..models import VirtualHost, VirtualHostEvent
@@ -35,6 +35,8 @@ class CertificateSerializer(serializers.Serializer):
     not_after = serializers.DateTimeField()
     days_left = serializers.IntegerField(allow_null=True)
     lifetime_left = serializers.FloatField(allow_null=True)
+    state = serializers.CharField()
+    renewal_due_at = serializers.DateTimeField()
 
 
 # How many unknown field names an error quotes: a body with thousands is still one line.
@@ -229,7 +231,11 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
         return presenters.current_step(obj)
 
     def get_certificate(self, obj: VirtualHost) -> dict[str, Any] | None:
-        cert = presenters.certificate(obj)
+        threshold = self.context.get("threshold_days")
+        if threshold is None:  # read once per answer (the context is shared), not per host
+            threshold = int(conf.param("certificate_renewal_threshold"))
+            self.context["threshold_days"] = threshold
+        cert = presenters.certificate(obj, threshold)
         return CertificateSerializer(cert).data if cert else None
 
     def get_next_action(self, obj: VirtualHost) -> str | None:
