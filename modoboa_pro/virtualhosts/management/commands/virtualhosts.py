@@ -93,15 +93,16 @@ def _table(
     rows: list[list[str]],
     paint: list[Callable[[str], str] | None] | None = None,
 ) -> str:
-    """Aligned columns; ``paint[i]`` colours column ``i`` of row ``i`` (after padding)."""
+    """Aligned columns; ``paint[i]`` colours the "EXPIRES IN" cell of row ``i``."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
     lines = [headers, ["-" * w for w in widths], *rows]
     styles: list[Callable[[str], str] | None] = [None, None, *(paint or [None] * len(rows))]
     out = []
     for line, style in zip(lines, styles, strict=True):
         cells = [str(c).ljust(w) for c, w in zip(line, widths, strict=True)]
-        if style is not None:
-            cells[EXPIRES_COLUMN] = style(cells[EXPIRES_COLUMN])
+        if style is not None:  # the text only: the padding stays outside the colour codes
+            text = str(line[EXPIRES_COLUMN])
+            cells[EXPIRES_COLUMN] = style(text) + cells[EXPIRES_COLUMN][len(text) :]
         out.append("  ".join(cells).rstrip())
     return "\n".join(out)
 
