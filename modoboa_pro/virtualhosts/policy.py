@@ -1,7 +1,9 @@
 """Pure policy: when a certificate is due, when to retry, when to alarm.
 
 The one renewal decision (``decide``) is shared by the daily scan, its dry run
-and the pipeline's "why order now"; the retry backoff table is ``RETRY_BACKOFF``.
+and the pipeline's "why order now"; it plans each renewal by the lifetime rule
+(``renewal_due_at``) plus the host's share of the spread (``planned_renewal_at``).
+The retry backoff table is ``RETRY_BACKOFF``.
 """
 
 from __future__ import annotations
@@ -57,8 +59,9 @@ RENEW_AT_LIFETIME_LEFT_SHORT = 1 / 2
 # threshold would renew on every scan and hit the CA's duplicate-certificate limit.
 MAX_THRESHOLD_LIFETIME_RATIO = 0.5
 
-# Less than this share of its lifetime left, and renewals failing: a human must look now.
-# A sixth is 15 days of a 90-day certificate and 1 day of a 6-day one.
+# Less than this share of its lifetime left: close to expiry (the health line's error), and
+# with renewals failing, the urgent alarm: a human must look now. A sixth is 15 days of a
+# 90-day certificate and 1 day of a 6-day one.
 URGENT_LIFETIME_LEFT = 1 / 6
 
 # The daily scan (and the retry sweep, every few minutes) renews a certificate once it is

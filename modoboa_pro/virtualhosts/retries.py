@@ -96,7 +96,7 @@ def run(*, letsencrypt: bool, now: datetime.datetime | None = None) -> RetryRepo
         if not queued:
             report.busy.append(host.hostname)
             continue
-        if host.status == constants.STATUS_ACTIVE:
+        if path == queueing.RENEW and host.status == constants.STATUS_ACTIVE:
             report.renewed.append(host.hostname)
             logger.info(
                 "virtualhost %s: planned renewal time reached, renewal enqueued", host.hostname
