@@ -114,11 +114,13 @@ def test_the_health_line_is_fine_for_six_days_and_an_error_for_ninety(configured
 
 
 def test_the_command_line_says_and_colours_it(configured):
-    six = certified("six.example.test", lifetime_days=6, left_days=3)
+    planned = timezone.now() + datetime.timedelta(hours=3)
+    six = certified("six.example.test", lifetime_days=6, left_days=3, next_attempt_at=planned)
     code, out, message = run("list")
     assert code == command.EXIT_OK, message
     row = next(line for line in out.splitlines() if line.startswith("six.example.test"))
     assert " 2d due " in row  # due: its renewal is planned, nothing to do
+    assert f" renewal {planned.astimezone(datetime.UTC):%Y-%m-%d %H:%M} UTC " in row
 
     certified("ninety.example.test", lifetime_days=90, left_days=3)
     code, out, message = run("list")
