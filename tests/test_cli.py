@@ -129,7 +129,8 @@ def test_list_exits_4_when_a_certificate_is_overdue_or_expired(configured):
     active("late.example.test", left=datetime.timedelta(days=5))
     code, out, message = run("list")
     assert code == command.EXIT_OVERDUE
-    assert "late.example.test (certificate overdue for renewal (4 days left))" in message
+    overdue = "late.example.test (certificate overdue for renewal (4 day(s) left of 90 day(s)))"
+    assert overdue in message
 
     VirtualHost.objects.filter(hostname="late.example.test").delete()
     active("gone.example.test", left=-datetime.timedelta(hours=3))

@@ -1,4 +1,4 @@
-"""The renewal policy as pure functions: due rule with its half-lifetime cap, backoff, alarms."""
+"""The renewal policy as pure functions: the lifetime rule, the spread, backoff, alarms."""
 
 from __future__ import annotations
 
@@ -40,10 +40,109 @@ def test_due_rule_caps_the_threshold_at_half_the_lifetime(lifetime, left, due):
     assert (decision.action == policy.RENEW) is due
 
 
-def test_effective_threshold():
-    assert policy.effective_threshold(30, *cert(90, 10)) == 30 * DAY
-    assert policy.effective_threshold(30, *cert(6, 1)) == 3 * DAY
-    assert policy.effective_threshold(7, *cert(45, 1)) == 7 * DAY
+HOUR = datetime.timedelta(hours=1)
+
+
+# lifetime (days), threshold (days); then what the rule makes of it: validity left when due,
+# the overdue grace after the due time, validity left below which it is urgent, the cap of
+# the spread window.
+LIFETIMES = [
+    (1, 30, 12 * HOUR, 2.4 * HOUR, 4 * HOUR, 1.2 * HOUR),  # half-life, grace a tenth
+    (6, 30, 3 * DAY, 14.4 * HOUR, 1 * DAY, 7.2 * HOUR),  # `shortlived`: half-life
+    (45, 30, 22.5 * DAY, 2 * DAY, 7.5 * DAY, 1 * DAY),  # threshold capped at half
+    (45, 7, 15 * DAY, 2 * DAY, 7.5 * DAY, 1 * DAY),  # a third left: earlier than 7 days
+    (64, 30, 30 * DAY, 2 * DAY, 64 / 6 * DAY, 1 * DAY),  # threshold earlier than a third
+    (90, 30, 30 * DAY, 2 * DAY, 15 * DAY, 1 * DAY),
+    (90, 7, 30 * DAY, 2 * DAY, 15 * DAY, 1 * DAY),  # never later than a third left
+    (1095, 30, 365 * DAY, 2 * DAY, 182.5 * DAY, 1 * DAY),  # 3 years: a third left
+]
+
+
+@pytest.mark.parametrize(
+    ("days", "threshold", "due_left", "grace", "urgent_left", "cap"), LIFETIMES
+)
+def test_the_lifetime_rule(days, threshold, due_left, grace, urgent_left, cap):
+    not_before, not_after = cert(days, days)  # issued now
+    assert policy.renewal_left(threshold, not_before, not_after) == due_left
+    due_at = not_after - due_left
+    assert policy.renewal_due_at(threshold, not_before, not_after) == due_at
+    assert policy.overdue_grace(not_before, not_after) == grace
+    assert policy.spread_window(DAY * 30, not_before, not_after) == cap
+    assert policy.spread_window(4 * HOUR, not_before, not_after) == min(4 * HOUR, cap)
+    # Never due right after issuance: half the lifetime at least goes by.
+    assert due_at - not_before >= (not_after - not_before) / 2
+    # The timeline: valid, due (renewal planned), overdue, close to expiry, expired.
+    tick = datetime.timedelta(seconds=1)
+    state = policy.certificate_state
+    assert state(due_at - tick, threshold, not_before, not_after) == policy.STATE_VALID
+    assert state(due_at, threshold, not_before, not_after) == policy.STATE_DUE
+    assert policy.decide(due_at - tick, threshold, not_before, not_after).action == (
+        policy.SKIP_NOT_DUE
+    )
+    assert policy.decide(due_at, threshold, not_before, not_after).action == policy.RENEW
+    assert state(due_at + grace - tick, threshold, not_before, not_after) == policy.STATE_DUE
+    assert state(due_at + grace, threshold, not_before, not_after) == policy.STATE_OVERDUE
+    assert policy.is_overdue(due_at + grace, threshold, not_before, not_after)
+    soon = not_after - urgent_left
+    assert state(soon - tick, threshold, not_before, not_after) == policy.STATE_OVERDUE
+    assert state(soon + tick, threshold, not_before, not_after) == policy.STATE_EXPIRING
+    assert policy.is_urgent(soon + tick, not_before, not_after, attempts=1)
+    assert not policy.is_urgent(soon + tick, not_before, not_after, attempts=0)
+    assert not policy.is_urgent(soon - tick, not_before, not_after, attempts=5)
+    assert state(not_after, threshold, not_before, not_after) == policy.STATE_EXPIRED
+    # A planned renewal never looks overdue: the spread ends before the grace does.
+    latest = policy.latest_renewal_at(threshold, not_before, not_after, 30 * DAY)
+    assert due_at <= latest < due_at + grace
+
+
+@pytest.mark.parametrize(
+    ("days", "left", "state", "urgent"),
+    [
+        (6, 3, policy.STATE_DUE, False),  # half its life left: renewal planned, all fine
+        (6, 4, policy.STATE_VALID, False),
+        (90, 3, policy.STATE_EXPIRING, True),  # a thirtieth left: an emergency
+        (90, 20, policy.STATE_OVERDUE, False),
+        (45, 3, policy.STATE_EXPIRING, True),
+    ],
+)
+def test_three_days_left_is_fine_for_six_days_and_an_emergency_for_ninety(
+    days, left, state, urgent
+):
+    not_before, not_after = cert(days, left)
+    assert policy.certificate_state(NOW, 30, not_before, not_after) == state
+    assert policy.is_urgent(NOW, not_before, not_after, attempts=2) is urgent
+    assert policy.is_overdue(NOW, 30, not_before, not_after) is (
+        state != policy.STATE_DUE and state != policy.STATE_VALID
+    )
+
+
+def test_the_spread_is_stable_per_certificate_and_never_past_the_cap():
+    not_before, not_after = cert(90, 29)  # due a day ago
+    due_at = policy.renewal_due_at(30, not_before, not_after)
+    spread = 4 * HOUR
+    shares = [policy.jitter(f"h{i}.example.test", "0a1b") for i in range(200)]
+    assert all(0 <= s < 1 for s in shares)
+    assert policy.jitter("h1.example.test", "0a1b") == shares[1]  # stable across scans
+    assert policy.jitter("h1.example.test", "0a1c") != shares[1]  # a new certificate redraws
+    planned = [
+        policy.planned_renewal_at(30, not_before, not_after, spread=spread, share=s) for s in shares
+    ]
+    assert all(due_at <= p < due_at + spread for p in planned)
+    # Spread over the window, not bunched: each quarter of it gets some.
+    quarters = {int((p - due_at) / spread * 4) for p in planned}
+    assert quarters == {0, 1, 2, 3}
+    # The decision waits for the planned time, then renews; the reason says both times.
+    share = shares[0]
+    at = policy.planned_renewal_at(30, not_before, not_after, spread=spread, share=share)
+    before = policy.decide(at - HOUR / 60, 30, not_before, not_after, spread=spread, share=share)
+    assert before.action == policy.SKIP_NOT_DUE and before.planned_at == at
+    assert f"renewal planned at {at:%Y-%m-%d %H:%M} UTC" in before.reason
+    assert policy.decide(at, 30, not_before, not_after, spread=spread, share=share).action == (
+        policy.RENEW
+    )
+    # Expired or not covering the name: at once, whatever the spread.
+    late = policy.decide(NOW, 30, *cert(90, -1), spread=spread, share=0.99)
+    assert late.action == policy.RENEW
 
 
 def test_a_six_day_certificate_renewed_daily_is_due_every_third_day():
@@ -99,12 +198,15 @@ def test_not_due_reason_says_when():
     assert decision.reason == f"not due until {NOW + 30 * DAY:%Y-%m-%d %H:%M} UTC"
 
 
-def test_urgent_only_when_close_to_expiry_and_failing():
-    _, soon = cert(90, 6)
-    _, later = cert(90, 8)
-    assert policy.is_urgent(NOW, soon, attempts=1)
-    assert not policy.is_urgent(NOW, soon, attempts=0)
-    assert not policy.is_urgent(NOW, later, attempts=5)
+def test_urgent_only_when_close_to_expiry_for_its_lifetime_and_failing():
+    assert policy.is_urgent(NOW, *cert(90, 14), attempts=1)  # under a sixth (15 days)
+    assert not policy.is_urgent(NOW, *cert(90, 14), attempts=0)
+    assert not policy.is_urgent(NOW, *cert(90, 16), attempts=5)
+    assert not policy.is_urgent(NOW, *cert(6, 2), attempts=5)  # a third of 6 days left
+    assert policy.is_urgent(NOW, *cert(6, 0.9), attempts=1)
+    # Lifetime unknown: only an expired certificate is urgent.
+    assert policy.is_urgent(NOW, None, NOW, attempts=1)
+    assert not policy.is_urgent(NOW, None, NOW + DAY, attempts=1)
 
 
 def test_scan_staleness():
@@ -144,7 +246,7 @@ def test_expired_certificates_are_renewed_with_the_date():
     ("left", "overdue"),
     [(31, False), (29, False), (28.5, False), (27.9, True), (-0.1, True)],
 )
-def test_overdue_two_days_after_the_due_date(left, overdue):
+def test_overdue_two_days_after_the_due_date_of_a_90_day_certificate(left, overdue):
     assert policy.is_overdue(NOW, 30, *cert(90, left)) is overdue
     assert not policy.is_overdue(NOW, 30, None, None)
 

@@ -15,6 +15,19 @@ export const MOVING_STATUSES = ['pending', 'provisioning']
 export const LIFETIME_OK_SHARE = 1 / 3
 export const LIFETIME_CRITICAL_SHARE = 1 / 6
 
+// The colour of the API's `certificate.state` (policy.certificate_state on the server,
+// the same rule as the command line's colours and the alarms): `due` is fine, its
+// renewal is planned; `overdue` means renewals are not happening; `expiring` is under a
+// sixth of the lifetime left. A 6-day certificate with 3 days left is `due` (green), a
+// 90-day one with 3 days left `expiring` (red).
+const STATE_COLORS = {
+  valid: 'success',
+  due: 'success',
+  overdue: 'warning',
+  expiring: 'error',
+  expired: 'error',
+}
+
 // Order of the default listing: what needs the operator first.
 const STATUS_PRIORITY = {
   failed: 0,
@@ -176,6 +189,12 @@ export function lifetimeColor(share) {
   return 'error'
 }
 
+/** The certificate's colour: by its state when the API gives one, else by the share left. */
+export function certificateColor(certificate, now = Date.now()) {
+  const byState = STATE_COLORS[certificate?.state]
+  return byState || lifetimeColor(lifetimeShare(certificate, now))
+}
+
 export function isExpired(certificate, now = Date.now()) {
   const share = lifetimeShare(certificate, now)
   if (typeof share === 'number') return share <= 0
@@ -201,7 +220,7 @@ export function nextActionText(gettext, host) {
   const { $gettext } = gettext
   const when = host?.next_attempt_at
   if (host?.next_action === 'renewal' && when) {
-    return $gettext('Renewal on %{date}', { date: formatDate(when) })
+    return $gettext('Renewal planned at %{datetime}', { datetime: formatDateTime(when) })
   }
   if (host?.next_action === 'retry' && when) {
     return $gettext('Retry at %{datetime}', { datetime: formatDateTime(when) })

@@ -4,6 +4,7 @@ import { test } from 'node:test'
 import {
   LIFETIME_CRITICAL_SHARE,
   LIFETIME_OK_SHARE,
+  certificateColor,
   compareHosts,
   daysLeftText,
   errorBodyText,
@@ -31,6 +32,21 @@ test('status labels, with the running step while provisioning', () => {
   assert.equal(statusLabel(gettext, 'disabled'), 'Disabled')
   assert.equal(statusLabel(gettext, 'provisioning', 'order'), 'Provisioning: Certificate order')
   assert.equal(statusLabel(gettext, 'provisioning', null), 'Provisioning')
+})
+
+test('certificate colour follows the API state: 3 days left are fine for 6 days, not for 90', () => {
+  // The API's answers for a 6-day and a 90-day certificate, each with 3 days left.
+  const six = { days_left: 3, lifetime_left: 0.5, state: 'due' }
+  const ninety = { days_left: 3, lifetime_left: 0.0333, state: 'expiring' }
+  assert.equal(certificateColor(six), 'success')
+  assert.equal(certificateColor(ninety), 'error')
+  assert.equal(certificateColor({ lifetime_left: 0.3, state: 'overdue' }), 'warning')
+  assert.equal(certificateColor({ lifetime_left: 0.9, state: 'valid' }), 'success')
+  assert.equal(certificateColor({ lifetime_left: -0.1, state: 'expired' }), 'error')
+  // The share alone (an answer without a state) agrees on both.
+  assert.equal(certificateColor({ lifetime_left: 0.5 }), 'success')
+  assert.equal(certificateColor({ lifetime_left: 0.0333 }), 'error')
+  assert.equal(certificateColor(null), 'grey')
 })
 
 test('lifetime colour follows the share left, not days', () => {
@@ -64,7 +80,7 @@ test('dates are UTC', () => {
 
 test('next action', () => {
   const at = '2027-01-01T03:17:39Z'
-  assert.equal(nextActionText(gettext, { next_action: 'renewal', next_attempt_at: at }), 'Renewal on 2027-01-01')
+  assert.equal(nextActionText(gettext, { next_action: 'renewal', next_attempt_at: at }), 'Renewal planned at 2027-01-01 03:17 UTC')
   assert.equal(nextActionText(gettext, { next_action: 'retry', next_attempt_at: at }), 'Retry at 2027-01-01 03:17 UTC')
   assert.equal(nextActionText(gettext, { next_action: null, next_attempt_at: null }), '—')
 })

@@ -7,6 +7,7 @@ read with ``param()``.
 
 from __future__ import annotations
 
+import datetime
 from typing import Any
 
 from django.conf import settings
@@ -45,6 +46,9 @@ DEFAULTS: dict[str, Any] = {
     "VIRTUALHOSTS_RELOAD_MODE": "privileged",
     # How long a chain waits for the privileged worker's reload before failing.
     "VIRTUALHOSTS_RELOAD_TIMEOUT": 120,
+    # Renewals due by the lifetime rule are spread at random over this many seconds after
+    # their due time (at most half the overdue grace), instead of all firing at the scan.
+    "VIRTUALHOSTS_RENEWAL_SPREAD": 4 * 3600,
     # Where the UI's "Documentation" link points; None: the package's Documentation URL.
     "VIRTUALHOSTS_DOCS_URL": None,
 }
@@ -55,6 +59,11 @@ def get(name: str) -> Any:
     if name not in DEFAULTS:
         raise KeyError(f"unknown modoboa_pro.virtualhosts setting {name}")
     return getattr(settings, name, DEFAULTS[name])
+
+
+def renewal_spread() -> datetime.timedelta:
+    """``VIRTUALHOSTS_RENEWAL_SPREAD`` as a duration (0 turns the spread off)."""
+    return datetime.timedelta(seconds=max(float(get("VIRTUALHOSTS_RENEWAL_SPREAD")), 0.0))
 
 
 def docs_url() -> str:

@@ -40,6 +40,8 @@ class Settings:
     upstream: str
     upstream_protocol: str
     verify_address: str
+    # Renewals due by the lifetime rule are spread over this window (policy.spread_window).
+    renewal_spread: datetime.timedelta = datetime.timedelta(0)
 
     @property
     def webroot(self) -> Path:

@@ -31,6 +31,9 @@ class Counts:
     by_status: dict[str, int] = field(default_factory=dict)
     expired: int = 0
     overdue: int = 0  # expired, or due for renewal for too long
+    # Not expired, but less than a sixth of its lifetime left (policy.expires_soon): a
+    # 90-day certificate with 3 days left, not a 6-day one.
+    expiring: int = 0
     scan_stale: bool = False
     scan_not_queued: int = 0  # renewals the last scan could not queue (Redis unreachable)
 
@@ -58,11 +61,13 @@ def collect(hosts: QuerySet, threshold_days: int, now: datetime.datetime | None 
         row["status"]: row["n"] for row in hosts.order_by().values("status").annotate(n=Count("pk"))
     }
     enabled = hosts.filter(enabled=True).exclude(cert_not_after=None)
-    expired = overdue = 0
+    expired = overdue = expiring = 0
     rows = enabled.values_list("cert_not_before", "cert_not_after", "ari_renew_at")
     for not_before, not_after, ari_renew_at in rows:
         if not_after <= now:
             expired += 1
+        elif not_before is not None and policy.expires_soon(now, not_before, not_after):
+            expiring += 1
         if policy.is_overdue(now, threshold_days, not_before, not_after, ari_renew_at):
             overdue += 1
     return Counts(
@@ -70,6 +75,7 @@ def collect(hosts: QuerySet, threshold_days: int, now: datetime.datetime | None 
         by_status=by_status,
         expired=expired,
         overdue=overdue,
+        expiring=expiring,
         scan_stale=alarms.staleness(now) is not None,
         scan_not_queued=latest.not_queued if (latest := alarms.last_scan()) else 0,
     )
@@ -81,6 +87,13 @@ def assess(counts: Counts) -> Health:
         text = ngettext(
             "%(n)d certificate expired", "%(n)d certificates expired", counts.expired
         ) % {"n": counts.expired}
+        return Health(ERROR, text)
+    if counts.expiring:
+        text = ngettext(
+            "%(n)d certificate close to expiry",
+            "%(n)d certificates close to expiry",
+            counts.expiring,
+        ) % {"n": counts.expiring}
         return Health(ERROR, text)
     if counts.scan_stale:
         return Health(ERROR, _("Renewal scan not running"))
@@ -135,6 +148,7 @@ def summary(hosts: QuerySet, threshold_days: int, now: datetime.datetime | None 
         "failing": counts.failing,
         "overdue": counts.overdue,
         "expired": counts.expired,
+        "expiring": counts.expiring,
         "scan": {
             "last_at": latest.finished_at if latest else None,
             "stale": counts.scan_stale,

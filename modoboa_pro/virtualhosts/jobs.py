@@ -46,6 +46,7 @@ def read_settings() -> context.Settings:
         upstream=str(conf.get("VIRTUALHOSTS_UPSTREAM")),
         upstream_protocol=str(conf.get("VIRTUALHOSTS_UPSTREAM_PROTOCOL")),
         verify_address=str(conf.get("VIRTUALHOSTS_VERIFY_ADDRESS")),
+        renewal_spread=conf.renewal_spread(),
     )
 
 
@@ -190,6 +191,7 @@ def check_certificate_renewals() -> dict:
         settings.threshold_days,
         _enqueue_scheduled_renewal if settings.letsencrypt else None,
         ari_source=(lambda: make_acme(settings)) if settings.letsencrypt else None,
+        spread=settings.renewal_spread,
     )
     retried = retry_due_virtualhosts()  # the safety net when the retry cron is not set up
     return {
@@ -216,7 +218,12 @@ def retry_due_virtualhosts() -> dict:
     """Every few minutes (cron_config.py): retry failed runs whose time has come, and hosts
     a crash left pending or provisioning."""
     report = retries.run(letsencrypt=bool(conf.param("enable_letsencrypt")))
-    return {"retried": report.retried, "busy": report.busy, "summary": report.summary()}
+    return {
+        "retried": report.retried,
+        "renewed": report.renewed,
+        "busy": report.busy,
+        "summary": report.summary(),
+    }
 
 
 def _check_scan_alive() -> None:

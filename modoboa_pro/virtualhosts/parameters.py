@@ -58,7 +58,9 @@ STRUCT = collections.OrderedDict(
                                 "label": _("Renewal threshold (days)"),
                                 "help_text": _(
                                     "Renew a certificate when fewer days than this remain "
-                                    "(capped at half the certificate's lifetime)."
+                                    "(capped at half the certificate's lifetime), or when a "
+                                    "third of its lifetime is left (half under 10 days) if "
+                                    "that comes first."
                                 ),
                                 "display": "enable_letsencrypt=true",
                             },

@@ -103,7 +103,7 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
         # before recording it. It answers the request: serve it, order nothing more.
         recording.fulfil_renewal_request(host, timezone.now())
         force_order = False
-    reason = _order_reason(stored, host, s.threshold_days, force_order)
+    reason = _order_reason(stored, host, s, force_order)
     facts, renewed = _obtain(run, ctx, host.hostname, stored, reason)
     reloaded = _https_site(
         run, ctx, host, facts.serial, new_files=renewed is not None, renewal=bool(renewed)
@@ -297,7 +297,11 @@ def _succeed(
 ) -> None:
     """Record success; ``renewed`` is None when no new certificate was obtained."""
     recording.mark_success(
-        host, facts, status=constants.STATUS_ACTIVE, threshold_days=s.threshold_days
+        host,
+        facts,
+        status=constants.STATUS_ACTIVE,
+        threshold_days=s.threshold_days,
+        spread=s.renewal_spread,
     )
     if renewed is not None:
         logger.info(
@@ -350,14 +354,19 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
 
 
 def _order_reason(
-    stored: storage.StoredCertificate, host: VirtualHost, threshold_days: int, force: bool
+    stored: storage.StoredCertificate, host: VirtualHost, s: Settings, force: bool
 ) -> str | None:
     """Why a new order is needed, or None when the current certificate will do.
 
     The same decision as the scan's, without the backoff: this run is the retry.
     """
     decision = policy.decide_stored(
-        timezone.now(), threshold_days, host.hostname, stored, ari=recording.stored_ari(host)
+        timezone.now(),
+        s.threshold_days,
+        host.hostname,
+        stored,
+        spread=s.renewal_spread,
+        ari=recording.stored_ari(host),
     )
     if decision.action in (policy.RENEW, policy.NO_CERTIFICATE):
         return decision.reason

@@ -1,12 +1,15 @@
 """Pure policy: when a certificate is due, when to retry, when to alarm.
 
 The one renewal decision (``decide``) is shared by the daily scan, its dry run
-and the pipeline's "why order now"; the retry backoff table is ``RETRY_BACKOFF``.
+and the pipeline's "why order now"; it plans each renewal by the lifetime rule
+(``renewal_due_at``) plus the host's share of the spread (``planned_renewal_at``).
+The retry backoff table is ``RETRY_BACKOFF``.
 """
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -21,20 +24,6 @@ RETRY_BACKOFF = (
     datetime.timedelta(minutes=100),
 )
 RETRY_CEILING = datetime.timedelta(days=1)
-
-# Never renew later than half-way through a certificate's life: with 6-day
-# (and soon 45-day) certificates a fixed 30-day threshold would renew on every
-# scan and hit the CA's duplicate-certificate limit (5 per week).
-MAX_THRESHOLD_LIFETIME_RATIO = 0.5
-
-# An Alarm is raised when a certificate this close to expiry still fails to renew.
-URGENT_EXPIRY = datetime.timedelta(days=7)
-
-# The daily scan renews a certificate on the day it becomes due; a failed
-# renewal is retried within the day (1, 10, 100 minutes, then daily). A
-# certificate still not renewed this long after it became due means renewals
-# are not happening (scheduler stopped, host stuck): monitoring must alert.
-OVERDUE_GRACE = datetime.timedelta(days=2)
 
 
 def retry_delay(attempts: int) -> datetime.timedelta:
@@ -56,45 +45,122 @@ def next_attempt(
     return planned
 
 
-def effective_threshold(
+# -- the lifetime rule (the fallback when the CA suggests no renewal time) -------------
+
+# Renew when a third of the certificate's lifetime is left (certmagic's rule): 30 days
+# of a 90-day certificate, 15 of a 45-day one, leaving two thirds of the time left for
+# retries. Short-lived certificates (6 days) renew at half-life: a third (2 days) leaves
+# too little room for a CA outage over a weekend.
+RENEW_AT_LIFETIME_LEFT = 1 / 3
+SHORT_LIFETIME = datetime.timedelta(days=10)
+RENEW_AT_LIFETIME_LEFT_SHORT = 1 / 2
+
+# The operator's threshold (days before expiry) makes a renewal earlier, never later,
+# but is capped at half the lifetime: with 6-day (and 45-day) certificates a fixed 30-day
+# threshold would renew on every scan and hit the CA's duplicate-certificate limit.
+MAX_THRESHOLD_LIFETIME_RATIO = 0.5
+
+# Less than this share of its lifetime left: close to expiry (the health line's error), and
+# with renewals failing, the urgent alarm: a human must look now. A sixth is 15 days of a
+# 90-day certificate and 1 day of a 6-day one.
+URGENT_LIFETIME_LEFT = 1 / 6
+
+# The daily scan (and the retry sweep, every few minutes) renews a certificate once it is
+# due; a failed renewal is retried within the day (1, 10, 100 minutes, then daily). Still
+# not renewed this long after it became due, renewals are not happening (scheduler
+# stopped, host stuck): monitoring must alert. A tenth of the lifetime (14 hours of a
+# 6-day certificate), at most 2 days.
+OVERDUE_GRACE = datetime.timedelta(days=2)
+OVERDUE_GRACE_LIFETIME_RATIO = 1 / 10
+
+# Renewals due by the lifetime rule are spread over ``VIRTUALHOSTS_RENEWAL_SPREAD``
+# after their due time (so that hundreds of hosts do not all order at the daily scan),
+# but over at most this share of the overdue grace: a planned renewal never looks overdue.
+MAX_SPREAD_GRACE_RATIO = 0.5
+
+
+def lifetime(not_before: datetime.datetime, not_after: datetime.datetime) -> datetime.timedelta:
+    """The certificate's total validity (never negative)."""
+    return max(not_after - not_before, datetime.timedelta(0))
+
+
+def renewal_left(
     threshold_days: int, not_before: datetime.datetime, not_after: datetime.datetime
 ) -> datetime.timedelta:
-    """The renewal threshold, capped at half the certificate's lifetime."""
-    lifetime = not_after - not_before
-    return min(datetime.timedelta(days=threshold_days), lifetime * MAX_THRESHOLD_LIFETIME_RATIO)
+    """How much validity is left when the lifetime rule makes the certificate due.
+
+    The larger (earlier) of the lifetime share and the operator's threshold, the
+    latter capped at half the lifetime.
+    """
+    total = lifetime(not_before, not_after)
+    share = RENEW_AT_LIFETIME_LEFT_SHORT if total < SHORT_LIFETIME else RENEW_AT_LIFETIME_LEFT
+    threshold = min(datetime.timedelta(days=threshold_days), total * MAX_THRESHOLD_LIFETIME_RATIO)
+    return max(total * share, threshold)
 
 
 def renewal_due_at(
     threshold_days: int, not_before: datetime.datetime, not_after: datetime.datetime
 ) -> datetime.datetime:
-    """The moment from which the certificate is due for renewal."""
-    return not_after - effective_threshold(threshold_days, not_before, not_after)
+    """The lifetime rule: the moment from which the certificate is due for renewal.
+
+    The fallback of the renewal decision when no CA-suggested time (ARI) is known.
+    """
+    return not_after - renewal_left(threshold_days, not_before, not_after)
 
 
-def is_due(
-    now: datetime.datetime,
+def overdue_grace(
+    not_before: datetime.datetime, not_after: datetime.datetime
+) -> datetime.timedelta:
+    """How long after its due time a certificate not renewed counts as overdue."""
+    return min(OVERDUE_GRACE, lifetime(not_before, not_after) * OVERDUE_GRACE_LIFETIME_RATIO)
+
+
+def spread_window(
+    spread: datetime.timedelta, not_before: datetime.datetime, not_after: datetime.datetime
+) -> datetime.timedelta:
+    """The window after the due time a renewal is planned in: ``spread``, capped."""
+    cap = overdue_grace(not_before, not_after) * MAX_SPREAD_GRACE_RATIO
+    return max(min(spread, cap), datetime.timedelta(0))
+
+
+def jitter(hostname: str, serial: str) -> float:
+    """A stable pseudo-random share in [0, 1) for one certificate of one host.
+
+    A hash, not a stored random: every scan, the retry sweep and the renewal run
+    compute the same planned time without writing anything; a new certificate (new
+    serial) draws anew.
+    """
+    digest = hashlib.sha256(f"{hostname}/{serial}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def planned_renewal_at(
     threshold_days: int,
     not_before: datetime.datetime,
     not_after: datetime.datetime,
-) -> bool:
-    """True when the remaining validity is below the (capped) threshold."""
-    return now >= renewal_due_at(threshold_days, not_before, not_after)
+    *,
+    spread: datetime.timedelta = datetime.timedelta(0),
+    share: float = 0.0,
+) -> datetime.datetime:
+    """When the renewal is planned: the due time plus ``share`` (a ``jitter``) of the
+    spread window. Never later than ``latest_renewal_at``."""
+    window = spread_window(spread, not_before, not_after)
+    return renewal_due_at(threshold_days, not_before, not_after) + window * min(
+        max(share, 0.0), 1.0
+    )
 
 
-# -- the daily scan ----------------------------------------------------------
+def latest_renewal_at(
+    threshold_days: int,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    spread: datetime.timedelta,
+) -> datetime.datetime:
+    """The cap of the planned time: the due time plus the whole (capped) spread window."""
+    return renewal_due_at(threshold_days, not_before, not_after) + spread_window(
+        spread, not_before, not_after
+    )
 
-# The scan is scheduled daily: more than a day and a bit (a slow scan, a
-# scheduler restarted late) without one means nothing is renewing certificates.
-SCAN_STALE_AFTER = datetime.timedelta(hours=26)
-
-# A host still without a certificate this long after its last change is
-# reported as stuck: a provisioning run takes seconds to minutes.
-PROVISIONING_STUCK_AFTER = datetime.timedelta(hours=1)
-# The retry sweep re-runs a pending or provisioning host this long after its last
-# change when no live run holds it (no queued job, no job of a live worker, no lock
-# of a live process): a run killed with its worker is taken up again within minutes.
-# Hosts waiting in a long queue are busy, so they are never run twice.
-ORPHANED_RUN_AFTER = datetime.timedelta(minutes=3)
 
 # Where a planned renewal time comes from: the CA's ARI window, or the lifetime rule.
 SOURCE_ARI = "ari"
@@ -122,13 +188,40 @@ def planned_renewal(
     not_after: datetime.datetime,
     ari_renew_at: datetime.datetime | None = None,
 ) -> tuple[datetime.datetime, str]:
-    """When the certificate is to be renewed, and by which rule (``SOURCE_*``): the time
+    """When the certificate is due for renewal, and by which rule (``SOURCE_*``): the time
     chosen in the CA's ARI window first, else the lifetime rule. A time at or after
     expiry is no renewal plan (a window past expiry is a CA's mistake): the lifetime rule."""
     if ari_renew_at is not None and ari_renew_at < not_after:
         return ari_renew_at, SOURCE_ARI
     return renewal_due_at(threshold_days, not_before, not_after), SOURCE_LIFETIME
 
+
+def is_due(
+    now: datetime.datetime,
+    threshold_days: int,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    ari_renew_at: datetime.datetime | None = None,
+) -> bool:
+    """True once the certificate is due (the ARI time, else the lifetime rule; spread aside)."""
+    due_at, _source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
+    return now >= due_at
+
+
+# -- the daily scan ----------------------------------------------------------
+
+# The scan is scheduled daily: more than a day and a bit (a slow scan, a
+# scheduler restarted late) without one means nothing is renewing certificates.
+SCAN_STALE_AFTER = datetime.timedelta(hours=26)
+
+# A host still without a certificate this long after its last change is
+# reported as stuck: a provisioning run takes seconds to minutes.
+PROVISIONING_STUCK_AFTER = datetime.timedelta(hours=1)
+# The retry sweep re-runs a pending or provisioning host this long after its last
+# change when no live run holds it (no queued job, no job of a live worker, no lock
+# of a live process): a run killed with its worker is taken up again within minutes.
+# Hosts waiting in a long queue are busy, so they are never run twice.
+ORPHANED_RUN_AFTER = datetime.timedelta(minutes=3)
 
 # The actions of a decision.
 RENEW = "renew"
@@ -144,6 +237,9 @@ class Decision:
     action: str  # RENEW, SKIP_NOT_DUE, SKIP_BACKOFF or NO_CERTIFICATE
     reason: str
     due_at: datetime.datetime | None = None
+    # When the renewal is planned: ``due_at`` plus the host's share of the spread (by the
+    # lifetime rule), ``due_at`` itself (by ARI: the CA's window spreads renewals already).
+    planned_at: datetime.datetime | None = None
     source: str = SOURCE_LIFETIME  # what set ``due_at``: SOURCE_ARI or SOURCE_LIFETIME
 
 
@@ -157,19 +253,22 @@ def decide(
     problem: str | None = None,
     attempts: int = 0,
     next_attempt_at: datetime.datetime | None = None,
+    spread: datetime.timedelta = datetime.timedelta(0),
+    share: float = 0.0,
     ari_renew_at: datetime.datetime | None = None,
 ) -> Decision:
-    """Renew when the certificate does not cover the name, has expired or is due, or when
-    its file is unusable (``problem``), unless a failed host is backing off.
+    """Renew when the certificate does not cover the name, has expired or its planned
+    renewal time has come, or when its file is unusable (``problem``), unless a failed
+    host is backing off.
 
     Due means: at the renewal time chosen in the CA's ARI window (``ari_renew_at``, for
-    this certificate), else by the lifetime rule (``renewal_due_at``).
-
-    A failed renewal is retried when its backoff says so, not on every scan:
-    each failed order counts against the CA's rate limits. A run that is itself
-    the retry passes no ``attempts``.
+    this certificate), else by the lifetime rule, whose due time is planned later by
+    ``share`` of the ``spread`` (``planned_renewal_at``); the other reasons renew at once.
+    A failed renewal is retried when its backoff says so, not on every scan: each failed
+    order counts against the CA's rate limits. A run that is itself the retry passes no
+    ``attempts``.
     """
-    due_at = None
+    due_at = planned_at = None
     source = SOURCE_LIFETIME
     if problem is not None:
         reason = problem  # a new order replaces the unusable file
@@ -177,17 +276,36 @@ def decide(
         return Decision(NO_CERTIFICATE, "no certificate yet")
     else:
         due_at, source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
+        if source == SOURCE_ARI:
+            planned_at = due_at
+        else:
+            planned_at = planned_renewal_at(
+                threshold_days, not_before, not_after, spread=spread, share=share
+            )
         by = " (the CA's renewal window)" if source == SOURCE_ARI else ""
         if not covers_hostname:
             reason = "the certificate does not cover the hostname"
         elif not_after <= now:
             reason = f"expired on {not_after:%Y-%m-%d %H:%M} UTC"
-        elif now >= due_at:
+        elif now >= planned_at:
             left = format_duration(not_after - now)
             reason = f"{left} left, due since {due_at:%Y-%m-%d %H:%M} UTC{by}"
+        elif now >= due_at:
+            return Decision(
+                SKIP_NOT_DUE,
+                f"due since {due_at:%Y-%m-%d %H:%M} UTC, renewal planned at "
+                f"{planned_at:%Y-%m-%d %H:%M} UTC (renewals are spread out)",
+                due_at,
+                planned_at,
+                source,
+            )
         else:
             return Decision(
-                SKIP_NOT_DUE, f"not due until {due_at:%Y-%m-%d %H:%M} UTC{by}", due_at, source
+                SKIP_NOT_DUE,
+                f"not due until {due_at:%Y-%m-%d %H:%M} UTC{by}",
+                due_at,
+                planned_at,
+                source,
             )
     if in_backoff(now, attempts, next_attempt_at):
         assert next_attempt_at is not None
@@ -196,9 +314,10 @@ def decide(
             f"{reason}; last renewal failed ({attempts} attempt(s)), "
             f"next try after {next_attempt_at:%Y-%m-%d %H:%M} UTC",
             due_at,
+            planned_at,
             source,
         )
-    return Decision(RENEW, reason, due_at, source)
+    return Decision(RENEW, reason, due_at, planned_at, source)
 
 
 def decide_stored(
@@ -209,6 +328,7 @@ def decide_stored(
     *,
     attempts: int = 0,
     next_attempt_at: datetime.datetime | None = None,
+    spread: datetime.timedelta = datetime.timedelta(0),
     ari: tuple[str, datetime.datetime | None] = ("", None),
 ) -> Decision:
     """``decide`` for the certificate read from a host's files (``storage.read_current``);
@@ -227,6 +347,8 @@ def decide_stored(
         problem=stored.problem,
         attempts=attempts,
         next_attempt_at=next_attempt_at,
+        spread=spread,
+        share=jitter(hostname, facts.serial) if facts else 0.0,
         ari_renew_at=ari_renew_at,
     )
 
@@ -250,9 +372,26 @@ def in_backoff(
     return attempts > 0 and next_attempt_at is not None and next_attempt_at > now
 
 
-def is_urgent(now: datetime.datetime, not_after: datetime.datetime, attempts: int) -> bool:
-    """A certificate close to expiry whose renewal fails: a human must look now."""
-    return attempts > 0 and not_after - now <= URGENT_EXPIRY
+def expires_soon(
+    now: datetime.datetime, not_before: datetime.datetime, not_after: datetime.datetime
+) -> bool:
+    """Less than ``URGENT_LIFETIME_LEFT`` of the lifetime left (or expired)."""
+    return not_after - now < lifetime(not_before, not_after) * URGENT_LIFETIME_LEFT
+
+
+def is_urgent(
+    now: datetime.datetime,
+    not_before: datetime.datetime | None,
+    not_after: datetime.datetime,
+    attempts: int,
+) -> bool:
+    """A certificate close to expiry, relative to its lifetime, whose renewal fails: a human
+    must look now (a 90-day certificate with 3 days left, not a 6-day one)."""
+    if attempts <= 0:
+        return False
+    if not_before is None:  # lifetime unknown: only an expired certificate is urgent
+        return not_after <= now
+    return expires_soon(now, not_before, not_after)
 
 
 def is_scan_stale(
@@ -279,10 +418,9 @@ def is_overdue(
     not_after: datetime.datetime | None,
     ari_renew_at: datetime.datetime | None = None,
 ) -> bool:
-    """Expired, or due for renewal for longer than ``OVERDUE_GRACE``: renewals are not happening.
-
-    Due by the planned time (``planned_renewal``): a host waiting for the time chosen in
-    its CA's ARI window is not overdue."""
+    """Expired, or due for renewal for longer than its ``overdue_grace``: renewals are not
+    happening. Due by the planned time (``planned_renewal``): a host waiting for the time
+    chosen in its CA's ARI window is not overdue."""
     if not_after is None:
         return False
     if not_after <= now:
@@ -290,11 +428,43 @@ def is_overdue(
     if not_before is None:
         return False
     due_at, _source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
-    return now >= due_at + OVERDUE_GRACE
+    return now >= due_at + overdue_grace(not_before, not_after)
+
+
+# What an operator reads about a certificate, mildest first (the API's ``state``, the
+# CLI's and the page's colours).
+STATE_VALID = "valid"  # not due yet
+STATE_DUE = "due"  # due, its renewal planned
+STATE_OVERDUE = "overdue"  # due for too long: renewals are not happening
+STATE_EXPIRING = "expiring"  # less than a sixth of its lifetime left
+STATE_EXPIRED = "expired"
+
+
+def certificate_state(
+    now: datetime.datetime,
+    threshold_days: int,
+    not_before: datetime.datetime | None,
+    not_after: datetime.datetime | None,
+    ari_renew_at: datetime.datetime | None = None,
+) -> str | None:
+    """The certificate's state relative to its own lifetime (None without a certificate)."""
+    if not_after is None:
+        return None
+    if not_after <= now:
+        return STATE_EXPIRED
+    if not_before is None:
+        return STATE_VALID
+    if expires_soon(now, not_before, not_after):
+        return STATE_EXPIRING
+    if is_overdue(now, threshold_days, not_before, not_after, ari_renew_at):
+        return STATE_OVERDUE
+    if is_due(now, threshold_days, not_before, not_after, ari_renew_at):
+        return STATE_DUE
+    return STATE_VALID
 
 
 def format_duration(delta: datetime.timedelta) -> str:
-    """ "N day(s)" from a day up, else "N hour(s)" (never negative)."""
+    """"N day(s)" from a day up, else "N hour(s)" (never negative)."""
     if delta >= datetime.timedelta(days=1):
         return f"{delta.days} day(s)"
     return f"{max(int(delta.total_seconds() // 3600), 0)} hour(s)"

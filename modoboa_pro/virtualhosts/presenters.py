@@ -21,10 +21,14 @@ NEXT_RETRY = "retry"
 NEXT_RENEWAL = "renewal"
 
 
-def certificate(host: VirtualHost, now: datetime.datetime | None = None) -> dict[str, Any] | None:
-    """The current certificate's facts as recorded by the last successful run."""
+def certificate(
+    host: VirtualHost, threshold_days: int, now: datetime.datetime | None = None
+) -> dict[str, Any] | None:
+    """The current certificate's facts as recorded by the last successful run, with its
+    state relative to its own lifetime (``policy.certificate_state``)."""
     if host.cert_not_after is None:
         return None
+    now = now or timezone.now()
     return {
         "serial": host.cert_serial,
         "issuer": host.cert_issuer,
@@ -32,6 +36,10 @@ def certificate(host: VirtualHost, now: datetime.datetime | None = None) -> dict
         "not_after": host.cert_not_after,
         "days_left": host.days_left(now),
         "lifetime_left": lifetime_left(host, now),
+        "state": policy.certificate_state(
+            now, threshold_days, host.cert_not_before, host.cert_not_after, host.ari_renew_at
+        ),
+        "renewal_due_at": renewal_due_at(host, threshold_days),
     }
 
 
@@ -58,7 +66,8 @@ def current_step(host: VirtualHost) -> str | None:
 
 
 def next_action(host: VirtualHost) -> str | None:
-    """What ``next_attempt_at`` stands for: a retry after a failure, or a renewal."""
+    """What ``next_attempt_at`` stands for: a retry after a failure, or the planned renewal
+    (the lifetime rule's due time plus the host's share of the spread)."""
     if host.next_attempt_at is None or not host.enabled:
         return None
     if host.status == constants.STATUS_FAILED:
@@ -69,9 +78,8 @@ def next_action(host: VirtualHost) -> str | None:
 
 
 def renewal_due_at(host: VirtualHost, threshold_days: int) -> datetime.datetime | None:
-    if host.cert_not_after is None or host.cert_not_before is None:
-        return None
-    return policy.renewal_due_at(threshold_days, host.cert_not_before, host.cert_not_after)
+    """When the certificate is due: at the CA's ARI time, else by the lifetime rule."""
+    return renewal_plan(host, threshold_days)[0]
 
 
 def renewal_plan(
@@ -101,7 +109,12 @@ def problems(host: VirtualHost, threshold_days: int, now: datetime.datetime) -> 
         if host.cert_not_after <= now:
             found.append(f"certificate expired on {host.cert_not_after:%Y-%m-%d %H:%M} UTC")
         else:
-            found.append(f"certificate overdue for renewal ({host.days_left(now)} days left)")
+            left = policy.format_duration(host.cert_not_after - now)
+            lifetime = host.cert_not_after - (host.cert_not_before or host.cert_not_after)
+            found.append(
+                f"certificate overdue for renewal ({left} left of "
+                f"{policy.format_duration(lifetime)})"
+            )
     if host.enabled and host.status == constants.STATUS_FAILED:
         step = f" at {host.failed_step}" if host.failed_step else ""
         found.append(f"failed{step}: {host.last_error}")
@@ -142,7 +155,7 @@ def summary(
         "last_error": host.last_error,
         "failed_step": host.failed_step,
         "attempts": host.attempts,
-        "certificate": certificate(host, now),
+        "certificate": certificate(host, threshold_days, now),
         "next_action": next_action(host),
         "next_attempt_at": host.next_attempt_at,
         "renewal_due_at": renewal_due_at(host, threshold_days),

@@ -233,6 +233,7 @@ def mark_success(
     *,
     status: str,
     threshold_days: int,
+    spread: datetime.timedelta = datetime.timedelta(0),
 ) -> None:
     """The run succeeded: store certificate facts, plan the renewal, close the alarm."""
     changes: dict[str, object] = {
@@ -250,7 +251,7 @@ def mark_success(
             cert_issuer=facts.issuer[:255],
             cert_not_before=facts.not_before,
             cert_not_after=facts.not_after,
-            next_attempt_at=planned_renewal(host, facts, threshold_days),
+            next_attempt_at=planned_renewal(host, facts, threshold_days, spread),
         )
         changes.update(_forget_other_ari(host, facts))
     if _write(host, **changes):
@@ -280,7 +281,8 @@ def mark_failure(host: VirtualHost, step: str, err: VirtualHostError) -> None:
     )
     if not written:
         return  # deleted meanwhile: nothing to show it on
-    if host.cert_not_after is not None and policy.is_urgent(now, host.cert_not_after, attempts):
+    not_after = host.cert_not_after
+    if not_after is not None and policy.is_urgent(now, host.cert_not_before, not_after, attempts):
         alarms.alarm_urgent(host, host.cert_not_after, now)
     else:
         alarms.open_host_alarm(host, f"Virtual host {host.hostname}: {step} failed: {err.message}")
@@ -319,10 +321,20 @@ def mark_unusable_file(host: VirtualHost, problem: str, now: datetime.datetime) 
     )
 
 
-def sync_facts(host: VirtualHost, facts: CertificateFacts, threshold_days: int) -> None:
-    """Record the certificate found on disk when the model says otherwise."""
+def sync_facts(
+    host: VirtualHost,
+    facts: CertificateFacts,
+    threshold_days: int,
+    spread: datetime.timedelta = datetime.timedelta(0),
+) -> None:
+    """Record the certificate found on disk when the model says otherwise, and its planned
+    renewal time when it changed (a new threshold or spread)."""
+    planned = planned_renewal(host, facts, threshold_days, spread)
     recorded = (host.cert_serial, host.cert_not_before, host.cert_not_after)
+    replan = host.attempts == 0 and host.next_attempt_at != planned
     if recorded == (facts.serial, facts.not_before, facts.not_after):
+        if replan:
+            _write(host, where=Q(cert_serial=host.cert_serial, attempts=0), next_attempt_at=planned)
         return
     changes: dict[str, object] = {
         "cert_serial": facts.serial,
@@ -331,7 +343,7 @@ def sync_facts(host: VirtualHost, facts: CertificateFacts, threshold_days: int) 
         "cert_not_after": facts.not_after,
     }
     if host.attempts == 0:
-        changes["next_attempt_at"] = planned_renewal(host, facts, threshold_days)
+        changes["next_attempt_at"] = planned
     changes.update(_forget_other_ari(host, facts))
     # Conditional on what we read: a renewal finishing meanwhile wins.
     if _write(host, where=Q(cert_serial=host.cert_serial), **changes):
@@ -352,15 +364,26 @@ def stored_ari(host: VirtualHost) -> tuple[str, datetime.datetime | None]:
 
 
 def planned_renewal(
-    host: VirtualHost, facts: CertificateFacts, threshold_days: int
+    host: VirtualHost,
+    facts: CertificateFacts,
+    threshold_days: int,
+    spread: datetime.timedelta = datetime.timedelta(0),
 ) -> datetime.datetime:
     """When this certificate is to be renewed: the stored ARI time when it is this
-    certificate's, else the lifetime rule."""
+    certificate's, else the lifetime rule plus the host's share of the spread."""
     ari_renew_at = host.ari_renew_at if host.ari_cert_id == facts.ari_id != "" else None
-    when, _source = policy.planned_renewal(
+    when, source = policy.planned_renewal(
         threshold_days, facts.not_before, facts.not_after, ari_renew_at
     )
-    return when
+    if source == policy.SOURCE_ARI:
+        return when  # the CA's window spreads renewals already
+    return policy.planned_renewal_at(
+        threshold_days,
+        facts.not_before,
+        facts.not_after,
+        spread=spread,
+        share=policy.jitter(host.hostname, facts.serial),
+    )
 
 
 def _forget_other_ari(host: VirtualHost, facts: CertificateFacts) -> dict[str, object]:

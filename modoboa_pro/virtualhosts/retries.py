@@ -1,10 +1,16 @@
-"""The retry sweep: re-run what failed once its retry time has come, and what a crash left stuck.
+"""The retry sweep: re-run what failed once its retry time has come, what a crash left stuck,
+and renew what is planned now.
 
 The backoff itself (1 min, 10 min, 100 min, then daily, or the CA's
 retry-after) is ``policy.RETRY_BACKOFF``, applied by ``recording.mark_failure``
 when a run fails. Modoboa's RQ workers run without RQ's scheduler, so a failed
 run cannot schedule its own retry: ``jobs.retry_due_virtualhosts`` (every few
 minutes from cron, and at the end of the daily scan) selects what is due here.
+
+The same holds for renewals: each host's planned renewal time (``next_attempt_at`` of a
+host with a certificate and no failure, ``policy.planned_renewal_at``) is spread over
+hours; this sweep enqueues the renewal once that time has come, the daily scan being the
+safety net.
 """
 
 from __future__ import annotations
@@ -26,16 +32,21 @@ logger = logging.getLogger("modoboa.jobs")
 @dataclass
 class RetryReport:
     retried: list[str] = field(default_factory=list)
+    renewed: list[str] = field(default_factory=list)  # planned renewals enqueued
     busy: list[str] = field(default_factory=list)
     stopped: str = ""  # why the sweep stopped early (Redis unreachable)
 
     def summary(self) -> str:
-        line = f"{len(self.retried)} retried, {len(self.busy)} already queued or running"
+        line = (
+            f"{len(self.retried)} retried, {len(self.renewed)} planned renewal(s) enqueued, "
+            f"{len(self.busy)} already queued or running"
+        )
         return f"{line}; stopped: {self.stopped}" if self.stopped else line
 
 
 def due(now: datetime.datetime) -> Q:
-    """Hosts whose retry time has come, or maybe left pending/provisioning by a crash.
+    """Hosts whose retry or planned renewal time has come, or maybe left pending/provisioning
+    by a crash.
 
     ``run`` retries the latter only when no live run holds them (``queueing.is_busy``).
 
@@ -46,7 +57,10 @@ def due(now: datetime.datetime) -> Q:
     stuck = Q(status__in=(constants.STATUS_PENDING, constants.STATUS_PROVISIONING)) & quiet
     # Disabled by an admin, but no disable run ever recorded it (its job was lost).
     undone = Q(enabled=False) & ~Q(status=constants.STATUS_DISABLED) & quiet
-    return failed | stuck | undone
+    planned = Q(
+        status=constants.STATUS_ACTIVE, enabled=True, attempts=0, next_attempt_at__lte=now
+    ) & ~Q(cert_not_after=None)
+    return failed | stuck | undone | planned
 
 
 def _job_for(host: VirtualHost, letsencrypt: bool) -> tuple[str, tuple[object, ...]] | None:
@@ -82,11 +96,17 @@ def run(*, letsencrypt: bool, now: datetime.datetime | None = None) -> RetryRepo
         if not queued:
             report.busy.append(host.hostname)
             continue
+        if path == queueing.RENEW and host.status == constants.STATUS_ACTIVE:
+            report.renewed.append(host.hostname)
+            logger.info(
+                "virtualhost %s: planned renewal time reached, renewal enqueued", host.hostname
+            )
+            continue
         why = "stuck" if host.status != constants.STATUS_FAILED else "retry time reached"
         report.retried.append(host.hostname)
         logger.info(
             "virtualhost %s: retry enqueued (%s, attempt %d)", host.hostname, why, host.attempts + 1
         )
-    if report.retried or report.busy or report.stopped:
+    if report.retried or report.renewed or report.busy or report.stopped:
         logger.info("virtual host retries: %s", report.summary())
     return report

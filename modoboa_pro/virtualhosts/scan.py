@@ -57,6 +57,7 @@ class Verdict:
     not_after: datetime.datetime | None = None
     due_at: datetime.datetime | None = None
     renewal_source: str = policy.SOURCE_LIFETIME  # what set ``due_at``: "ari" or "lifetime"
+    planned_at: datetime.datetime | None = None
 
     @property
     def renews(self) -> bool:
@@ -73,6 +74,7 @@ def verdict(
     stored: storage.StoredCertificate,
     threshold_days: int,
     now: datetime.datetime,
+    spread: datetime.timedelta = datetime.timedelta(0),
 ) -> Verdict:
     """The renewal decision for one host and the certificate read from its files."""
     if not host.enabled:
@@ -87,6 +89,7 @@ def verdict(
         attempts=host.attempts,
         next_attempt_at=host.next_attempt_at,
         ari=recording.stored_ari(host),
+        spread=spread,
     )
     reason = decision.reason
     if decision.action == policy.NO_CERTIFICATE:
@@ -99,6 +102,7 @@ def verdict(
         not_after=stored.facts.not_after if stored.facts else None,
         due_at=decision.due_at,
         renewal_source=decision.source,
+        planned_at=decision.planned_at,
     )
 
 
@@ -149,7 +153,10 @@ class ScanReport:
         if self.expired:
             line += f"; {len(self.expired)} expired ({_names(self.expired)})"
         if self.urgent:
-            line += f"; {len(self.urgent)} expiring within 7 days ({_names(self.urgent)})"
+            line += (
+                f"; {len(self.urgent)} close to expiry with failing renewals "
+                f"({_names(self.urgent)})"
+            )
         if self.errors:
             line += f"; {len(self.errors)} error(s) ({_names(self.errors)})"
         if self.requeued:
@@ -220,6 +227,7 @@ def run(
     now: datetime.datetime | None = None,
     dry_run: bool = False,
     ari_source: Callable[[], renewal_info.RenewalInfoSource] | None = None,
+    spread: datetime.timedelta = datetime.timedelta(0),
 ) -> ScanReport:
     """Scan every host; ``enqueue(host)`` returns False when a renewal is already pending.
 
@@ -239,7 +247,9 @@ def run(
     hosts = VirtualHost.objects.only(*_FIELDS).order_by("hostname")
     for host in hosts.iterator(chunk_size=CHUNK_SIZE):
         try:
-            _scan_host(host, storage_root, threshold_days, enqueue, now, report, dry_run, asker)
+            _scan_host(
+                host, storage_root, threshold_days, enqueue, now, report, dry_run, asker, spread
+            )
         except VirtualHostError as err:  # e.g. Redis unreachable: report, go on
             report.errors.append(host.hostname)
             logger.error("virtualhost %s: renewal scan failed: %s", host.hostname, err.message)
@@ -275,6 +285,7 @@ def _scan_host(
     report: ScanReport,
     dry_run: bool,
     asker: _AriAsker,
+    spread: datetime.timedelta,
 ) -> None:
     if not host.enabled:
         report.disabled += 1
@@ -287,7 +298,7 @@ def _scan_host(
     )
     if stored.facts is not None and stored.problem is None:
         asker.maybe_ask(host, stored.facts, now, threshold_days)
-    found = verdict(host, stored, threshold_days, now)
+    found = verdict(host, stored, threshold_days, now, spread)
     report.verdicts.append(found)
     if stored.problem is not None:
         report.unreadable.append(host.hostname)
@@ -300,9 +311,10 @@ def _scan_host(
         return
     else:
         if not dry_run:
-            recording.sync_facts(host, stored.facts, threshold_days)
+            recording.sync_facts(host, stored.facts, threshold_days, spread)
         fullchain = storage.certificate_paths(storage_root, host.hostname)[0]
-        if policy.is_urgent(now, stored.facts.not_after, host.attempts):
+        facts = stored.facts
+        if policy.is_urgent(now, facts.not_before, facts.not_after, host.attempts):
             report.urgent.append(host.hostname)
             if not dry_run:
                 alarms.alarm_urgent(host, stored.facts.not_after, now)

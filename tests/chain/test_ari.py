@@ -196,7 +196,14 @@ def test_an_unusable_window_falls_back_to_the_lifetime_rule(
     assert host.ari_cert_id == cert_id and host.ari_renew_at is None
     assert asked_at + 2 * 3600 * SECOND <= host.ari_recheck_at  # the CA's Retry-After
     due = policy.renewal_due_at(30, host.cert_not_before, host.cert_not_after)
-    assert host.next_attempt_at == due
+    # Planned by the lifetime rule: its due time plus the host's share of the spread.
+    assert host.next_attempt_at == policy.planned_renewal_at(
+        30,
+        host.cert_not_before,
+        host.cert_not_after,
+        spread=jobs.read_settings().renewal_spread,
+        share=policy.jitter(host.hostname, host.cert_serial),
+    )
     shown = shown_by_api(host)
     assert (shown["renewal_source"], parse_datetime(shown["planned_renewal_at"])) == (
         "lifetime",

@@ -76,7 +76,8 @@ def during_the_scan(monkeypatch, actions: dict[int, Callable[[], None]]) -> None
 
 def due_hosts(chain: Chain, prefix: str, count: int) -> tuple[list[VirtualHost], dict[str, str]]:
     """``count`` hosts served by nginx with a certificate due for renewal, and their serials."""
-    hosts = [stand_in(chain, f"{prefix}{i:02d}.example.test", remaining=5) for i in range(count)]
+    # 25 of 90 days left: due for 5 days (overdue), not yet close to expiry (under 15 days).
+    hosts = [stand_in(chain, f"{prefix}{i:02d}.example.test", remaining=25) for i in range(count)]
     chain.nginx.reload()
     return hosts, {h.hostname: served_serial(chain, h.hostname) for h in hosts}
 

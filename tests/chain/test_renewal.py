@@ -19,7 +19,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from modoboa_pro.testing import make_chain_pem, validity
-from modoboa_pro.virtualhosts import alarms, constants, jobs, queueing
+from modoboa_pro.virtualhosts import alarms, conf, constants, jobs, queueing, recording
 from modoboa_pro.virtualhosts.adapters import nginx, storage, tls, x509
 from modoboa_pro.virtualhosts.adapters.files import ensure_dir
 from modoboa_pro.virtualhosts.checks import check_renewal_scan
@@ -56,6 +56,10 @@ def stand_in(
         host.cert_serial = facts.serial
         host.cert_issuer = facts.issuer
         host.cert_not_before, host.cert_not_after = facts.not_before, facts.not_after
+        # Its planned renewal, as the run that issued it recorded it.
+        host.next_attempt_at = recording.planned_renewal(
+            host, facts, 30, conf.renewal_spread()
+        )
     else:
         host.status = constants.STATUS_PENDING
     if site:
@@ -193,7 +197,7 @@ def test_failed_renewal_keeps_the_old_certificate_and_backs_off(chain: Chain):
     result = jobs.check_certificate_renewals()
     assert result["enqueued"] == [] and queued_renewals() == []
     assert "1 waiting for their retry time" in result["summary"]
-    assert "1 expiring within 7 days (failing.example.test)" in result["summary"]
+    assert "1 close to expiry with failing renewals (failing.example.test)" in result["summary"]
 
     # Once the retry time has come (and the cause is fixed), the scan retries it.
     VirtualHost.objects.filter(pk=host.pk).update(

@@ -36,6 +36,8 @@ class CertificateSerializer(serializers.Serializer):
     not_after = serializers.DateTimeField()
     days_left = serializers.IntegerField(allow_null=True)
     lifetime_left = serializers.FloatField(allow_null=True)
+    state = serializers.CharField()
+    renewal_due_at = serializers.DateTimeField()
 
 
 # How many unknown field names an error quotes: a body with thousands is still one line.
@@ -236,7 +238,11 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
         return presenters.current_step(obj)
 
     def get_certificate(self, obj: VirtualHost) -> dict[str, Any] | None:
-        cert = presenters.certificate(obj)
+        threshold = self.context.get("threshold_days")
+        if threshold is None:  # read once per answer (the context is shared), not per host
+            threshold = int(conf.param("certificate_renewal_threshold"))
+            self.context["threshold_days"] = threshold
+        cert = presenters.certificate(obj, threshold)
         return CertificateSerializer(cert).data if cert else None
 
     def get_next_action(self, obj: VirtualHost) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,12 +18,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from ... import alarms, conf, constants, presenters, scan, services
+from ... import alarms, conf, constants, policy, presenters, scan, services
 from ...errors import InvalidHostname, RunInProgress, VirtualHostError
 from ...hostnames import normalize_hostname
 from ...models import VirtualHost
 
 EMPTY = "-"
+EXPIRES_COLUMN = 2  # of the `list` table: coloured by the certificate's state
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the command could not do what was asked (unknown host, busy, config)
@@ -48,15 +49,31 @@ def _when(value: datetime.datetime | None) -> str:
     return f"{value.astimezone(datetime.UTC):%Y-%m-%d %H:%M} UTC" if value else EMPTY
 
 
-def _expires_in(host: VirtualHost, now: datetime.datetime) -> str:
+def _expires_in(host: VirtualHost, now: datetime.datetime, threshold_days: int) -> str:
+    """Time left, then the certificate's state when it is not simply valid ("3d overdue")."""
     if host.cert_not_after is None:
         return EMPTY
     if host.cert_not_after <= now:
         return "expired"
     left = host.cert_not_after - now
-    if left < datetime.timedelta(days=1):
-        return f"{int(left.total_seconds() // 3600)}h"
-    return f"{left.days}d"
+    text = f"{int(left.total_seconds() // 3600)}h" if left < DAY else f"{left.days}d"
+    state = _state(host, now, threshold_days)
+    return text if state == policy.STATE_VALID else f"{text} {state}"
+
+
+def _state(host: VirtualHost, now: datetime.datetime, threshold_days: int) -> str | None:
+    return policy.certificate_state(now, threshold_days, host.cert_not_before, host.cert_not_after)
+
+
+DAY = datetime.timedelta(days=1)
+# The colour of each certificate state (Django's terminal styles; none when not a terminal).
+STATE_STYLES = {
+    policy.STATE_VALID: "SUCCESS",
+    policy.STATE_DUE: "SUCCESS",  # its renewal is planned: nothing to do
+    policy.STATE_OVERDUE: "WARNING",
+    policy.STATE_EXPIRING: "ERROR",
+    policy.STATE_EXPIRED: "ERROR",
+}
 
 
 def _next(host: VirtualHost) -> str:
@@ -71,13 +88,23 @@ def _oneline(text: str, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _table(
+    headers: list[str],
+    rows: list[list[str]],
+    paint: list[Callable[[str], str] | None] | None = None,
+) -> str:
+    """Aligned columns; ``paint[i]`` colours the "EXPIRES IN" cell of row ``i``."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
     lines = [headers, ["-" * w for w in widths], *rows]
-    return "\n".join(
-        "  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    )
+    styles: list[Callable[[str], str] | None] = [None, None, *(paint or [None] * len(rows))]
+    out = []
+    for line, style in zip(lines, styles, strict=True):
+        cells = [str(c).ljust(w) for c, w in zip(line, widths, strict=True)]
+        if style is not None:  # the text only: the padding stays outside the colour codes
+            text = str(line[EXPIRES_COLUMN])
+            cells[EXPIRES_COLUMN] = style(text) + cells[EXPIRES_COLUMN][len(text) :]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
 
 
 class UsageParser(CommandParser):
@@ -216,21 +243,27 @@ class Command(BaseCommand):
             self.stdout.write("No virtual hosts.")
         else:
             headers = ["HOSTNAME", "STATUS", "EXPIRES IN", "ISSUER", "NEXT", "LAST ERROR"]
+            assert headers[EXPIRES_COLUMN] == "EXPIRES IN"
             rows = [
                 [
                     h.hostname,
                     h.status
                     + ("" if h.enabled or h.status == constants.STATUS_DISABLED else " (disabled)"),
-                    _expires_in(h, self.now),
+                    _expires_in(h, self.now, self.threshold),
                     h.cert_issuer or EMPTY,
                     _next(h),
                     _oneline(h.last_error) if h.last_error else EMPTY,
                 ]
                 for h in hosts
             ]
-            self.stdout.write(_table(headers, rows))
+            paint = [self._paint(h) for h in hosts]
+            self.stdout.write(_table(headers, rows, paint))
             self.stdout.write(self._scan_line())
         self._finish(hosts, check_scan=True)
+
+    def _paint(self, host: VirtualHost) -> Callable[[str], str] | None:
+        state = _state(host, self.now, self.threshold) if host.enabled else None
+        return getattr(self.style, STATE_STYLES[state]) if state else None
 
     def _scan_line(self) -> str:
         latest = alarms.last_scan()
@@ -263,8 +296,11 @@ class Command(BaseCommand):
             lines += [
                 ("  Issuer", cert["issuer"]),
                 ("  Valid from", _when(cert["not_before"])),
-                ("  Valid until", f"{_when(cert['not_after'])} ({_expires_in(host, self.now)})"),
-                ("  Renewal due", _when(data["planned_renewal_at"])),
+                (
+                    "  Valid until",
+                    f"{_when(cert['not_after'])} ({_expires_in(host, self.now, self.threshold)})",
+                ),
+                ("  Renewal due", _when(data["renewal_due_at"])),
                 ("  Decided by", _renewal_source(data)),
             ]
         lines += [
@@ -308,6 +344,7 @@ class Command(BaseCommand):
             None,
             now=self.now,
             dry_run=True,
+            spread=conf.renewal_spread(),
         )
         verdicts = report.verdicts
         if options["json"]:
@@ -321,7 +358,9 @@ class Command(BaseCommand):
             self.stdout.write(_table(["HOSTNAME", "ACTION", "WHY"], rows))
         self.stdout.write(
             f"{report.due} of {len(verdicts)} host(s) due for renewal "
-            f"(threshold {self.threshold} days, capped at half a certificate's lifetime); "
+            f"(a third of a certificate's lifetime left, half under 10 days, or the "
+            f"{self.threshold}-day threshold if earlier, capped at half; spread over "
+            f"{policy.format_duration(conf.renewal_spread())}); "
             "nothing enqueued (dry run)."
         )
 
