@@ -53,6 +53,7 @@ class Wiring:
     pebble: PebbleServer
     app_port: int
     hostnames: Sequence[str]
+    dns_address: str | None = None  # the DNS stub: "host:port"
 
 
 def settings_snippet(wiring: Wiring) -> str:
@@ -84,6 +85,8 @@ VIRTUALHOSTS_LISTEN_ADDRESS = "127.0.0.1"
 # The HTTPS sites forward to the application served by `manage.py runserver`.
 VIRTUALHOSTS_UPSTREAM = "http://127.0.0.1:{wiring.app_port}"
 VIRTUALHOSTS_UPSTREAM_PROTOCOL = "http"
+# The pre-flight before each order asks the demo's DNS stub, as Pebble does.
+VIRTUALHOSTS_PREFLIGHT_RESOLVER = {wiring.dns_address!r}
 
 # Modoboa's LOGGING has no handler for the jobs logger: without this its lines vanish.
 LOGGING["formatters"]["jobs"] = {{"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}}

@@ -7,6 +7,8 @@ the client asked for. Everything else reaches Pebble unchanged.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime
 import email.utils
 import http.server
@@ -28,6 +30,8 @@ from modoboa_pro.testing import pki
 PROBLEM_JSON = "application/problem+json"
 RATE_LIMITED = "urn:ietf:params:acme:error:rateLimited"
 SERVER_INTERNAL = "urn:ietf:params:acme:error:serverInternal"
+INVALID_PROFILE = "urn:ietf:params:acme:error:invalidProfile"
+UNAUTHORIZED = "urn:ietf:params:acme:error:unauthorized"
 _JSON_TYPES = ("application/json", PROBLEM_JSON)
 # Headers that describe one connection, or the body as sent, not the resource: never forwarded.
 _HOP_BY_HOP = frozenset(
@@ -85,6 +89,61 @@ class Exchange:
     refused: bool  # answered by the proxy itself: the CA never saw it
 
 
+def jws_payload(body: bytes) -> dict[str, object] | None:
+    """The JSON payload of a flattened JWS request body; None for POST-as-GET or non-JWS."""
+    try:
+        encoded = json.loads(body)["payload"]
+        if not encoded:
+            return None
+        decoded = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+class ProfileDouble:
+    """ACME profiles (draft-ietf-acme-profiles) for a CA without them (Pebble 2.4).
+
+    Advertises :attr:`offered` in the directory's ``meta.profiles``, records the ``profile``
+    of every newOrder (:attr:`ordered`, None when absent), and refuses the profiles in
+    :attr:`refused` as a CA refuses an account one (``invalidProfile`` by default). The
+    request is forwarded signed as it came: it cannot be re-signed without the account key,
+    and Pebble 2.4, decoding JSON into its own structure, ignores the field.
+    """
+
+    def __init__(self) -> None:
+        self.offered: dict[str, str] = {}
+        self.refused: dict[str, Problem] = {}
+        self.ordered: list[str | None] = []
+        self._lock = threading.Lock()
+
+    def offer(self, **profiles: str) -> None:
+        """Advertise these profiles (name -> description) from now on."""
+        self.offered = dict(profiles)
+
+    def refuse(self, name: str, *, problem_type: str = INVALID_PROFILE) -> None:
+        """Answer newOrders asking for ``name`` with 400 ``problem_type``."""
+        detail = f"account is not permitted to use the profile {name!r}"
+        self.refused[name] = Problem(400, problem_type, detail)
+
+    def on_new_order(self, body: bytes) -> Problem | None:
+        """Record the profile a newOrder asks for; the refusal to answer, if any."""
+        payload = jws_payload(body) or {}
+        profile = payload.get("profile")
+        name = str(profile) if profile else None
+        with self._lock:
+            self.ordered.append(name)
+        return self.refused.get(name) if name is not None else None
+
+    def advertise(self, payload: bytes) -> bytes:
+        """The directory with ``meta.profiles`` added (unchanged when none is offered)."""
+        if not self.offered:
+            return payload
+        directory = json.loads(payload)
+        directory.setdefault("meta", {})["profiles"] = self.offered
+        return json.dumps(directory).encode()
+
+
 @dataclass
 class _Refusal:
     problem: Problem
@@ -133,6 +192,7 @@ class AcmeProxy:
         self._exchanges: list[Exchange] = []
         self._connections: set[socket.socket] = set()
         self._local = threading.local()
+        self.profiles = ProfileDouble()
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -253,6 +313,8 @@ class AcmeProxy:
         body = handler.rfile.read(length) if length else b""
         resource = self._resources.get(urllib.parse.urlsplit(handler.path).path)
         problem = self._take_refusal(resource)
+        if problem is None and resource == "newOrder":
+            problem = self.profiles.on_new_order(body)
         if problem is not None:
             status, headers, payload = (
                 problem.status,
@@ -261,6 +323,8 @@ class AcmeProxy:
             )
         else:
             status, headers, payload = self._forward(handler, body)
+            if resource == "directory" and status == 200:
+                payload = self.profiles.advertise(payload)
         with self._lock:
             self._exchanges.append(
                 Exchange(handler.command, handler.path, resource, status, problem is not None)

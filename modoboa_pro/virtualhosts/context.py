@@ -15,6 +15,7 @@ from typing import Protocol
 
 from . import constants
 from .adapters import probe, storage, webroot
+from .adapters.acme import ProfileChoice
 from .adapters.reloader import Reloader
 from .adapters.webroot import TokenLedger
 from .adapters.x509 import CertificateFacts
@@ -40,6 +41,11 @@ class Settings:
     upstream: str
     upstream_protocol: str
     verify_address: str
+    # Pre-flight before orders (``adapters.preflight``), and the DNS server it asks.
+    preflight: bool = True
+    preflight_resolver: str | None = None
+    # The instance's ACME profile (ACME_PROFILE): preferred, not required.
+    acme_profile: str | None = None
 
     @property
     def webroot(self) -> Path:
@@ -81,7 +87,12 @@ class CertificateAuthority(Protocol):
     def ensure_account(self) -> object: ...
 
     def obtain_certificate(
-        self, hostname: str, csr_pem: bytes, publisher: webroot.WebrootPublisher
+        self,
+        hostname: str,
+        csr_pem: bytes,
+        publisher: webroot.WebrootPublisher,
+        *,
+        profile: ProfileChoice | None = None,
     ) -> bytes: ...
 
 

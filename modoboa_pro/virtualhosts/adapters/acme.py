@@ -35,6 +35,7 @@ from ..errors import (
     AcmeDirectoryUnreachable,
     AcmeError,
     AcmeOrderFailed,
+    AcmeProfileRefused,
     AcmeRateLimited,
     AcmeUnauthorized,
     AcmeValidationFailed,
@@ -80,6 +81,15 @@ class Account:
     uri: str
     email: str
     directory_url: str
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """The ACME profile to ask for; ``required``: never fall back to the CA's default
+    (a host's own choice), else only preferred (the instance's ACME_PROFILE)."""
+
+    name: str
+    required: bool
 
 
 def account_dir(storage_root: Path, directory_url: str) -> Path:
@@ -269,7 +279,12 @@ class AcmeClient:
     # -- orders ------------------------------------------------------------
 
     def obtain_certificate(
-        self, hostname: str, csr_pem: bytes, publisher: ChallengePublisher
+        self,
+        hostname: str,
+        csr_pem: bytes,
+        publisher: ChallengePublisher,
+        *,
+        profile: ProfileChoice | None = None,
     ) -> bytes:
         """Run one HTTP-01 order for ``hostname``; return the full chain PEM."""
         acme = self._connect()
@@ -277,8 +292,10 @@ class AcmeClient:
             self.ensure_account()
         assert self._key is not None
         deadline = time.monotonic() + self.order_timeout
+        if profile is not None:
+            check_profile(profile.name, _offered_profiles(acme), self.directory_url)
         try:
-            order = _signed(acme.new_order, csr_pem)
+            order = new_order_with_profile(acme, csr_pem, hostname, profile)
             published: list[str] = []
             try:
                 for authzr in order.authorizations:
@@ -375,6 +392,62 @@ class AcmeClient:
             )
         self._sleep(wait)
         return min(interval * POLL_GROWTH, POLL_MAX_INTERVAL)
+
+
+def _offered_profiles(acme: client.ClientV2) -> dict[str, str]:
+    """The profiles the directory advertises (``meta.profiles``: name -> description)."""
+    meta = acme.directory.meta
+    return dict(meta.profiles or {}) if meta is not None else {}
+
+
+def check_profile(name: str, offered: dict[str, str], directory_url: str) -> None:
+    """Refuse a profile the CA does not offer, naming those it does."""
+    if name in offered:
+        return
+    choices = ", ".join(sorted(offered)) or "none: it does not support profiles"
+    raise ConfigurationError(
+        f"The ACME profile {name!r} is not offered by the CA at {directory_url} (profiles "
+        f"offered: {choices}). Change ACME_PROFILE or the host's profile, or leave it empty "
+        "for the CA's default."
+    )
+
+
+def _profile_refused(err: messages.Error) -> bool:
+    """Whether a CA's problem says the account may not use the profile it asked for."""
+    code = err.code or ""
+    return code == "invalidProfile" or (
+        code == "unauthorized" and "profile" in (err.detail or "").lower()
+    )
+
+
+def new_order_with_profile(
+    acme: client.ClientV2, csr_pem: bytes, hostname: str, profile: ProfileChoice | None
+) -> messages.OrderResource:
+    """newOrder, asking for ``profile``; a profile only preferred and refused for this
+    account is dropped once, and the order placed with the CA's default."""
+    if profile is None:
+        return _signed(acme.new_order, csr_pem)
+    try:
+        return _signed(acme.new_order, csr_pem, profile.name)
+    except messages.Error as err:
+        if not _profile_refused(err):
+            raise
+        detail = err.detail or str(err)
+        if profile.required:
+            raise AcmeProfileRefused(
+                f"The CA does not let this account use the ACME profile {profile.name!r} "
+                f"for {hostname}: {detail}. Choose another profile for this host (or none, "
+                "for the CA's default), then retry.",
+                detail=detail,
+            ) from err
+        logger.warning(
+            "ACME profile %r refused for this account (%s); ordering %s with the CA's "
+            "default profile",
+            profile.name,
+            detail,
+            hostname,
+        )
+        return _signed(acme.new_order, csr_pem)
 
 
 def _signed(call: Callable[..., T], *args: object) -> T:

@@ -136,6 +136,11 @@ class Command(BaseCommand):
         p.add_argument("hostname")
         p.add_argument("--domain", help="Name of the Modoboa domain the host belongs to.")
         p.add_argument("--disabled", action="store_true", help="Create it disabled.")
+        p.add_argument(
+            "--profile",
+            default="",
+            help="ACME profile its orders require (e.g. tlsserver); default: ACME_PROFILE.",
+        )
 
         p = sub.add_parser("remove", help="Delete a host (site removed, files archived).", **cli)
         p.add_argument("hostname")
@@ -346,7 +351,12 @@ class Command(BaseCommand):
         except InvalidHostname as err:
             raise _usage(err.message) from err
         domain = None if options.get("domain") is None else self._domain(options["domain"])
-        host = services.create_virtualhost(hostname, enabled=not options["disabled"], domain=domain)
+        host = services.create_virtualhost(
+            hostname,
+            enabled=not options["disabled"],
+            domain=domain,
+            acme_profile=options.get("profile") or "",
+        )
         self.stdout.write(
             f"Created {host.hostname}"
             + (" (disabled)." if not host.enabled else "; provisioning queued.")
