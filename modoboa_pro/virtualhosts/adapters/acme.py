@@ -414,7 +414,8 @@ def check_profile(name: str, offered: dict[str, str], directory_url: str) -> Non
 
 def _profile_refused(err: messages.Error) -> bool:
     """Whether a CA's problem says the account may not use the profile it asked for."""
-    code = err.code or ""
+    # The library knows only RFC 8555's codes (``err.code`` is None for invalidProfile).
+    code = str(err.typ or "").removeprefix(messages.ERROR_PREFIX)
     return code == "invalidProfile" or (
         code == "unauthorized" and "profile" in (err.detail or "").lower()
     )

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
@@ -21,7 +22,7 @@ from django.utils import timezone
 from ... import alarms, conf, constants, presenters, scan, services
 from ...errors import InvalidHostname, RunInProgress, VirtualHostError
 from ...hostnames import normalize_hostname
-from ...models import VirtualHost
+from ...models import VirtualHost, validate_acme_profile
 
 EMPTY = "-"
 
@@ -351,11 +352,16 @@ class Command(BaseCommand):
         except InvalidHostname as err:
             raise _usage(err.message) from err
         domain = None if options.get("domain") is None else self._domain(options["domain"])
+        profile = options.get("profile") or ""
+        try:
+            validate_acme_profile(profile)
+        except DjangoValidationError as err:
+            raise _usage(" ".join(err.messages)) from err
         host = services.create_virtualhost(
             hostname,
             enabled=not options["disabled"],
             domain=domain,
-            acme_profile=options.get("profile") or "",
+            acme_profile=profile,
         )
         self.stdout.write(
             f"Created {host.hostname}"
