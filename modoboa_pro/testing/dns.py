@@ -73,7 +73,9 @@ class DnsResponder:
     answered query is appended to :attr:`queries` as ``(transport, name, qtype)``, every
     query left unanswered to :attr:`unanswered`: a test learns that the CA is validating.
     Names in :attr:`addresses` get exactly those addresses instead (IPv4 ones for A, IPv6
-    ones for AAAA; an empty list: the name exists without any address).
+    ones for AAAA; an empty list: the name exists without any address). A name in
+    :attr:`answers_left` gets that many more answers, then none: the pre-flight (which asks
+    A and AAAA before any order) passes, and the CA's validation that follows hangs.
     """
 
     def __init__(self, host: str = "127.0.0.1", *, ipv4: str = "127.0.0.1") -> None:
@@ -82,6 +84,8 @@ class DnsResponder:
         self.nxdomain: set[str] = set()
         self.silent: set[str] = set()
         self.addresses: dict[str, list[str]] = {}
+        self.answers_left: dict[str, int] = {}
+        self._count_lock = threading.Lock()
         self.queries: list[tuple[str, str, int]] = []
         self.unanswered: list[tuple[str, str, int]] = []
         self._udp: socketserver.ThreadingUDPServer | None = None
@@ -96,7 +100,7 @@ class DnsResponder:
             msg_id, flags, name, qtype, qclass, end = _parse_question(packet)
         except _Malformed:
             return None
-        if name.rstrip(".") in self.silent:
+        if name.rstrip(".") in self.silent or self._exhausted(name.rstrip(".")):
             self.unanswered.append((transport, name, qtype))
             return None
         self.queries.append((transport, name, qtype))
@@ -116,6 +120,15 @@ class DnsResponder:
         reply_flags = _FLAG_QR | _FLAG_AA | _FLAG_RA | (flags & (_OPCODE_MASK | _FLAG_RD)) | rcode
         header = _HEADER.pack(msg_id, reply_flags, 1, len(records), 0, 0)
         return header + question + answers
+
+    def _exhausted(self, name: str) -> bool:
+        """Whether ``name`` has used up its :attr:`answers_left` (counting this query)."""
+        with self._count_lock:
+            left = self.answers_left.get(name)
+            if left is None:
+                return False
+            self.answers_left[name] = left - 1
+            return left <= 0
 
     def _records(self, name: str, qtype: int) -> list[bytes]:
         """The packed addresses answering ``qtype`` for ``name``."""
