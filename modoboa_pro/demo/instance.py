@@ -15,6 +15,7 @@ import requests
 from redis import Redis
 from rq import Queue, Worker
 
+import modoboa_pro
 from modoboa_pro.testing import HarnessError, ManagedProcess, NginxServer, PebbleServer
 
 # Environment variables that would make a child load another project's settings (e.g. the
@@ -37,6 +38,9 @@ def child_environment() -> dict[str, str]:
         for key, value in os.environ.items()
         if key not in _FOREIGN_ENV and not key.startswith(_FOREIGN_ENV_PREFIX)
     }
+    # The instance runs this very plugin: a worktree's (imported through PYTHONPATH), not
+    # whichever checkout the virtualenv installed in editable mode.
+    env["PYTHONPATH"] = str(Path(modoboa_pro.__file__).resolve().parent.parent)
     # nginx lives in /usr/sbin, which a non-root PATH often lacks.
     path = env.get("PATH", "/usr/bin:/bin")
     env["PATH"] = ":".join([path, "/usr/sbin", "/sbin"])
