@@ -198,6 +198,8 @@ def chain(
     settings.VIRTUALHOSTS_UPSTREAM = backend
     settings.VIRTUALHOSTS_UPSTREAM_PROTOCOL = "http"
     settings.VIRTUALHOSTS_RELOAD_MODE = "local"
+    # The pre-flight asks the DNS stub, as Pebble does (every name: 127.0.0.1, nginx).
+    settings.VIRTUALHOSTS_PREFLIGHT_RESOLVER = dns_responder.address
     set_parameters(
         enable_letsencrypt=True,
         acme_account_email="hostmaster@example.org",
@@ -206,6 +208,8 @@ def chain(
     )
     dns_responder.nxdomain.clear()
     dns_responder.silent.clear()
+    dns_responder.addresses.clear()
+    dns_responder.answers_left.clear()
     yield Chain(nginx_server, pebble_server, dns_responder, redis_server, storage)
     # Leave nginx as the next test expects it: no sites.
     for site in nginx_server.sites_dir.glob("*"):

@@ -148,6 +148,33 @@ def test_dns_responder() -> None:
     dns.stop()
 
 
+def test_dns_responder_chosen_addresses_and_answers_left() -> None:
+    """What the pre-flight tests rely on, read by dnspython as the plugin reads it."""
+    import dns.resolver
+
+    with DnsResponder() as stub:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers, resolver.port, resolver.lifetime = ["127.0.0.1"], stub.port, 1.0
+
+        def ask(name: str, rdtype: str) -> list[str]:
+            answer = resolver.resolve(name, rdtype, raise_on_no_answer=False)
+            return [r.to_text() for r in answer]
+
+        stub.addresses["two.example.test"] = ["127.0.0.2", "::1", "127.0.0.3"]
+        assert ask("two.example.test", "A") == ["127.0.0.2", "127.0.0.3"]
+        assert ask("two.example.test", "AAAA") == ["::1"]
+        stub.addresses["none.example.test"] = []
+        assert ask("none.example.test", "A") == ask("none.example.test", "AAAA") == []
+        assert ask("other.example.test", "A") == ["127.0.0.1"]  # the default is untouched
+
+        stub.answers_left["later.example.test"] = 2
+        assert ask("later.example.test", "A") == ["127.0.0.1"]
+        assert ask("later.example.test", "AAAA") == []
+        with pytest.raises(dns.exception.Timeout):
+            ask("later.example.test", "A")
+        assert ("udp", "later.example.test", 1) in stub.unanswered
+
+
 # -- nginx -------------------------------------------------------------------------------------
 
 

@@ -15,6 +15,7 @@ import requests
 from redis import Redis
 from rq import Queue, Worker
 
+import modoboa_pro
 from modoboa_pro.testing import HarnessError, ManagedProcess, NginxServer, PebbleServer
 
 # Environment variables that would make a child load another project's settings (e.g. the
@@ -37,6 +38,9 @@ def child_environment() -> dict[str, str]:
         for key, value in os.environ.items()
         if key not in _FOREIGN_ENV and not key.startswith(_FOREIGN_ENV_PREFIX)
     }
+    # The instance runs this very plugin: a worktree's (imported through PYTHONPATH), not
+    # whichever checkout the virtualenv installed in editable mode.
+    env["PYTHONPATH"] = str(Path(modoboa_pro.__file__).resolve().parent.parent)
     # nginx lives in /usr/sbin, which a non-root PATH often lacks.
     path = env.get("PATH", "/usr/bin:/bin")
     env["PATH"] = ":".join([path, "/usr/sbin", "/sbin"])
@@ -53,6 +57,7 @@ class Wiring:
     pebble: PebbleServer
     app_port: int
     hostnames: Sequence[str]
+    dns_address: str | None = None  # the DNS stub: "host:port"
 
 
 def settings_snippet(wiring: Wiring) -> str:
@@ -84,6 +89,8 @@ VIRTUALHOSTS_LISTEN_ADDRESS = "127.0.0.1"
 # The HTTPS sites forward to the application served by `manage.py runserver`.
 VIRTUALHOSTS_UPSTREAM = "http://127.0.0.1:{wiring.app_port}"
 VIRTUALHOSTS_UPSTREAM_PROTOCOL = "http"
+# The pre-flight before each order asks the demo's DNS stub, as Pebble does.
+VIRTUALHOSTS_PREFLIGHT_RESOLVER = {wiring.dns_address!r}
 
 # Modoboa's LOGGING has no handler for the jobs logger: without this its lines vanish.
 LOGGING["formatters"]["jobs"] = {{"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}}

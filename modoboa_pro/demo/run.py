@@ -186,7 +186,14 @@ class Demo:
         c.stage("Installing the plugin into the instance")
         app_port = free_port()
         instance.enable_plugin(
-            Wiring(redis.url, nginx, pebble, app_port=app_port, hostnames=self.hostnames)
+            Wiring(
+                redis.url,
+                nginx,
+                pebble,
+                app_port=app_port,
+                hostnames=self.hostnames,
+                dns_address=self.dns.address,
+            )
         )
         c.facts(
             [

@@ -15,6 +15,7 @@ tests/test_harness.py), and the proxy could not strip one without breaking the s
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime
 import email.utils
 import http.server
@@ -40,6 +41,8 @@ MALFORMED = "urn:ietf:params:acme:error:malformed"
 # Where the proxy serves ARI: GET <origin>/renewal-info/<certificate id>.
 RENEWAL_INFO_PATH = "/renewal-info/"
 SERVER_INTERNAL = "urn:ietf:params:acme:error:serverInternal"
+INVALID_PROFILE = "urn:ietf:params:acme:error:invalidProfile"
+UNAUTHORIZED = "urn:ietf:params:acme:error:unauthorized"
 _JSON_TYPES = ("application/json", PROBLEM_JSON)
 # Headers that describe one connection, or the body as sent, not the resource: never forwarded.
 _HOP_BY_HOP = frozenset(
@@ -122,19 +125,6 @@ def window(
     return RenewalAnswer(json.dumps(document), headers=headers)
 
 
-def jws_payload(body: bytes) -> dict[str, object] | None:
-    """The JSON payload of a flattened JWS request body; None when there is none (a
-    POST-as-GET, or not a JWS)."""
-    try:
-        encoded = json.loads(body)["payload"]
-        if not encoded:
-            return None
-        payload = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
-    except (ValueError, KeyError, TypeError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
 @dataclass(frozen=True)
 class Exchange:
     """One request the proxy received, and how it was answered."""
@@ -145,6 +135,61 @@ class Exchange:
     status: int
     refused: bool  # answered by the proxy itself: the CA never saw it
     payload: Mapping[str, object] | None = None  # the JWS payload of a signed POST
+
+
+def jws_payload(body: bytes) -> dict[str, object] | None:
+    """The JSON payload of a flattened JWS request body; None for POST-as-GET or non-JWS."""
+    try:
+        encoded = json.loads(body)["payload"]
+        if not encoded:
+            return None
+        decoded = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        return None
+    return decoded if isinstance(decoded, dict) else None
+
+
+class ProfileDouble:
+    """ACME profiles (draft-ietf-acme-profiles) for a CA without them (Pebble 2.4).
+
+    Advertises :attr:`offered` in the directory's ``meta.profiles``, records the ``profile``
+    of every newOrder (:attr:`ordered`, None when absent), and refuses the profiles in
+    :attr:`refused` as a CA refuses an account one (``invalidProfile`` by default). The
+    request is forwarded signed as it came: it cannot be re-signed without the account key,
+    and Pebble 2.4, decoding JSON into its own structure, ignores the field.
+    """
+
+    def __init__(self) -> None:
+        self.offered: dict[str, str] = {}
+        self.refused: dict[str, Problem] = {}
+        self.ordered: list[str | None] = []
+        self._lock = threading.Lock()
+
+    def offer(self, **profiles: str) -> None:
+        """Advertise these profiles (name -> description) from now on."""
+        self.offered = dict(profiles)
+
+    def refuse(self, name: str, *, problem_type: str = INVALID_PROFILE) -> None:
+        """Answer newOrders asking for ``name`` with 400 ``problem_type``."""
+        detail = f"account is not permitted to use the profile {name!r}"
+        self.refused[name] = Problem(400, problem_type, detail)
+
+    def on_new_order(self, body: bytes) -> Problem | None:
+        """Record the profile a newOrder asks for; the refusal to answer, if any."""
+        payload = jws_payload(body) or {}
+        profile = payload.get("profile")
+        name = str(profile) if profile else None
+        with self._lock:
+            self.ordered.append(name)
+        return self.refused.get(name) if name is not None else None
+
+    def advertise(self, payload: bytes) -> bytes:
+        """The directory with ``meta.profiles`` added (unchanged when none is offered)."""
+        if not self.offered:
+            return payload
+        directory = json.loads(payload)
+        directory.setdefault("meta", {})["profiles"] = self.offered
+        return json.dumps(directory).encode()
 
 
 @dataclass
@@ -199,6 +244,7 @@ class AcmeProxy:
         self.renewal_info = renewal_info
         # Answers per certificate id; the None key answers ids the test did not name.
         self._renewal_answers: dict[str | None, RenewalAnswer] = {}
+        self.profiles = ProfileDouble()
 
     # -- addresses --------------------------------------------------------------------------
 
@@ -342,6 +388,8 @@ class AcmeProxy:
         if self.renewal_info and path.startswith(RENEWAL_INFO_PATH):
             resource = "renewalInfo"
         problem = self._take_refusal(resource)
+        if problem is None and resource == "newOrder":
+            problem = self.profiles.on_new_order(body)
         answered = problem is not None
         if problem is not None:
             status, headers, payload = (
@@ -356,6 +404,8 @@ class AcmeProxy:
             status, headers, payload = self._forward(handler, body)
             if resource == "directory" and self.renewal_info and status == 200:
                 payload = self._with_renewal_info(payload)
+            if resource == "directory" and status == 200:
+                payload = self.profiles.advertise(payload)
         signed = jws_payload(body) if handler.command == "POST" and body else None
         with self._lock:
             self._exchanges.append(

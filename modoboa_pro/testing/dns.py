@@ -1,4 +1,5 @@
-"""A stub DNS server for Pebble: every name resolves to 127.0.0.1 over IPv4 only."""
+"""A stub DNS server for Pebble and the pre-flight: every name resolves to 127.0.0.1 over IPv4
+only, unless a test chooses its addresses."""
 
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ class DnsResponder:
     all (a dead name server: the CA's validation hangs until its own timeout). Every
     answered query is appended to :attr:`queries` as ``(transport, name, qtype)``, every
     query left unanswered to :attr:`unanswered`: a test learns that the CA is validating.
+    Names in :attr:`addresses` get exactly those addresses instead (IPv4 ones for A, IPv6
+    ones for AAAA; an empty list: the name exists without any address). A name in
+    :attr:`answers_left` gets that many more answers, then none: the pre-flight (which asks
+    A and AAAA before any order) passes, and the CA's validation that follows hangs.
     """
 
     def __init__(self, host: str = "127.0.0.1", *, ipv4: str = "127.0.0.1") -> None:
@@ -78,6 +83,9 @@ class DnsResponder:
         self._answer = ipaddress.IPv4Address(ipv4).packed
         self.nxdomain: set[str] = set()
         self.silent: set[str] = set()
+        self.addresses: dict[str, list[str]] = {}
+        self.answers_left: dict[str, int] = {}
+        self._count_lock = threading.Lock()
         self.queries: list[tuple[str, str, int]] = []
         self.unanswered: list[tuple[str, str, int]] = []
         self._udp: socketserver.ThreadingUDPServer | None = None
@@ -92,24 +100,44 @@ class DnsResponder:
             msg_id, flags, name, qtype, qclass, end = _parse_question(packet)
         except _Malformed:
             return None
-        if name.rstrip(".") in self.silent:
+        if name.rstrip(".") in self.silent or self._exhausted(name.rstrip(".")):
             self.unanswered.append((transport, name, qtype))
             return None
         self.queries.append((transport, name, qtype))
         question = packet[_HEADER.size : end]  # echoed byte for byte: resolvers compare it
         answers = b""
+        records: list[bytes] = []
         if flags & _OPCODE_MASK:
             rcode = RCODE_NOTIMP
         elif name.rstrip(".") in self.nxdomain:
             rcode = RCODE_NXDOMAIN
         else:
             rcode = RCODE_NOERROR
-            if qtype == QTYPE_A and qclass == QCLASS_IN:
+            records = self._records(name.rstrip("."), qtype) if qclass == QCLASS_IN else []
+            for packed in records:
                 # 0xC00C points at the question's name, right after the 12-byte header.
-                answers = struct.pack("!HHHIH", 0xC00C, QTYPE_A, QCLASS_IN, 0, 4) + self._answer
+                answers += struct.pack("!HHHIH", 0xC00C, qtype, QCLASS_IN, 0, len(packed)) + packed
         reply_flags = _FLAG_QR | _FLAG_AA | _FLAG_RA | (flags & (_OPCODE_MASK | _FLAG_RD)) | rcode
-        header = _HEADER.pack(msg_id, reply_flags, 1, 1 if answers else 0, 0, 0)
+        header = _HEADER.pack(msg_id, reply_flags, 1, len(records), 0, 0)
         return header + question + answers
+
+    def _exhausted(self, name: str) -> bool:
+        """Whether ``name`` has used up its :attr:`answers_left` (counting this query)."""
+        with self._count_lock:
+            left = self.answers_left.get(name)
+            if left is None:
+                return False
+            self.answers_left[name] = left - 1
+            return left <= 0
+
+    def _records(self, name: str, qtype: int) -> list[bytes]:
+        """The packed addresses answering ``qtype`` for ``name``."""
+        chosen = self.addresses.get(name)
+        if chosen is None:
+            return [self._answer] if qtype == QTYPE_A else []
+        version = {QTYPE_A: 4, QTYPE_AAAA: 6}.get(qtype)
+        parsed = [ipaddress.ip_address(address) for address in chosen]
+        return [address.packed for address in parsed if address.version == version]
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from typing import Any
 
@@ -10,6 +11,8 @@ from django.conf import settings
 from django.core import checks
 
 from . import conf, constants, queueing
+from .adapters import preflight
+from .errors import ConfigurationError
 
 
 def _queue_errors() -> list[checks.CheckMessage]:
@@ -142,6 +145,34 @@ def _setting_errors() -> list[checks.CheckMessage]:
     return errors
 
 
+def _profile_and_preflight_errors() -> list[checks.CheckMessage]:
+    """The forms only: which profiles the CA offers is checked at each order (no network
+    here, where every management command runs the checks)."""
+    errors: list[checks.CheckMessage] = []
+    profile = conf.get("ACME_PROFILE")
+    if profile is not None and not (
+        isinstance(profile, str) and re.fullmatch(constants.ACME_PROFILE_PATTERN, profile)
+    ):
+        errors.append(
+            checks.Error(
+                f"ACME_PROFILE must be the name of a profile the CA offers (got {profile!r}).",
+                hint="e.g. ACME_PROFILE = 'tlsserver'; None for the CA's default.",
+                id="virtualhosts.E011",
+            )
+        )
+    resolver = conf.get("VIRTUALHOSTS_PREFLIGHT_RESOLVER")
+    if resolver is not None:
+        try:
+            preflight.parse_resolver(str(resolver))
+        except ConfigurationError as err:
+            errors.append(
+                checks.Error(
+                    err.message, hint="None asks the system's resolver.", id="virtualhosts.E012"
+                )
+            )
+    return errors
+
+
 def _renewal_warnings() -> list[checks.CheckMessage]:
     """Certificates exist but the daily renewal scan has not run: they will expire silently."""
     from django.db import DatabaseError
@@ -192,6 +223,7 @@ def check_virtualhosts(app_configs: Any = None, **kwargs: Any) -> list[checks.Ch
         + _command_errors()
         + _directory_errors()
         + _setting_errors()
+        + _profile_and_preflight_errors()
         + _database_warnings()
     )
 

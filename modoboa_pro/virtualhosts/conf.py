@@ -22,6 +22,10 @@ DEFAULTS: dict[str, Any] = {
     "ACME_CA_BUNDLE": None,
     # Key type of certificate private keys: ecdsa-p256, rsa-2048, rsa-3072, rsa-4096.
     "ACME_KEY_TYPE": "ecdsa-p256",
+    # ACME profile asked of the CA for every order (e.g. "tlsserver", "shortlived"); None: the
+    # CA's default. Only preferred: refused for this account, the order falls back to the
+    # default. A host's own ``acme_profile`` overrides it, and is required.
+    "ACME_PROFILE": None,
     # Upper bound on how long one order may take (polling authorizations and finalization).
     "ACME_ORDER_TIMEOUT": 90,
     # Directory in which the plugin writes one site file per host; nginx.conf includes it.
@@ -41,6 +45,12 @@ DEFAULTS: dict[str, Any] = {
     "VIRTUALHOSTS_UPSTREAM_PROTOCOL": "uwsgi",
     # Where the plugin connects to check which certificate nginx serves.
     "VIRTUALHOSTS_VERIFY_ADDRESS": "127.0.0.1",
+    # Pre-flight before every order: the name resolves, and a canary token put in the webroot
+    # is fetched back over HTTP through each address it resolves to. Turn off behind a NAT
+    # that cannot reach its own public address (no hairpinning).
+    "VIRTUALHOSTS_PREFLIGHT": True,
+    # "host:port" of the DNS server the pre-flight asks; None: the system's (resolv.conf).
+    "VIRTUALHOSTS_PREFLIGHT_RESOLVER": None,
     # How reloads run: "privileged" (a job on Modoboa's root worker) or "local"
     # (in the calling worker, when it may run nginx itself).
     "VIRTUALHOSTS_RELOAD_MODE": "privileged",

@@ -90,4 +90,8 @@ HOST_LOCK_TTL = datetime.timedelta(minutes=15)
 
 # Hostname rules (RFC 1035 / RFC 5890).
 HOSTNAME_MAX_LENGTH = 253
+# ACME profile names (draft-ietf-acme-profiles): short tokens such as "tlsserver". Anything
+# else would only be refused by the CA at the next order.
+ACME_PROFILE_MAX_LENGTH = 64
+ACME_PROFILE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 LABEL_MAX_LENGTH = 63

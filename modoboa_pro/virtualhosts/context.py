@@ -15,6 +15,7 @@ from typing import Protocol
 
 from . import constants
 from .adapters import ari, probe, storage, webroot
+from .adapters.acme import ProfileChoice
 from .adapters.reloader import Reloader
 from .adapters.webroot import TokenLedger
 from .adapters.x509 import CertificateFacts
@@ -42,6 +43,11 @@ class Settings:
     verify_address: str
     # Renewals due by the lifetime rule are spread over this window (policy.spread_window).
     renewal_spread: datetime.timedelta = datetime.timedelta(0)
+    # Pre-flight before orders (``adapters.preflight``), and the DNS server it asks.
+    preflight: bool = True
+    preflight_resolver: str | None = None
+    # The instance's ACME profile (ACME_PROFILE): preferred, not required.
+    acme_profile: str | None = None
 
     @property
     def webroot(self) -> Path:
@@ -89,6 +95,7 @@ class CertificateAuthority(Protocol):
         publisher: webroot.WebrootPublisher,
         *,
         replaces: str = "",
+        profile: ProfileChoice | None = None,
     ) -> bytes: ...
 
     def renewal_info(self, cert_id: str) -> ari.RenewalWindow | None: ...

@@ -190,6 +190,32 @@ class RenewalInfoUnusable(AcmeError):
     decides for this certificate until the next ask."""
 
 
+class AcmeProfileRefused(AcmeError):
+    """The CA does not let this account use the ACME profile asked for: an operator chooses
+    another one (or none)."""
+
+    retryable = False
+
+
+class PreflightFailed(VirtualHostError):
+    """The pre-flight check before an order failed: the CA would fail to validate too, so
+    nothing was asked of it. Retried with back-off: DNS or a firewall may be fixed meanwhile."""
+
+    retryable = True
+
+
+class PreflightDnsFailed(PreflightFailed):
+    """The name does not resolve (NXDOMAIN, no address, resolver unreachable)."""
+
+
+class PreflightPortUnreachable(PreflightFailed):
+    """An address the name resolves to refuses, or does not answer, HTTP on port 80."""
+
+
+class PreflightWrongServer(PreflightFailed):
+    """An address the name resolves to answers HTTP, but not with our canary token."""
+
+
 class LockHeld(VirtualHostError):
     """Another worker holds the lock for this host; the work is in progress."""
 

@@ -47,6 +47,9 @@ def read_settings() -> context.Settings:
         upstream_protocol=str(conf.get("VIRTUALHOSTS_UPSTREAM_PROTOCOL")),
         verify_address=str(conf.get("VIRTUALHOSTS_VERIFY_ADDRESS")),
         renewal_spread=conf.renewal_spread(),
+        preflight=bool(conf.get("VIRTUALHOSTS_PREFLIGHT")),
+        preflight_resolver=conf.get("VIRTUALHOSTS_PREFLIGHT_RESOLVER") or None,
+        acme_profile=conf.get("ACME_PROFILE") or None,
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 from django.core.exceptions import ValidationError
 from django.db import models
@@ -22,10 +23,23 @@ def validate_hostname(value: str) -> None:
         raise ValidationError(err.message, code="invalid_hostname") from err
 
 
+def validate_acme_profile(value: str) -> None:
+    """An ACME profile name, or empty (the instance's ACME_PROFILE, else the CA's default)."""
+    if value and not re.fullmatch(constants.ACME_PROFILE_PATTERN, value):
+        raise ValidationError(
+            _(
+                "%(value)s is not an ACME profile name: letters, digits, '.', '_' and '-', "
+                "such as tlsserver (leave it empty for the default)."
+            )
+            % {"value": repr(value[:70])},
+            code="invalid_acme_profile",
+        )
+
+
 # Desired state: written by services (API, CLI, admin) only.
 # (``renewal_requested_at`` too, but alone, by UPDATE: services.renew_now sets it, and a
 # run that stores a new certificate clears it.)
-DESIRED_FIELDS = ("hostname", "domain", "enabled", "updated_at")
+DESIRED_FIELDS = ("hostname", "domain", "enabled", "acme_profile", "updated_at")
 # Observed state: written by jobs only (``recording``), field by field, so that a
 # run never overwrites a change an admin made while it ran.
 OBSERVED_FIELDS = (
@@ -67,6 +81,17 @@ class VirtualHost(models.Model):
         help_text=_("Modoboa domain whose administrators may manage this host."),
     )
     enabled = models.BooleanField(_("enabled"), default=True)
+    acme_profile = models.CharField(
+        _("ACME profile"),
+        max_length=constants.ACME_PROFILE_MAX_LENGTH,
+        blank=True,
+        default="",
+        validators=[validate_acme_profile],
+        help_text=_(
+            "The CA's certificate profile for this host (e.g. tlsserver), required at its "
+            "next order; empty: the instance's ACME_PROFILE, else the CA's default."
+        ),
+    )
     renewal_requested_at = models.DateTimeField(
         null=True,
         blank=True,

@@ -16,7 +16,8 @@ from pathlib import Path
 from django.utils import timezone
 
 from . import constants, policy, recording, renewal_info
-from .adapters import files, nginx, probe, storage, webroot, x509
+from .adapters import files, nginx, preflight, probe, storage, webroot, x509
+from .adapters.acme import ProfileChoice
 from .adapters.x509 import CertificateFacts
 from .context import Context, Settings
 from .errors import (
@@ -187,16 +188,15 @@ def _obtain(
             ordered_at = timezone.now()
             # A certificate we could not keep would still cost rate limit: check first.
             storage.check_writable(s.storage_root, hostname)
+            _preflight(s, hostname)
             key_pem = x509.generate_private_key(s.key_type)
             csr_pem = x509.make_csr(hostname, key_pem)
             publisher = webroot.WebrootPublisher(s.webroot, ledger)
-            if existing is not None and existing.ari_id:
-                # RFC 9773 5: a renewal names the certificate it replaces.
-                fullchain = ca.obtain_certificate(
-                    hostname, csr_pem, publisher, replaces=existing.ari_id
-                )
-            else:
-                fullchain = ca.obtain_certificate(hostname, csr_pem, publisher)
+            # RFC 9773 5: a renewal names the certificate it replaces.
+            replaces = existing.ari_id if existing is not None else ""
+            fullchain = ca.obtain_certificate(
+                hostname, csr_pem, publisher, replaces=replaces, profile=_profile(s, run.host)
+            )
             new_pair = (fullchain, key_pem)
             step.message = f"certificate issued ({reason})"
 
@@ -219,6 +219,31 @@ def _obtain(
         if planned is not None:
             step.message += f"; renewal at {planned} (the CA's renewal window)"
     return facts, existing is not None
+
+
+def _preflight(s: Settings, hostname: str) -> None:
+    """What the CA will check, checked first (unless VIRTUALHOSTS_PREFLIGHT is off): a
+    failed validation costs rate limit, a failed pre-flight nothing."""
+    if not s.preflight:
+        return
+    addresses = preflight.check(
+        hostname,
+        resolver_spec=s.preflight_resolver,
+        webroot_dir=s.webroot,
+        ledger=s.token_ledger(hostname),
+        port=s.http_port,
+    )
+    logger.info("virtualhost %s: pre-flight passed (%s)", hostname, ", ".join(addresses))
+
+
+def _profile(s: Settings, host: VirtualHost) -> ProfileChoice | None:
+    """The ACME profile to ask for: the host's own (required), else the instance's
+    (ACME_PROFILE, preferred), else none (the CA's default)."""
+    if host.acme_profile:
+        return ProfileChoice(host.acme_profile, required=True)
+    if s.acme_profile:
+        return ProfileChoice(s.acme_profile, required=False)
+    return None
 
 
 def _https_site(

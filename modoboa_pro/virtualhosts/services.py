@@ -81,7 +81,9 @@ def _check_ready_for_letsencrypt() -> None:
         )
 
 
-def create_virtualhost(hostname: str, *, enabled: bool = True, domain=None) -> VirtualHost:
+def create_virtualhost(
+    hostname: str, *, enabled: bool = True, domain=None, acme_profile: str = ""
+) -> VirtualHost:
     """Create a host; provisioning starts once the transaction commits.
 
     Raises ConfigurationError (Let's Encrypt on without an account email),
@@ -94,7 +96,9 @@ def create_virtualhost(hostname: str, *, enabled: bool = True, domain=None) -> V
     queueing.ensure_reachable()
     # A host created disabled has nothing to run: it starts as what it is.
     status = constants.STATUS_PENDING if enabled else constants.STATUS_DISABLED
-    host = VirtualHost(hostname=name, enabled=enabled, domain=domain, status=status)
+    host = VirtualHost(
+        hostname=name, enabled=enabled, domain=domain, status=status, acme_profile=acme_profile
+    )
     host.full_clean()
     host.save()  # the post_save handler enqueues provisioning
     return host
@@ -107,6 +111,19 @@ def set_enabled(host: VirtualHost, enabled: bool) -> VirtualHost:
         host.enabled = enabled
         # Desired state only: a run may be recording its outcome meanwhile.
         host.save(update_fields=DESIRED_FIELDS)  # the post_save handler reacts
+    return host
+
+
+def set_acme_profile(host: VirtualHost, profile: str) -> VirtualHost:
+    """Choose the host's ACME profile ("": the default); its next order uses it.
+
+    The certificate in place is kept: a new profile alone is no reason to spend an order
+    (Renew now does it at once). Raises django's ValidationError for a malformed name.
+    """
+    if host.acme_profile != profile:
+        host.acme_profile = profile
+        host.full_clean(validate_unique=False, validate_constraints=False)
+        host.save(update_fields=["acme_profile", "updated_at"])
     return host
 
 

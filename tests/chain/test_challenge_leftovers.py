@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from modoboa_pro.virtualhosts import constants, services
-from modoboa_pro.virtualhosts.adapters import probe, webroot
+from modoboa_pro.virtualhosts.adapters import preflight, probe, webroot
 from modoboa_pro.virtualhosts.models import VirtualHost
 
 from ..conftest import Chain
@@ -35,7 +35,7 @@ def test_tokens_left_by_a_killed_run_are_gone_after_the_next_success(chain: Chai
     remove = webroot.WebrootPublisher.remove
 
     def keep_ca_tokens(self: webroot.WebrootPublisher, token: str) -> None:
-        if token.startswith(probe.PROBE_TOKEN_PREFIX):
+        if token.startswith((probe.PROBE_TOKEN_PREFIX, preflight.CANARY_PREFIX)):
             remove(self, token)
 
     with monkeypatch.context() as patch:

@@ -25,7 +25,9 @@ class RateLimitedCA:
     def ensure_account(self) -> object:
         return object()
 
-    def obtain_certificate(self, hostname, csr_pem, publisher) -> bytes:
+    def obtain_certificate(
+        self, hostname, csr_pem, publisher, *, replaces="", profile=None
+    ) -> bytes:
         raise AcmeRateLimited(
             f"The certificate authority rate-limited us: too many certificates for {hostname}. "
             f"Nothing will be retried before {self.until:%Y-%m-%d %H:%M} UTC.",

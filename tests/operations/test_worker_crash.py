@@ -63,7 +63,9 @@ def post(stack: Stack, path: str) -> requests.Response:
 
 def test_retry_right_after_a_worker_dies_mid_order(stack: Stack):
     hostname = "crash.alpha.test"
-    stack.dns.silent.add(hostname)  # the CA's validation hangs: the run sits in the order step
+    # The pre-flight's A and AAAA are answered, then the CA's validation hangs: the run sits in
+    # the order step.
+    stack.dns.answers_left[hostname] = 2
     host = stack.api.create_virtualhost(hostname)
     wait_for(
         "the order step",
@@ -72,7 +74,7 @@ def test_retry_right_after_a_worker_dies_mid_order(stack: Stack):
     time.sleep(1)  # the challenge is published, the run polls the CA
     worker = modoboa_worker(stack)
     worker.crash()
-    stack.dns.silent.discard(hostname)
+    stack.dns.answers_left.pop(hostname)
 
     # The dead run holds nothing: Retry is accepted at once, not "already in progress".
     answer = post(stack, f"virtualhosts/{host['id']}/retry/")
@@ -99,7 +101,7 @@ def test_renew_right_after_a_worker_dies_mid_renewal(stack: Stack):
     hostname = "renewcrash.alpha.test"
     host = stack.api.create_virtualhost(hostname)
     before = wait_until(stack, host["id"], "the first certificate", is_active)
-    stack.dns.silent.add(hostname)  # the renewal's validation hangs
+    stack.dns.answers_left[hostname] = 2  # the pre-flight passes, the renewal's validation hangs
     assert post(stack, f"virtualhosts/{host['id']}/renew/").status_code == 202
     wait_for(
         "the renewal's order step",
@@ -107,7 +109,7 @@ def test_renew_right_after_a_worker_dies_mid_renewal(stack: Stack):
     )
     time.sleep(1.5)  # the renewal now waits on the CA
     modoboa_worker(stack).crash()
-    stack.dns.silent.discard(hostname)
+    stack.dns.answers_left.pop(hostname)
 
     # Still served with the old certificate, and not blocked: Renew now is accepted again.
     served = tls.fetch_served_certificate("127.0.0.1", stack.nginx.https_port, hostname)

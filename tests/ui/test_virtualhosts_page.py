@@ -326,3 +326,50 @@ def test_search_and_status_filter_narrow_the_list(stack, login):
     expect(session.row("lost.beta.test")).to_have_count(1)
     expect(session.row("find-me.beta.test")).to_have_count(0)
     stack.dns.nxdomain.discard("lost.beta.test")
+
+
+def test_an_acme_profile_is_chosen_in_the_form_and_checked_against_the_ca(stack, login):
+    """A malformed profile is refused on its field; a well-formed one the CA does not offer
+    (Debian's Pebble offers none) fails the order, and the page says which the CA offers;
+    the details change it (or refuse a malformed one, saying why)."""
+    session = login()
+    session.open_virtual_hosts()
+    page = session.page
+    page.get_by_role("button", name="Add a virtual host").click()
+    dialog = page.get_by_test_id("vh-form")
+    expect(dialog.get_by_label("Hostname")).to_be_focused()
+    dialog.get_by_label("Hostname").fill("profiled.alpha.test")
+    profile = dialog.get_by_label("ACME profile (optional)")
+    profile.fill("short lived")
+    dialog.get_by_role("button", name="Create").click()
+    expect(dialog).to_contain_text("is not an ACME profile name")
+    assert stack.host("profiled.alpha.test") is None
+    profile.fill("tlsserver")
+    dialog.get_by_role("button", name="Create").click()
+    expect(dialog).to_be_hidden()
+
+    wait_status(session, "profiled.alpha.test", r"^Failed")
+    error = session.row("profiled.alpha.test").get_by_test_id("vh-last-error")
+    expect(error).to_contain_text("The ACME profile 'tlsserver' is not offered by the CA")
+    expect(error).to_contain_text("none: it does not support profiles")
+    details = open_details(session, "profiled.alpha.test")
+    field = details.get_by_role("textbox", name="ACME profile")
+    expect(field).to_have_value("tlsserver")
+    assert stack.host("profiled.alpha.test")["acme_profile"] == "tlsserver"
+    assert unlabelled_controls(details) == []
+    session.screenshot("acme-profile")
+
+    # Changed in the details: saved for the next order, nothing ordered now.
+    field.fill("bad one")
+    details.get_by_role("button", name="Save profile").click()
+    expect(details.get_by_test_id("vh-action-result")).to_contain_text(
+        "is not an ACME profile name"
+    )
+    assert stack.host("profiled.alpha.test")["acme_profile"] == "tlsserver"
+    field.fill("")
+    details.get_by_role("button", name="Save profile").click()
+    expect(details.get_by_test_id("vh-action-result")).to_contain_text(
+        "ACME profile of profiled.alpha.test saved"
+    )
+    assert stack.host("profiled.alpha.test")["acme_profile"] == ""
+    close_details(session)

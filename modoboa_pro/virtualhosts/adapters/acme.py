@@ -36,6 +36,7 @@ from ..errors import (
     AcmeDirectoryUnreachable,
     AcmeError,
     AcmeOrderFailed,
+    AcmeProfileRefused,
     AcmeRateLimited,
     AcmeUnauthorized,
     AcmeValidationFailed,
@@ -88,6 +89,15 @@ class Account:
     uri: str
     email: str
     directory_url: str
+
+
+@dataclass(frozen=True)
+class ProfileChoice:
+    """The ACME profile to ask for; ``required``: never fall back to the CA's default
+    (a host's own choice), else only preferred (the instance's ACME_PROFILE)."""
+
+    name: str
+    required: bool
 
 
 def account_dir(storage_root: Path, directory_url: str) -> Path:
@@ -338,11 +348,13 @@ class AcmeClient:
         publisher: ChallengePublisher,
         *,
         replaces: str = "",
+        profile: ProfileChoice | None = None,
     ) -> bytes:
         """Run one HTTP-01 order for ``hostname``; return the full chain PEM.
 
         ``replaces``: the RFC 9773 identifier of the certificate this one renews (sent when
         the CA offers ARI; renewals inside the CA's window are exempt from its rate limits).
+        ``profile``: the ACME profile to ask for (``new_order_with_profile``).
         """
         acme = self._connect()
         if acme.net.account is None:
@@ -351,8 +363,14 @@ class AcmeClient:
         deadline = time.monotonic() + self.order_timeout
         if "renewalInfo" not in acme.directory.to_partial_json():
             replaces = ""  # RFC 9773 5: only to a CA that implements it
+        if profile is not None:
+            check_profile(profile.name, _offered_profiles(acme), self.directory_url)
         try:
-            order = self._new_order(acme, csr_pem, hostname, replaces)
+            order = new_order_with_profile(
+                lambda name: self._new_order(acme, csr_pem, hostname, replaces, name),
+                hostname,
+                profile,
+            )
             published: list[str] = []
             try:
                 for authzr in order.authorizations:
@@ -388,14 +406,20 @@ class AcmeClient:
             ) from err
 
     def _new_order(
-        self, acme: client.ClientV2, csr_pem: bytes, hostname: str, replaces: str
+        self,
+        acme: client.ClientV2,
+        csr_pem: bytes,
+        hostname: str,
+        replaces: str,
+        profile: str | None = None,
     ) -> messages.OrderResource:
-        """``acme.new_order``, carrying ``replaces`` when given; sent once more without it
-        when the CA refuses it (already replaced, or an older CA's ``malformed``)."""
+        """``acme.new_order`` (with ``profile``), carrying ``replaces`` when given; sent once
+        more without it when the CA refuses it (already replaced, or an older CA's
+        ``malformed``)."""
         if not replaces:
-            return _signed(acme.new_order, csr_pem)
+            return _signed(acme.new_order, csr_pem, profile)
         try:
-            return _signed(self._post_new_order, acme, csr_pem, replaces)
+            return _signed(self._post_new_order, acme, csr_pem, replaces, profile)
         except acme_errors.ConflictError:
             # The library raises this for every 409 and drops the body: on newOrder, 409 is
             # alreadyReplaced (RFC 9773 7.4).
@@ -411,11 +435,11 @@ class AcmeClient:
             replaces,
             why,
         )
-        return _signed(acme.new_order, csr_pem)
+        return _signed(acme.new_order, csr_pem, profile)
 
     @staticmethod
     def _post_new_order(
-        acme: client.ClientV2, csr_pem: bytes, replaces: str
+        acme: client.ClientV2, csr_pem: bytes, replaces: str, profile: str | None = None
     ) -> messages.OrderResource:
         """What ``ClientV2.new_order`` sends, plus ``replaces``, through its signed post."""
         csr = crypto_x509.load_pem_x509_csr(csr_pem)
@@ -423,7 +447,7 @@ class AcmeClient:
         identifiers = [
             messages.Identifier(typ=messages.IDENTIFIER_FQDN, value=name) for name in dns_names
         ] + [messages.Identifier(typ=messages.IDENTIFIER_IP, value=str(ip)) for ip in ips]
-        order = _NewOrder(identifiers=identifiers, replaces=replaces)
+        order = _NewOrder(identifiers=identifiers, replaces=replaces, profile=profile)
         response = acme._post(acme.directory["newOrder"], order)
         body = messages.Order.from_json(response.json())
         authorizations = [
@@ -499,6 +523,66 @@ class AcmeClient:
             )
         self._sleep(wait)
         return min(interval * POLL_GROWTH, POLL_MAX_INTERVAL)
+
+
+def _offered_profiles(acme: client.ClientV2) -> dict[str, str]:
+    """The profiles the directory advertises (``meta.profiles``: name -> description)."""
+    meta = acme.directory.meta
+    return dict(meta.profiles or {}) if meta is not None else {}
+
+
+def check_profile(name: str, offered: dict[str, str], directory_url: str) -> None:
+    """Refuse a profile the CA does not offer, naming those it does."""
+    if name in offered:
+        return
+    choices = ", ".join(sorted(offered)) or "none: it does not support profiles"
+    raise ConfigurationError(
+        f"The ACME profile {name!r} is not offered by the CA at {directory_url} (profiles "
+        f"offered: {choices}). Change ACME_PROFILE or the host's profile, or leave it empty "
+        "for the CA's default."
+    )
+
+
+def _profile_refused(err: messages.Error) -> bool:
+    """Whether a CA's problem says the account may not use the profile it asked for."""
+    # The library knows only RFC 8555's codes (``err.code`` is None for invalidProfile).
+    code = str(err.typ or "").removeprefix(messages.ERROR_PREFIX)
+    return code == "invalidProfile" or (
+        code == "unauthorized" and "profile" in (err.detail or "").lower()
+    )
+
+
+def new_order_with_profile(
+    place: Callable[[str | None], messages.OrderResource],
+    hostname: str,
+    profile: ProfileChoice | None,
+) -> messages.OrderResource:
+    """Place a newOrder (``place(profile name)``) asking for ``profile``; a profile only
+    preferred and refused for this account is dropped once, and the order placed with the
+    CA's default."""
+    if profile is None:
+        return place(None)
+    try:
+        return place(profile.name)
+    except messages.Error as err:
+        if not _profile_refused(err):
+            raise
+        detail = err.detail or str(err)
+        if profile.required:
+            raise AcmeProfileRefused(
+                f"The CA does not let this account use the ACME profile {profile.name!r} "
+                f"for {hostname}: {detail}. Choose another profile for this host (or none, "
+                "for the CA's default), then retry.",
+                detail=detail,
+            ) from err
+        logger.warning(
+            "ACME profile %r refused for this account (%s); ordering %s with the CA's "
+            "default profile",
+            profile.name,
+            detail,
+            hostname,
+        )
+        return place(None)
 
 
 def _signed(call: Callable[..., T], *args: object) -> T:

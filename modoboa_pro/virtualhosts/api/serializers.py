@@ -14,7 +14,7 @@ from rest_framework.settings import api_settings
 from .. import conf, presenters
 from ..errors import InvalidHostname
 from ..hostnames import normalize_hostname
-from ..models import VirtualHost, VirtualHostEvent
+from ..models import VirtualHost, VirtualHostEvent, validate_acme_profile
 from . import permissions
 
 
@@ -107,6 +107,36 @@ class DomainIdField(serializers.PrimaryKeyRelatedField):
         return super().to_internal_value(data)
 
 
+class AcmeProfileField(serializers.CharField):
+    """An ACME profile name as a JSON string; "" (or null) for the default."""
+
+    default_error_messages = {
+        "invalid": gettext_lazy(
+            'Send the ACME profile as a JSON string, e.g. "tlsserver" ("" for the default).'
+        ),
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            required=False,
+            allow_blank=True,
+            allow_null=True,
+            max_length=None,  # validate_acme_profile says what is wrong, length included
+            validators=[validate_acme_profile],
+            **kwargs,
+        )
+
+    def to_internal_value(self, data: object) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(data).strip()
+
+    def validate_empty_values(self, data: object) -> tuple[bool, object]:
+        if data is None:
+            return True, ""
+        return super().validate_empty_values(data)
+
+
 class StrictInput:
     """A body must be a JSON object holding only the fields the client may write."""
 
@@ -162,7 +192,7 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
     otherwise create an enabled host).
     """
 
-    writable = ("hostname", "enabled", "domain")
+    writable = ("hostname", "enabled", "domain", "acme_profile")
     example = '{"hostname": "www.example.com", "enabled": true, "domain": 3}'
 
     # Declared, so no unique validator: services.create_virtualhost checks the normalised name.
@@ -179,6 +209,7 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
             ),
         },
     )
+    acme_profile = AcmeProfileField()
     domain_name = serializers.SerializerMethodField()
     current_step = serializers.SerializerMethodField()
     certificate = serializers.SerializerMethodField()
@@ -196,6 +227,7 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
             "enabled",
             "domain",
             "domain_name",
+            "acme_profile",
             "status",
             "current_step",
             "last_error",
@@ -295,19 +327,20 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
 
 
 class VirtualHostUpdateSerializer(StrictInput, serializers.ModelSerializer):
-    """Partial update: only ``enabled`` can change; a new name needs a new host.
+    """Partial update: ``enabled`` and ``acme_profile`` can change; a new name needs a new host.
 
     ``hostname`` and ``domain`` may be sent back unchanged; any other field is refused.
     """
 
-    writable = ("enabled", "hostname", "domain")
+    writable = ("enabled", "acme_profile", "hostname", "domain")
     example = '{"enabled": false}'
 
     enabled = StrictBooleanField(required=False)
+    acme_profile = AcmeProfileField()
 
     class Meta:
         model = VirtualHost
-        fields = ("enabled",)
+        fields = ("enabled", "acme_profile")
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         immutable = sorted(
@@ -325,9 +358,14 @@ class VirtualHostUpdateSerializer(StrictInput, serializers.ModelSerializer):
                     for key in immutable
                 }
             )
-        if "enabled" not in data:
+        if "enabled" not in data and "acme_profile" not in data:
             raise serializers.ValidationError(
-                {"enabled": _("Send enabled (true or false): it is the only field you can change.")}
+                {
+                    "enabled": _(
+                        "Send enabled (true or false) or acme_profile: they are the only "
+                        "fields you can change."
+                    )
+                }
             )
         return data
 

@@ -124,7 +124,10 @@ class VirtualHostViewSet(
         data = serializer.validated_data
         try:
             serializer.instance = services.create_virtualhost(
-                data["hostname"], enabled=data.get("enabled", True), domain=data.get("domain")
+                data["hostname"],
+                enabled=data.get("enabled", True),
+                domain=data.get("domain"),
+                acme_profile=data.get("acme_profile", ""),
             )
         except ConfigurationError as err:
             raise exceptions.ValidationError({"non_field_errors": [err.message]}) from err
@@ -145,8 +148,12 @@ class VirtualHostViewSet(
         host = self.get_object()
         serializer = self.get_serializer(host, data=request.data, partial=True)
         serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
         try:
-            services.set_enabled(host, serializer.validated_data["enabled"])
+            if "acme_profile" in data:
+                services.set_acme_profile(host, data["acme_profile"])
+            if "enabled" in data:
+                services.set_enabled(host, data["enabled"])
         except VirtualHostError as err:
             raise VirtualHostAPIError(err) from err
         return self._answer(host)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
@@ -21,7 +22,7 @@ from django.utils import timezone
 from ... import alarms, conf, constants, policy, presenters, scan, services
 from ...errors import InvalidHostname, RunInProgress, VirtualHostError
 from ...hostnames import normalize_hostname
-from ...models import VirtualHost
+from ...models import VirtualHost, validate_acme_profile
 
 EMPTY = "-"
 EXPIRES_COLUMN = 2  # of the `list` table: coloured by the certificate's state
@@ -163,6 +164,11 @@ class Command(BaseCommand):
         p.add_argument("hostname")
         p.add_argument("--domain", help="Name of the Modoboa domain the host belongs to.")
         p.add_argument("--disabled", action="store_true", help="Create it disabled.")
+        p.add_argument(
+            "--profile",
+            default="",
+            help="ACME profile its orders require (e.g. tlsserver); default: ACME_PROFILE.",
+        )
 
         p = sub.add_parser("remove", help="Delete a host (site removed, files archived).", **cli)
         p.add_argument("hostname")
@@ -386,7 +392,17 @@ class Command(BaseCommand):
         except InvalidHostname as err:
             raise _usage(err.message) from err
         domain = None if options.get("domain") is None else self._domain(options["domain"])
-        host = services.create_virtualhost(hostname, enabled=not options["disabled"], domain=domain)
+        profile = options.get("profile") or ""
+        try:
+            validate_acme_profile(profile)
+        except DjangoValidationError as err:
+            raise _usage(" ".join(err.messages)) from err
+        host = services.create_virtualhost(
+            hostname,
+            enabled=not options["disabled"],
+            domain=domain,
+            acme_profile=profile,
+        )
         self.stdout.write(
             f"Created {host.hostname}"
             + (" (disabled)." if not host.enabled else "; provisioning queued.")
