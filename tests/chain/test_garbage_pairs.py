@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from django.utils import timezone
 from modoboa_pro.testing import make_chain_pem, validity
 from modoboa_pro.virtualhosts import constants, jobs, scan, services
 from modoboa_pro.virtualhosts.adapters import nginx, storage, tls, x509
+from modoboa_pro.virtualhosts.errors import DeployNotVerified
 from modoboa_pro.virtualhosts.models import VirtualHost
 
 from ..conftest import BACKEND_BODY, Chain
@@ -41,6 +43,8 @@ from .test_renewal import queued_renewals, renew_id, stand_in
 pytestmark = pytest.mark.chain
 
 HOST = "damaged.example.test"
+# How long a refused handshake is retried right after a reload (see ``served``).
+HANDSHAKE_PATIENCE = 5.0
 DAY = datetime.timedelta(days=1)
 _END = b"-----END CERTIFICATE-----\n"
 
@@ -251,7 +255,17 @@ def nginx_tests(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> list[list[str]
 
 
 def served(chain: Chain, hostname: str = HOST):
-    return tls.fetch_served_certificate("127.0.0.1", chain.nginx.https_port, hostname)
+    """The certificate nginx serves for ``hostname``. A handshake refused outright is
+    retried for a few seconds: right after a reload, on a loaded machine, a worker of the
+    previous generation may still take a connection (a wrong certificate is not retried)."""
+    deadline = time.monotonic() + HANDSHAKE_PATIENCE
+    while True:
+        try:
+            return tls.fetch_served_certificate("127.0.0.1", chain.nginx.https_port, hostname)
+        except DeployNotVerified:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def assert_serves_the_stored_pair(chain: Chain, host: VirtualHost) -> None:
