@@ -16,7 +16,7 @@ from django.utils import timezone
 
 from modoboa_pro.testing import AcmeProxy, window
 from modoboa_pro.virtualhosts import constants, jobs, presenters, retries
-from modoboa_pro.virtualhosts.models import BudgetEntry
+from modoboa_pro.virtualhosts.models import BudgetEntry, VirtualHost
 
 from ..conftest import Chain
 from .test_ca_outages import assert_pair_served
@@ -58,6 +58,20 @@ def ari_proxy(chain: Chain, tmp_path_factory, settings) -> Iterator[AcmeProxy]:
 
 def orders_sent() -> list[datetime.datetime]:
     return sorted(BudgetEntry.objects.filter(kind="order").values_list("at", flat=True))
+
+
+def time_passes(delta: datetime.timedelta) -> None:
+    """The ledger's entries moved back: as if ``delta`` had passed since each was written."""
+    for entry in BudgetEntry.objects.all():
+        BudgetEntry.objects.filter(pk=entry.pk).update(at=entry.at - delta)
+
+
+def retry(chain: Chain, host: VirtualHost) -> VirtualHost:
+    """The retry sweep at the host's retry time, then the queued run."""
+    assert retries.run(letsencrypt=True, now=host.next_attempt_at).retried == [host.hostname]
+    chain.drain()
+    host.refresh_from_db()
+    return host
 
 
 def test_the_order_beyond_the_budget_is_not_sent_and_is_retried_when_it_allows(
@@ -106,8 +120,7 @@ def test_the_order_beyond_the_budget_is_not_sent_and_is_retried_when_it_allows(
     assert retries.run(letsencrypt=True, now=late.next_attempt_at - SECOND).retried == []
 
     # Three hours later (the ledger moved back): the retries order.
-    for entry in BudgetEntry.objects.all():
-        BudgetEntry.objects.filter(pk=entry.pk).update(at=entry.at - WINDOW)
+    time_passes(WINDOW)
     retried = retries.run(letsencrypt=True, now=late.next_attempt_at).retried
     assert sorted(retried) == [late.hostname, renewal.hostname]
     chain.drain()
@@ -134,5 +147,45 @@ def test_an_ari_renewal_sending_replaces_is_not_counted(chain: Chain, ari_proxy:
     host.refresh_from_db()
     assert host.status == constants.STATUS_ACTIVE, host.last_error
     assert host.cert_serial != old_serial
-    assert ari_proxy.orders()[-1].get("replaces")  # sent as a replacement: exempt
+    assert ari_proxy.count("newOrder") >= 3
+    replacing = [o for o in ari_proxy.orders() if o.get("replaces")]
+    assert len(replacing) == ari_proxy.count("newOrder") - 2  # every renewal: exempt
     assert BudgetEntry.objects.filter(hostname=host.hostname, exempt=True).count() == 1
+    assert served_serial(chain, host.hostname) == host.cert_serial
+
+
+def test_a_name_whose_validations_keep_failing_is_not_ordered_for(
+    chain: Chain, proxy: AcmeProxy, settings
+):
+    settings.VIRTUALHOSTS_ORDER_BUDGET = {"failed_validations_per_hostname": 2}
+    settings.VIRTUALHOSTS_PREFLIGHT = False  # the CA's own validation fails (as behind a NAT)
+    hostname = "budget-nx.example.test"
+    chain.dns.nxdomain.add(hostname)
+    host = provision_and_fail(chain, hostname)
+    assert "could not validate" in host.last_error
+    host = retry(chain, host)
+    assert "could not validate" in host.last_error
+    assert proxy.count("newOrder") == 2
+    first_failure = min(
+        BudgetEntry.objects.filter(kind="failed_validation").values_list("at", flat=True)
+    )
+
+    host = retry(chain, host)  # a third failure would cost the CA a failed validation
+    assert proxy.count("newOrder") == 2
+    assert host.status == constants.STATUS_FAILED and host.failed_step == constants.STEP_ORDER
+    free_at = first_failure + datetime.timedelta(hours=1)
+    # Not before the budget allows; here the back-off (100 minutes at the third attempt) is
+    # later still: a name that keeps failing is not retried sooner for the budget's sake.
+    assert host.next_attempt_at >= free_at
+    assert host.last_error == (
+        f"Not ordered: 2 failed validation(s) for {hostname} in the last hour (the CA allows "
+        f"2); next possible at {free_at:%Y-%m-%d %H:%M} UTC. Check that {hostname} resolves "
+        "to this server and that port 80 is reachable meanwhile."
+    )
+
+    chain.dns.nxdomain.discard(hostname)  # fixed meanwhile; an hour later the retry orders
+    time_passes(datetime.timedelta(hours=1))
+    host = retry(chain, host)
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    assert proxy.count("newOrder") == 3
+    assert_pair_served(chain, host)
