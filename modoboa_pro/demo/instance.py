@@ -91,6 +91,9 @@ VIRTUALHOSTS_UPSTREAM = "http://127.0.0.1:{wiring.app_port}"
 VIRTUALHOSTS_UPSTREAM_PROTOCOL = "http"
 # The pre-flight before each order asks the demo's DNS stub, as Pebble does.
 VIRTUALHOSTS_PREFLIGHT_RESOLVER = {wiring.dns_address!r}
+# Pebble has no rate limits: a budget far above Let's Encrypt's, so that bursts of hundreds of
+# creations and renewals (tests/scale) still go through the ledger without being held back.
+VIRTUALHOSTS_ORDER_BUDGET = {{"orders_per_account": 100_000}}
 
 # Modoboa's LOGGING has no handler for the jobs logger: without this its lines vanish.
 LOGGING["formatters"]["jobs"] = {{"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}}

@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
-from . import conf, constants, queueing
+from . import budget, conf, constants, queueing
 from .adapters import preflight
 from .errors import ConfigurationError
 
@@ -170,6 +170,17 @@ def _profile_and_preflight_errors() -> list[checks.CheckMessage]:
                     err.message, hint="None asks the system's resolver.", id="virtualhosts.E012"
                 )
             )
+    try:
+        budget.from_setting(conf.get("VIRTUALHOSTS_ORDER_BUDGET"))
+    except ConfigurationError as err:
+        errors.append(
+            checks.Error(
+                err.message,
+                hint="e.g. {'orders_per_account': 300, 'headroom_for_new_hosts': 30}; "
+                "{} for Let's Encrypt's limits, None for no budget.",
+                id="virtualhosts.E013",
+            )
+        )
     return errors
 
 

@@ -59,6 +59,12 @@ DEFAULTS: dict[str, Any] = {
     # Renewals due by the lifetime rule are spread at random over this many seconds after
     # their due time (at most half the overdue grace), instead of all firing at the scan.
     "VIRTUALHOSTS_RENEWAL_SPREAD": 4 * 3600,
+    # The order budget (``budget``): the plugin never sends an order that would exceed these
+    # limits of the CA. Keys given override Let's Encrypt's figures (durations in seconds):
+    # orders_per_account (300) per orders_window (10800), failed_validations_per_hostname (5)
+    # per failed_window (3600), headroom_for_new_hosts (30: orders renewals leave free).
+    # None turns the budget off (a private CA without limits).
+    "VIRTUALHOSTS_ORDER_BUDGET": {},
     # Where the UI's "Documentation" link points; None: the package's Documentation URL.
     "VIRTUALHOSTS_DOCS_URL": None,
 }

@@ -7,7 +7,7 @@ inject a fault at that seam.
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +48,9 @@ class Settings:
     preflight_resolver: str | None = None
     # The instance's ACME profile (ACME_PROFILE): preferred, not required.
     acme_profile: str | None = None
+    # VIRTUALHOSTS_ORDER_BUDGET as set (``budget.from_setting`` reads it before each order,
+    # so that a malformed one fails the run with its reason); None: no budget.
+    order_budget: Mapping[str, object] | None = None
 
     @property
     def webroot(self) -> Path:

@@ -197,6 +197,13 @@ class AcmeProfileRefused(AcmeError):
     retryable = False
 
 
+class OrderBudgetExhausted(VirtualHostError):
+    """The order would exceed one of the CA's limits (``budget``): it was not sent, and is
+    retried at ``retry_after``, when the budget allows it."""
+
+    retryable = True
+
+
 class PreflightFailed(VirtualHostError):
     """The pre-flight check before an order failed: the CA would fail to validate too, so
     nothing was asked of it. Retried with back-off: DNS or a firewall may be fixed meanwhile."""

@@ -50,6 +50,7 @@ def read_settings() -> context.Settings:
         preflight=bool(conf.get("VIRTUALHOSTS_PREFLIGHT")),
         preflight_resolver=conf.get("VIRTUALHOSTS_PREFLIGHT_RESOLVER") or None,
         acme_profile=conf.get("ACME_PROFILE") or None,
+        order_budget=conf.get("VIRTUALHOSTS_ORDER_BUDGET"),
     )
 
 

@@ -215,3 +215,28 @@ class RenewalScan(models.Model):
 
     def __str__(self) -> str:
         return f"renewal scan {self.started_at:%Y-%m-%d %H:%M}"
+
+
+class BudgetEntry(models.Model):
+    """One request that counts against the CA's limits (``budget``): a new order sent to the
+    account of ``directory_url``, or a failed validation of ``hostname``.
+
+    Not the hosts' history: that is pruned per host and goes with a deleted host, while the
+    CA still counts what it received.
+    """
+
+    directory_url = models.CharField(max_length=500)
+    hostname = models.CharField(max_length=constants.HOSTNAME_MAX_LENGTH)
+    kind = models.CharField(
+        max_length=20, choices=[("order", "order"), ("failed_validation", "failed validation")]
+    )
+    # An ARI renewal sending ``replaces``: the CA does not count it, neither do we.
+    exempt = models.BooleanField(default=False)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        indexes = [models.Index(fields=["directory_url", "kind", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.hostname} {self.at:%Y-%m-%d %H:%M}"

@@ -15,17 +15,19 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from . import constants, policy, recording, renewal_info
+from . import budget, constants, order_ledger, policy, recording, renewal_info
 from .adapters import files, nginx, preflight, probe, storage, webroot, x509
 from .adapters.acme import ProfileChoice
 from .adapters.x509 import CertificateFacts
 from .context import Context, Settings
 from .errors import (
     AcmeError,
+    AcmeValidationFailed,
     ForeignConfigBroken,
     LockHeld,
     NginxConfigTestFailed,
     NginxError,
+    OrderBudgetExhausted,
     PrivilegedWorkerMissing,
     ReloadInterrupted,
     UnusablePair,
@@ -194,9 +196,21 @@ def _obtain(
             publisher = webroot.WebrootPublisher(s.webroot, ledger)
             # RFC 9773 5: a renewal names the certificate it replaces.
             replaces = existing.ari_id if existing is not None else ""
-            fullchain = ca.obtain_certificate(
-                hostname, csr_pem, publisher, replaces=replaces, profile=_profile(s, run.host)
-            )
+            limits = _spend_budget(s, run.host, existing)
+            try:
+                fullchain = ca.obtain_certificate(
+                    hostname, csr_pem, publisher, replaces=replaces, profile=_profile(s, run.host)
+                )
+            except AcmeValidationFailed:
+                if limits is not None:
+                    order_ledger.record(
+                        timezone.now(),
+                        limits,
+                        s.directory_url,
+                        hostname,
+                        budget.KIND_FAILED_VALIDATION,
+                    )
+                raise
             new_pair = (fullchain, key_pem)
             step.message = f"certificate issued ({reason})"
 
@@ -234,6 +248,30 @@ def _preflight(s: Settings, hostname: str) -> None:
         port=s.http_port,
     )
     logger.info("virtualhost %s: pre-flight passed (%s)", hostname, ", ".join(addresses))
+
+
+def _spend_budget(
+    s: Settings, host: VirtualHost, existing: CertificateFacts | None
+) -> budget.Budget | None:
+    """Right before the new order: refuse it (OrderBudgetExhausted, retried when the budget
+    allows) if it would exceed one of the CA's limits, else count it. A host without a
+    certificate may use the headroom renewals leave; an ARI renewal is not counted."""
+    limits = budget.from_setting(s.order_budget)
+    if limits is None:
+        return None
+    now = timezone.now()
+    exempt = existing is not None and budget.is_exempt(
+        now, existing.ari_id, recording.stored_ari(host), existing.not_after
+    )
+    refusal = order_ledger.check(
+        now, limits, s.directory_url, host.hostname, new_host=existing is None, exempt=exempt
+    )
+    if refusal is not None:
+        raise OrderBudgetExhausted(refusal.message, retry_after=refusal.retry_at)
+    order_ledger.record(
+        now, limits, s.directory_url, host.hostname, budget.KIND_ORDER, exempt=exempt
+    )
+    return limits
 
 
 def _profile(s: Settings, host: VirtualHost) -> ProfileChoice | None:
