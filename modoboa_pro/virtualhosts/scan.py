@@ -87,7 +87,7 @@ def verdict(
             host.hostname,
             host.pk,
             SKIP_PAUSED,
-            "paused after failing for days: Retry provisioning or Renew now once fixed",
+            "paused (see its last error): Retry provisioning or Renew now once fixed",
             not_after=stored.facts.not_after if stored.facts else host.cert_not_after,
         )
     decision = policy.decide_stored(
