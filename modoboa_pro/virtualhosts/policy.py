@@ -44,6 +44,7 @@ def next_attempt(
         return retry_after
     return planned
 
+
 # A host failing this long in a row (its name no longer points here, port 80 closed for
 # good) is paused instead of retried daily: each retry spends a failed validation at the CA,
 # which itself pauses the account for the name after enough of them. The operator's
