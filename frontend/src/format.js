@@ -3,7 +3,19 @@
 // Functions that produce text take the gettext function (`$gettext` or the whole
 // gettext object) as a parameter so that every msgid stays a literal here.
 
-export const STATUSES = ['pending', 'provisioning', 'active', 'http_only', 'failed', 'disabled']
+export const STATUSES = [
+  'pending',
+  'provisioning',
+  'active',
+  'http_only',
+  'failed',
+  'paused',
+  'disabled',
+]
+
+// A host in one of these states failed and shows its last error; `paused` failed for days
+// (or was paused by the CA) and is not retried until an operator retries it.
+export const FAILING_STATUSES = ['failed', 'paused']
 
 // A host in one of these states has a run queued or running: the UI polls it.
 export const MOVING_STATUSES = ['pending', 'provisioning']
@@ -31,6 +43,7 @@ const STATE_COLORS = {
 // Order of the default listing: what needs the operator first.
 const STATUS_PRIORITY = {
   failed: 0,
+  paused: 0,
   provisioning: 1,
   pending: 1,
   http_only: 2,
@@ -44,7 +57,12 @@ const STATUS_COLORS = {
   active: 'success',
   http_only: 'warning',
   failed: 'error',
+  paused: 'warning',
   disabled: 'grey',
+}
+
+export function isFailing(host) {
+  return Boolean(host) && FAILING_STATUSES.includes(host.status)
 }
 
 export function isMoving(host) {
@@ -99,6 +117,8 @@ export function statusLabel(gettext, status, currentStep = null) {
       return $gettext('HTTP only')
     case 'failed':
       return $gettext('Failed')
+    case 'paused':
+      return $gettext('Paused')
     case 'disabled':
       // Modoboa's catalog has "Disabled" as a plural ("Désactivés"): ours has a context.
       return gettext.$pgettext('virtual host status', 'Disabled')

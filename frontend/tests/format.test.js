@@ -12,10 +12,12 @@ import {
   formatDate,
   formatDateTime,
   formatDuration,
+  isFailing,
   lastErrorText,
   lifetimeColor,
   lifetimeShare,
   nextActionText,
+  statusColor,
   statusLabel,
 } from '../src/format.js'
 
@@ -30,6 +32,7 @@ const gettext = {
 test('status labels, with the running step while provisioning', () => {
   assert.equal(statusLabel(gettext, 'http_only'), 'HTTP only')
   assert.equal(statusLabel(gettext, 'disabled'), 'Disabled')
+  assert.equal(statusLabel(gettext, 'paused'), 'Paused')
   assert.equal(statusLabel(gettext, 'provisioning', 'order'), 'Provisioning: Certificate order')
   assert.equal(statusLabel(gettext, 'provisioning', null), 'Provisioning')
 })
@@ -98,11 +101,18 @@ test('default order: failed, then running, then by hostname', () => {
     { hostname: 'c.example', status: 'pending' },
     { hostname: 'd.example', status: 'failed' },
     { hostname: 'e.example', status: 'provisioning' },
+    { hostname: 'f.example', status: 'paused' },
   ]
   assert.deepEqual(
     [...hosts].sort(compareHosts).map((host) => host.hostname),
-    ['d.example', 'c.example', 'e.example', 'a.example', 'b.example'],
+    ['d.example', 'f.example', 'c.example', 'e.example', 'a.example', 'b.example'],
   )
+})
+
+test('a paused host shows its error and Retry, in its own colour', () => {
+  assert.ok(isFailing({ status: 'paused' }) && isFailing({ status: 'failed' }))
+  assert.ok(!isFailing({ status: 'active' }) && !isFailing(null))
+  assert.equal(statusColor('paused'), 'warning')
 })
 
 test('error bodies are shown verbatim', () => {

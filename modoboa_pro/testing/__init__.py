@@ -9,6 +9,7 @@ from modoboa_pro.testing.acme_proxy import (
     RenewalAnswer,
     already_replaced,
     http_date,
+    paused,
     rate_limited,
     window,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "make_chain_pem",
     "make_self_signed_leaf",
     "make_server_cert",
+    "paused",
     "rate_limited",
     "validity",
     "window",

@@ -89,6 +89,24 @@ def rate_limited(detail: str, retry_after: str) -> Problem:
     return Problem(429, RATE_LIMITED, detail, {"Retry-After": retry_after})
 
 
+# Let's Encrypt's self-service portal, as its pause answers link to it (Boulder's WFE).
+UNPAUSE_PORTAL = "https://portal.letsencrypt.org/sfe/v1/unpause"
+
+
+def paused(
+    hostname: str, jwt: str = "eyJ0ZXN0IjoxfQ.e30.c2lnbmF0dXJl", *, status: int = 403
+) -> Problem:
+    """The CA paused this account for ``hostname`` (too many failed validations), worded as
+    Let's Encrypt's Boulder words it: 403 ``unauthorized`` (or 429 ``rateLimited``) with the
+    self-service unpause link."""
+    return Problem(
+        status,
+        RATE_LIMITED if status == 429 else UNAUTHORIZED,
+        f"Your account is temporarily prevented from requesting certificates for {hostname} "
+        f"and possibly others. Please visit: {UNPAUSE_PORTAL}?jwt={jwt}",
+    )
+
+
 def already_replaced(detail: str = "the certificate was already replaced") -> Problem:
     """409 ``alreadyReplaced`` (RFC 9773 5): the order's ``replaces`` names a certificate
     that another order replaced already."""

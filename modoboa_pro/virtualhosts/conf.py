@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     # per failed_window (3600), headroom_for_new_hosts (30: orders renewals leave free).
     # None turns the budget off (a private CA without limits).
     "VIRTUALHOSTS_ORDER_BUDGET": {},
+    # A host whose runs keep failing this many days in a row (its name no longer points here)
+    # is paused: no more daily retries until an operator retries it. 0 never pauses.
+    "VIRTUALHOSTS_PAUSE_AFTER_DAYS": 7,  # policy.PAUSE_AFTER
     # Where the UI's "Documentation" link points; None: the package's Documentation URL.
     "VIRTUALHOSTS_DOCS_URL": None,
 }
@@ -80,6 +83,12 @@ def get(name: str) -> Any:
 def renewal_spread() -> datetime.timedelta:
     """``VIRTUALHOSTS_RENEWAL_SPREAD`` as a duration (0 turns the spread off)."""
     return datetime.timedelta(seconds=max(float(get("VIRTUALHOSTS_RENEWAL_SPREAD")), 0.0))
+
+
+def pause_after() -> datetime.timedelta | None:
+    """``VIRTUALHOSTS_PAUSE_AFTER_DAYS`` as a duration; None: never pause."""
+    days = float(get("VIRTUALHOSTS_PAUSE_AFTER_DAYS") or 0)
+    return datetime.timedelta(days=days) if days > 0 else None
 
 
 def docs_url() -> str:

@@ -10,6 +10,8 @@ STATUS_PROVISIONING = "provisioning"  # the chain is running
 STATUS_ACTIVE = "active"  # served over HTTPS with a verified certificate
 STATUS_HTTP_ONLY = "http_only"  # served over HTTP only: Let's Encrypt disabled
 STATUS_FAILED = "failed"  # last run failed; see last_error
+# Failing for days (or paused by the CA): no longer retried until an operator retries.
+STATUS_PAUSED = "paused"
 STATUS_DISABLED = "disabled"  # the admin disabled the host; no site, no renewal
 STATUSES = (
     (STATUS_PENDING, "Pending"),
@@ -17,6 +19,7 @@ STATUSES = (
     (STATUS_ACTIVE, "Active"),
     (STATUS_HTTP_ONLY, "HTTP only"),
     (STATUS_FAILED, "Failed"),
+    (STATUS_PAUSED, "Paused"),
     (STATUS_DISABLED, "Disabled"),
 )
 

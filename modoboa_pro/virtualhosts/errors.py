@@ -145,6 +145,16 @@ def redact_ca_text(text: str) -> str:
     return text if len(text) <= CA_DETAIL_MAX else text[: CA_DETAIL_MAX - 1] + "…"
 
 
+# The CA's unpause link carries a token (a signed JWT) that lets whoever holds it unpause the
+# account: shown to operators (the host's error, its alarm), kept out of log files.
+_UNPAUSE_TOKEN = re.compile(r"([?&]jwt=)[^\s&]+")
+
+
+def redact_for_log(text: str) -> str:
+    """``text`` without the token of a CA's unpause link (the host's error keeps it)."""
+    return _UNPAUSE_TOKEN.sub(r"\1<see the host's last error>", text)
+
+
 class AcmeError(VirtualHostError):
     """Base for failures talking to the certificate authority.
 
@@ -179,6 +189,17 @@ class AcmeValidationFailed(AcmeError):
 
 class AcmeRateLimited(AcmeError):
     """The CA rate-limited us; ``retry_after`` says when to try again."""
+
+
+class AcmePaused(AcmeError):
+    """The CA paused this account for the name after too many failed validations: nothing is
+    retried (waiting does not lift it) until an operator unpauses it at ``unpause_url``."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, unpause_url: str = "", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.unpause_url = unpause_url
 
 
 class AcmeOrderFailed(AcmeError):

@@ -39,7 +39,12 @@ class Counts:
 
     @property
     def failing(self) -> int:
-        return self.by_status.get(constants.STATUS_FAILED, 0)
+        """Failed hosts, paused ones included: they need an operator all the more."""
+        return self.by_status.get(constants.STATUS_FAILED, 0) + self.paused
+
+    @property
+    def paused(self) -> int:
+        return self.by_status.get(constants.STATUS_PAUSED, 0)
 
     @property
     def in_progress(self) -> int:
@@ -146,6 +151,7 @@ def summary(hosts: QuerySet, threshold_days: int, now: datetime.datetime | None 
         "total": counts.total,
         "by_status": counts.by_status,
         "failing": counts.failing,
+        "paused": counts.paused,
         "overdue": counts.overdue,
         "expired": counts.expired,
         "expiring": counts.expiring,

@@ -48,6 +48,7 @@ OBSERVED_FIELDS = (
     "last_error",
     "failed_step",
     "attempts",
+    "failing_since",
     "next_attempt_at",
     "cert_serial",
     "cert_issuer",
@@ -115,6 +116,11 @@ class VirtualHost(models.Model):
     failed_step = models.CharField(max_length=20, blank=True, default="")
     attempts = models.PositiveIntegerField(
         default=0, help_text=_("Consecutive failed runs since the last success.")
+    )
+    failing_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=_("When the current streak of failed runs began (the pause counts from it)."),
     )
     next_attempt_at = models.DateTimeField(
         null=True, blank=True, help_text=_("When the next retry or renewal is planned.")

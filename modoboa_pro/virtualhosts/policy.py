@@ -45,6 +45,25 @@ def next_attempt(
     return planned
 
 
+# A host failing this long in a row (its name no longer points here, port 80 closed for
+# good) is paused instead of retried daily: each retry spends a failed validation at the CA,
+# which itself pauses the account for the name after enough of them. The operator's
+# ``VIRTUALHOSTS_PAUSE_AFTER_DAYS`` overrides it.
+PAUSE_AFTER = datetime.timedelta(days=7)
+
+
+def should_pause(
+    now: datetime.datetime,
+    failing_since: datetime.datetime | None,
+    pause_after: datetime.timedelta | None = PAUSE_AFTER,
+) -> bool:
+    """True once the streak of failures that began at ``failing_since`` has lasted
+    ``pause_after`` (None: never pause)."""
+    if pause_after is None or failing_since is None:
+        return False
+    return now - failing_since >= pause_after
+
+
 # -- the lifetime rule (the fallback when the CA suggests no renewal time) -------------
 
 # Renew when a third of the certificate's lifetime is left (certmagic's rule): 30 days

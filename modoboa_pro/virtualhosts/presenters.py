@@ -115,9 +115,9 @@ def problems(host: VirtualHost, threshold_days: int, now: datetime.datetime) -> 
                 f"certificate overdue for renewal ({left} left of "
                 f"{policy.format_duration(lifetime)})"
             )
-    if host.enabled and host.status == constants.STATUS_FAILED:
+    if host.enabled and host.status in (constants.STATUS_FAILED, constants.STATUS_PAUSED):
         step = f" at {host.failed_step}" if host.failed_step else ""
-        found.append(f"failed{step}: {host.last_error}")
+        found.append(f"{host.status}{step}: {host.last_error}")
     return found
 
 
@@ -155,6 +155,7 @@ def summary(
         "last_error": host.last_error,
         "failed_step": host.failed_step,
         "attempts": host.attempts,
+        "failing_since": host.failing_since,
         "certificate": certificate(host, threshold_days, now),
         "next_action": next_action(host),
         "next_attempt_at": host.next_attempt_at,

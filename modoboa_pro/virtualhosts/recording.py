@@ -19,10 +19,10 @@ from django.db.models import Q
 from django.utils import timezone
 from rq.timeouts import JobTimeoutException
 
-from . import alarms, constants, policy
+from . import alarms, conf, constants, policy
 from .adapters.ari import RenewalWindow
 from .adapters.x509 import CertificateFacts
-from .errors import DesiredStateChanged, VirtualHostError
+from .errors import AcmePaused, DesiredStateChanged, VirtualHostError, redact_for_log
 from .models import OBSERVED_FIELDS, VirtualHost, VirtualHostEvent
 
 logger = logging.getLogger("modoboa.jobs")
@@ -55,9 +55,11 @@ class Run:
                 self.host.hostname,
                 name,
                 time.monotonic() - clock,
-                err.message,
+                redact_for_log(err.message),
                 # The raw text (a CA's problem document...), unless the message quotes it.
-                f" (detail: {err.detail})" if err.detail and err.detail not in err.message else "",
+                f" (detail: {redact_for_log(err.detail)})"
+                if err.detail and err.detail not in err.message
+                else "",
             )
             raise
         except Exception as err:
@@ -182,9 +184,10 @@ def outcome(run: Run) -> Iterator[Outcome]:
             host.hostname,
             run.kind,
             run.current_step,
-            err.message,
+            redact_for_log(err.message),
         )
-        result.status = constants.STATUS_FAILED
+        paused = host.status == constants.STATUS_PAUSED
+        result.status = constants.STATUS_PAUSED if paused else constants.STATUS_FAILED
     except Exception as err:
         # A bug: record what the operator needs, then let RQ keep the traceback.
         mark_failure(
@@ -242,6 +245,7 @@ def mark_success(
         "last_error": "",
         "failed_step": "",
         "attempts": 0,
+        "failing_since": None,
         "last_success_at": timezone.now(),
         "next_attempt_at": None,
     }
@@ -261,31 +265,73 @@ def mark_success(
 def mark_failure(host: VirtualHost, step: str, err: VirtualHostError) -> None:
     """The run failed at ``step``: keep the reason, plan the retry, raise an alarm.
 
-    A certificate close to expiry whose renewal keeps failing gets the urgent alarm.
+    A host failing for ``VIRTUALHOSTS_PAUSE_AFTER_DAYS`` in a row, or paused by the CA
+    itself, is paused: no retry is planned until an operator retries. A certificate close to
+    expiry whose renewal keeps failing gets the urgent alarm.
     """
     now = timezone.now()
     attempts = host.attempts + 1
-    if err.retryable or err.retry_after is not None:
+    # The streak began at the first failure after a success (or after an operator's retry).
+    failing_since = host.failing_since if host.attempts and host.failing_since else now
+    # A disable run is never paused: the site must go, whatever the CA says.
+    paused = host.enabled and (
+        isinstance(err, AcmePaused) or policy.should_pause(now, failing_since, conf.pause_after())
+    )
+    if paused:
+        next_attempt_at = None
+        message = pause_message(host, err, failing_since, now)
+    elif err.retryable or err.retry_after is not None:
         next_attempt_at = policy.next_attempt(now, attempts, err.retry_after)
+        message = err.message
     else:
         next_attempt_at = None  # an operator must fix something, then retry
+        message = err.message
     written = _write(
         host,
         attempts=attempts,
-        status=constants.STATUS_FAILED,
+        failing_since=failing_since,
+        status=constants.STATUS_PAUSED if paused else constants.STATUS_FAILED,
         current_step="",
         failed_step=step,
-        last_error=err.message[:4000],
+        last_error=message[:4000],
         next_attempt_at=next_attempt_at,
         updated_at=now,
     )
     if not written:
         return  # deleted meanwhile: nothing to show it on
     not_after = host.cert_not_after
-    if not_after is not None and policy.is_urgent(now, host.cert_not_before, not_after, attempts):
+    if paused:
+        title = f"Virtual host {host.hostname}: {step} failed. {message}"
+        alarms.open_host_alarm(host, title)
+        logger.error("%s", redact_for_log(title[:2000]))
+    elif not_after is not None and policy.is_urgent(now, host.cert_not_before, not_after, attempts):
         alarms.alarm_urgent(host, host.cert_not_after, now)
     else:
         alarms.open_host_alarm(host, f"Virtual host {host.hostname}: {step} failed: {err.message}")
+
+
+def pause_message(
+    host: VirtualHost,
+    err: VirtualHostError,
+    failing_since: datetime.datetime,
+    now: datetime.datetime,
+) -> str:
+    """Why the host is paused and what the operator does about it, then the last error."""
+    if isinstance(err, AcmePaused):
+        return err.message  # it quotes the CA's unpause link
+    served = ""
+    if host.cert_not_after is not None:
+        served = (
+            f" The current certificate stays served until it expires "
+            f"({host.cert_not_after:%Y-%m-%d %H:%M} UTC)."
+        )
+    return (
+        f"Paused: every run has failed for {policy.format_duration(now - failing_since)} "
+        f"(since {failing_since:%Y-%m-%d %H:%M} UTC), so it is no longer retried daily: each "
+        "retry would spend a failed validation at the CA. Fix the cause (does the name still "
+        "point to this server?), then press Retry provisioning (or Renew now)."
+        f"{served} Last error: {err.message}"
+    )
 
 
 def mark_disabled(host: VirtualHost) -> None:
@@ -298,6 +344,7 @@ def mark_disabled(host: VirtualHost) -> None:
         last_error="",
         failed_step="",
         attempts=0,
+        failing_since=None,
     )
     if done:
         alarms.close_host_alarm(host)
@@ -313,7 +360,7 @@ def mark_unusable_file(host: VirtualHost, problem: str, now: datetime.datetime) 
         return
     _write(
         host,
-        where=~Q(status=constants.STATUS_PROVISIONING),
+        where=~Q(status__in=(constants.STATUS_PROVISIONING, constants.STATUS_PAUSED)),
         status=constants.STATUS_FAILED,
         failed_step=constants.STEP_RENEW,
         last_error=message,

@@ -36,6 +36,7 @@ SCANS_KEEP = 90
 CHUNK_SIZE = 500
 
 SKIP_DISABLED = "disabled"
+SKIP_PAUSED = "paused"
 SKIP_LETSENCRYPT_OFF = "letsencrypt_disabled"
 NO_CERT_PROVISIONING = "provisioning"
 NO_CERT_STUCK = "stuck"
@@ -81,6 +82,14 @@ def verdict(
         return Verdict(
             host.hostname, host.pk, SKIP_DISABLED, "disabled: its challenge cannot be served"
         )
+    if host.status == constants.STATUS_PAUSED:
+        return Verdict(
+            host.hostname,
+            host.pk,
+            SKIP_PAUSED,
+            "paused (see its last error): Retry provisioning or Renew now once fixed",
+            not_after=stored.facts.not_after if stored.facts else host.cert_not_after,
+        )
     decision = policy.decide_stored(
         now,
         threshold_days,
@@ -119,6 +128,7 @@ class ScanReport:
     skipped: Counter[str] = field(default_factory=Counter)
     without_certificate: dict[str, list[str]] = field(default_factory=dict)
     unreadable: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)  # no longer retried until an operator does
     expired: list[str] = field(default_factory=list)
     urgent: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
@@ -144,6 +154,8 @@ class ScanReport:
             f"{self.disabled} disabled",
             f"{no_cert} without a certificate{self._no_cert_detail()}",
         ]
+        if self.paused:
+            skipped.append(f"{len(self.paused)} paused ({_names(self.paused)})")
         if self.skipped[SKIP_LETSENCRYPT_OFF]:
             skipped.insert(0, f"{self.skipped[SKIP_LETSENCRYPT_OFF]} due (Let's Encrypt disabled)")
         line = ", ".join(parts) + "; skipped: " + ", ".join(skipped)
@@ -292,6 +304,11 @@ def _scan_host(
         report.verdicts.append(verdict(host, storage.StoredCertificate(None), threshold_days, now))
         return
     report.seen += 1
+    if host.status == constants.STATUS_PAUSED:
+        # Failing for days: no order, no file repair, no alarm change until an operator retries.
+        report.paused.append(host.hostname)
+        report.verdicts.append(verdict(host, storage.StoredCertificate(None), threshold_days, now))
+        return
     # A key others can read is made private at once (not in a dry run), then replaced.
     stored = storage.read_current(
         storage_root, host.hostname, issued_serial=host.cert_serial, repair=not dry_run

@@ -146,9 +146,10 @@ def retry_provisioning(host: VirtualHost) -> VirtualHost:
         raise ConfigurationError(f"{host.hostname} is disabled: enable it to provision it.")
     _check_idle(host)
     _check_ready_for_letsencrypt()
-    # Shown at once in the UI; the run writes everything else.
+    # Shown at once in the UI; the run writes everything else. A paused host is un-paused:
+    # its streak of failures starts again from the next failure.
     VirtualHost.objects.filter(pk=host.pk).update(
-        status=constants.STATUS_PENDING, next_attempt_at=None
+        status=constants.STATUS_PENDING, next_attempt_at=None, failing_since=None
     )
     host.refresh_from_db()
     enqueue_provisioning(host)
@@ -165,7 +166,15 @@ def renew_now(host: VirtualHost) -> VirtualHost:
     _check_ready_for_letsencrypt()
     # Remembered until a new certificate is stored: a failed forced renewal is retried
     # as forced, not turned into "not due, nothing to do".
-    VirtualHost.objects.filter(pk=host.pk).update(renewal_requested_at=timezone.now())
+    # It un-pauses a paused host too (shown at once): the streak of failures starts again
+    # from the next failure.
+    VirtualHost.objects.filter(pk=host.pk).update(
+        renewal_requested_at=timezone.now(), failing_since=None
+    )
+    VirtualHost.objects.filter(pk=host.pk, status=constants.STATUS_PAUSED).update(
+        status=constants.STATUS_PENDING
+    )
+    host.refresh_from_db()
     enqueue_renewal(host, force=True)
     return host
 

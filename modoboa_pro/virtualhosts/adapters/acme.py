@@ -36,6 +36,7 @@ from ..errors import (
     AcmeDirectoryUnreachable,
     AcmeError,
     AcmeOrderFailed,
+    AcmePaused,
     AcmeProfileRefused,
     AcmeRateLimited,
     AcmeUnauthorized,
@@ -627,11 +628,34 @@ def _validation_failure(hostname: str, body: messages.Authorization) -> AcmeErro
     )
 
 
+# Let's Encrypt's answer for a paused account+name pair (Boulder's WFE, 2024-2026):
+# "Your account is temporarily prevented from requesting certificates for NAME and possibly
+# others. Please visit: https://portal.letsencrypt.org/sfe/v1/unpause?jwt=...", typed
+# rateLimited or unauthorized. The link is the only way out: waiting does not lift it.
+_UNPAUSE_URL = re.compile(r"https://[^\s\"'<>]*/unpause\b[^\s\"'<>]*")
+
+
+def unpause_url(detail: str) -> str:
+    """The CA's self-service unpause link in a problem's detail, or ""."""
+    found = _UNPAUSE_URL.search(detail)
+    return found.group(0).rstrip(".,;)") if found else ""
+
+
 def _map_problem(err: messages.Error, doing: str, retry_after: str | None = None) -> AcmeError:
     """The operator's error for a CA's problem document; ``retry_after`` is the answer's
     ``Retry-After`` header, if any."""
     code = err.code or ""
     detail = err.detail or str(err)
+    link = unpause_url(detail) if code in ("rateLimited", "unauthorized") else ""
+    if link:
+        return AcmePaused(
+            f"Paused by the certificate authority: it paused this account for this name after "
+            f"too many failed validations (while {doing}). Nothing will be retried: first make "
+            f"the name point to this server (DNS, port 80), then unpause it at {link} and press "
+            "Retry provisioning (or Renew now).",
+            unpause_url=link,
+            detail=detail,
+        )
     if code == "rateLimited":
         when = parse_rate_limit_retry_after(detail, _utcnow(), header=retry_after)
         return AcmeRateLimited(

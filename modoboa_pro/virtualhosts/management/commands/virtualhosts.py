@@ -2,7 +2,7 @@
 
 Exit codes (for scripts and monitoring, documented in docs/operations.md): 0 all
 fine, 1 the command failed, 2 bad usage (including a hostname that can never be
-valid), 3 a host is failed, 4 a certificate is overdue or expired, 5 the renewal
+valid), 3 a host is failed or paused, 4 a certificate is overdue or expired, 5 the renewal
 scan has not run for 26 hours.
 """
 
@@ -30,7 +30,7 @@ EXPIRES_COLUMN = 2  # of the `list` table: coloured by the certificate's state
 EXIT_OK = 0
 EXIT_ERROR = 1  # the command could not do what was asked (unknown host, busy, config)
 EXIT_USAGE = 2  # bad arguments (argparse), or a hostname that can never be valid
-EXIT_FAILED = 3  # at least one enabled host is failed
+EXIT_FAILED = 3  # at least one enabled host is failed (or paused)
 EXIT_OVERDUE = 4  # at least one certificate is overdue for renewal or expired
 EXIT_SCAN_STALE = 5  # the renewal scan has not run for 26 h while hosts have certificates
 
@@ -41,7 +41,7 @@ def exit_code(hosts: Iterable[VirtualHost], threshold_days: int, now: datetime.d
     for host in hosts:
         if presenters.is_overdue(host, threshold_days, now):
             return EXIT_OVERDUE
-        if host.enabled and host.status == constants.STATUS_FAILED:
+        if host.enabled and host.status in (constants.STATUS_FAILED, constants.STATUS_PAUSED):
             code = EXIT_FAILED
     return code
 
@@ -124,8 +124,8 @@ def _usage(message: str) -> CommandError:
 class Command(BaseCommand):
     help = (
         "Show and act on virtual hosts and their certificates. Exit codes: 0 all fine, "
-        "1 command failed, 2 bad usage, 3 a host is failed, 4 a certificate is overdue/expired, "
-        "5 the renewal scan is not running."
+        "1 command failed, 2 bad usage, 3 a host is failed or paused, 4 a certificate is "
+        "overdue/expired, 5 the renewal scan is not running."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
@@ -296,6 +296,7 @@ class Command(BaseCommand):
             ("Last error", host.last_error or EMPTY),
             ("Failed step", host.failed_step or EMPTY),
             ("Failed attempts", str(host.attempts)),
+            ("Failing since", _when(host.failing_since)),
             ("Certificate", "none yet" if cert is None else f"serial {cert['serial']}"),
         ]
         if cert is not None:
