@@ -15,15 +15,17 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from django.conf import settings
 
-from modoboa_pro.testing import DnsResponder, NginxServer, PebbleServer, RedisServer
+from modoboa_pro.testing import AcmeProxy, DnsResponder, NginxServer, PebbleServer, RedisServer
 from modoboa_pro.virtualhosts import constants
 
 from .deployment import Stack, deployed_stack
@@ -218,6 +220,19 @@ def chain(
         else:
             site.unlink()
     nginx_server.reload()
+
+
+@contextmanager
+def proxied_ca(chain: Chain, settings, *, renewal_info: bool = False) -> Iterator[AcmeProxy]:
+    """Pebble behind an ``AcmeProxy`` the test controls: the plugin talks to the proxy and
+    trusts its test CA (``renewal_info``: the proxy plays ARI)."""
+    workdir = Path(tempfile.mkdtemp(prefix="acme-proxy-", dir=chain.storage.parent))
+    with AcmeProxy(
+        workdir, chain.pebble.directory_url, chain.pebble.ca_bundle, renewal_info=renewal_info
+    ) as server:
+        settings.ACME_DIRECTORY_URL = server.directory_url
+        settings.ACME_CA_BUNDLE = str(server.ca_bundle)
+        yield server
 
 
 def start_privileged_worker(log_path: Path) -> subprocess.Popen:

@@ -32,7 +32,7 @@ from modoboa_pro.virtualhosts import jobs, policy, scan
 from modoboa_pro.virtualhosts.adapters import storage
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import Chain
+from ..conftest import Chain, proxied_ca
 from .test_failures import provision_active
 from .test_renewal import served_serial, stand_in
 
@@ -43,24 +43,11 @@ DAY = datetime.timedelta(days=1)
 EXPLANATION = "https://ca.example.test/incident-42"
 
 
-def use_proxy(chain: Chain, tmp_path_factory, settings, *, renewal_info: bool) -> AcmeProxy:
-    proxy = AcmeProxy(
-        tmp_path_factory.mktemp("ari-proxy"),
-        chain.pebble.directory_url,
-        chain.pebble.ca_bundle,
-        renewal_info=renewal_info,
-    )
-    settings.ACME_DIRECTORY_URL = proxy.start().directory_url
-    settings.ACME_CA_BUNDLE = str(proxy.ca_bundle)
-    return proxy
-
-
 @pytest.fixture
-def ca(chain: Chain, tmp_path_factory, settings) -> Iterator[AcmeProxy]:
+def ca(chain: Chain, settings) -> Iterator[AcmeProxy]:
     """Pebble with ARI: the plugin talks to it through the double."""
-    proxy = use_proxy(chain, tmp_path_factory, settings, renewal_info=True)
-    yield proxy
-    proxy.stop()
+    with proxied_ca(chain, settings, renewal_info=True) as proxy:
+        yield proxy
 
 
 def later_window(days: float = 60) -> RenewalAnswer:
@@ -237,12 +224,9 @@ def _ca():
     return lambda: jobs.make_acme(jobs.read_settings())
 
 
-def test_a_ca_without_renewal_info_keeps_the_lifetime_rule(
-    chain: Chain, tmp_path_factory, settings
-):
+def test_a_ca_without_renewal_info_keeps_the_lifetime_rule(chain: Chain, settings):
     """Plain Pebble (2.4, no ARI) behind a recording proxy: nothing asked, no ``replaces``."""
-    proxy = use_proxy(chain, tmp_path_factory, settings, renewal_info=False)
-    try:
+    with proxied_ca(chain, settings) as proxy:
         hostname = "no-ari.example.test"
         host = stand_in(chain, hostname)  # 5 days left of 90: due by the lifetime rule
         chain.nginx.reload()
@@ -263,5 +247,3 @@ def test_a_ca_without_renewal_info_keeps_the_lifetime_rule(
         assert parse_datetime(shown["planned_renewal_at"]) == policy.renewal_due_at(
             30, host.cert_not_before, host.cert_not_after
         )
-    finally:
-        proxy.stop()

@@ -18,7 +18,7 @@ from modoboa_pro.testing import AcmeProxy, window
 from modoboa_pro.virtualhosts import constants, jobs, presenters, retries
 from modoboa_pro.virtualhosts.models import BudgetEntry, VirtualHost
 
-from ..conftest import Chain
+from ..conftest import Chain, proxied_ca
 from .test_ca_outages import assert_pair_served
 from .test_failures import provision_active, provision_and_fail
 from .test_rate_limits import shown_by_api
@@ -30,30 +30,21 @@ WINDOW = datetime.timedelta(hours=3)
 SECOND = datetime.timedelta(seconds=1)
 
 
-def use_proxy(
-    chain: Chain, tmp_path_factory, settings, *, renewal_info: bool
-) -> Iterator[AcmeProxy]:
-    with AcmeProxy(
-        tmp_path_factory.mktemp("budget-proxy"),
-        chain.pebble.directory_url,
-        chain.pebble.ca_bundle,
-        renewal_info=renewal_info,
-    ) as server:
-        settings.ACME_DIRECTORY_URL = server.directory_url
-        settings.ACME_CA_BUNDLE = str(server.ca_bundle)
+def use_proxy(chain: Chain, settings, *, renewal_info: bool) -> Iterator[AcmeProxy]:
+    with proxied_ca(chain, settings, renewal_info=renewal_info) as server:
         # 3 orders per 3 hours, 1 of them kept for new hosts: renewals may use 2.
         settings.VIRTUALHOSTS_ORDER_BUDGET = {"orders_per_account": 3, "headroom_for_new_hosts": 1}
         yield server
 
 
 @pytest.fixture
-def proxy(chain: Chain, tmp_path_factory, settings) -> Iterator[AcmeProxy]:
-    yield from use_proxy(chain, tmp_path_factory, settings, renewal_info=False)
+def proxy(chain: Chain, settings) -> Iterator[AcmeProxy]:
+    yield from use_proxy(chain, settings, renewal_info=False)
 
 
 @pytest.fixture
-def ari_proxy(chain: Chain, tmp_path_factory, settings) -> Iterator[AcmeProxy]:
-    yield from use_proxy(chain, tmp_path_factory, settings, renewal_info=True)
+def ari_proxy(chain: Chain, settings) -> Iterator[AcmeProxy]:
+    yield from use_proxy(chain, settings, renewal_info=True)
 
 
 def orders_sent() -> list[datetime.datetime]:

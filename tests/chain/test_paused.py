@@ -21,7 +21,7 @@ from modoboa_pro.testing import AcmeProxy, paused
 from modoboa_pro.virtualhosts import constants, jobs, policy, services
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import Chain
+from ..conftest import Chain, proxied_ca
 from .test_failures import open_alarms
 from .test_rate_limits import shown_by_api
 from .test_renewal import served_serial, stand_in
@@ -150,12 +150,8 @@ def test_a_provisioning_failing_for_days_is_paused_until_retry(chain: Chain, clo
 
 
 @pytest.fixture
-def ca(chain: Chain, tmp_path_factory, settings) -> Iterator[AcmeProxy]:
-    with AcmeProxy(
-        tmp_path_factory.mktemp("acme-proxy"), chain.pebble.directory_url, chain.pebble.ca_bundle
-    ) as server:
-        settings.ACME_DIRECTORY_URL = server.directory_url
-        settings.ACME_CA_BUNDLE = str(server.ca_bundle)
+def ca(chain: Chain, settings) -> Iterator[AcmeProxy]:
+    with proxied_ca(chain, settings) as server:
         yield server
 
 

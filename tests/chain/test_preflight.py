@@ -22,7 +22,7 @@ from modoboa_pro.virtualhosts import constants, services
 from modoboa_pro.virtualhosts.adapters import preflight, webroot
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import BACKEND_BODY, Chain
+from ..conftest import BACKEND_BODY, Chain, proxied_ca
 from .test_failures import http_get, provision_and_fail
 
 pytestmark = pytest.mark.chain
@@ -31,13 +31,9 @@ OTHER_BODY = b"another web server\n"
 
 
 @pytest.fixture
-def ca(chain: Chain, tmp_path_factory, settings) -> Iterator[AcmeProxy]:
+def ca(chain: Chain, settings) -> Iterator[AcmeProxy]:
     """Pebble behind a proxy that counts every request the plugin sends it."""
-    with AcmeProxy(
-        tmp_path_factory.mktemp("acme-proxy"), chain.pebble.directory_url, chain.pebble.ca_bundle
-    ) as server:
-        settings.ACME_DIRECTORY_URL = server.directory_url
-        settings.ACME_CA_BUNDLE = str(server.ca_bundle)
+    with proxied_ca(chain, settings) as server:
         yield server
 
 

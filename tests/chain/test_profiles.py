@@ -16,7 +16,7 @@ from modoboa_pro.testing.acme_proxy import INVALID_PROFILE, UNAUTHORIZED
 from modoboa_pro.virtualhosts import constants
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import Chain
+from ..conftest import Chain, proxied_ca
 from .test_ca_outages import assert_pair_served
 from .test_failures import provision_and_fail
 
@@ -30,14 +30,10 @@ OFFERED = {
 
 
 @pytest.fixture
-def ca(chain: Chain, tmp_path_factory, settings) -> Iterator[AcmeProxy]:
+def ca(chain: Chain, settings) -> Iterator[AcmeProxy]:
     """Pebble behind the proxy, which offers ``OFFERED``."""
-    with AcmeProxy(
-        tmp_path_factory.mktemp("acme-proxy"), chain.pebble.directory_url, chain.pebble.ca_bundle
-    ) as server:
+    with proxied_ca(chain, settings) as server:
         server.profiles.offer(**OFFERED)
-        settings.ACME_DIRECTORY_URL = server.directory_url
-        settings.ACME_CA_BUNDLE = str(server.ca_bundle)
         yield server
 
 

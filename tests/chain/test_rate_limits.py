@@ -19,7 +19,7 @@ from modoboa_pro.testing import AcmeProxy, http_date, rate_limited
 from modoboa_pro.virtualhosts import constants, jobs, policy, presenters, retries, scan
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import Chain
+from ..conftest import Chain, proxied_ca
 from .test_ca_outages import assert_pair_served
 from .test_failures import provision_and_fail
 from .test_renewal import served_serial, stand_in
@@ -33,13 +33,9 @@ DETAIL = "too many new orders (10) from this account in the last 3h0m0s"
 
 
 @pytest.fixture
-def proxy(chain: Chain, tmp_path_factory, settings) -> Iterator[AcmeProxy]:
+def proxy(chain: Chain, settings) -> Iterator[AcmeProxy]:
     """The plugin talks to Pebble through the proxy, trusting the proxy's test CA."""
-    with AcmeProxy(
-        tmp_path_factory.mktemp("acme-proxy"), chain.pebble.directory_url, chain.pebble.ca_bundle
-    ) as server:
-        settings.ACME_DIRECTORY_URL = server.directory_url
-        settings.ACME_CA_BUNDLE = str(server.ca_bundle)
+    with proxied_ca(chain, settings) as server:
         yield server
 
 
