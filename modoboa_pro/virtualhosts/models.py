@@ -39,7 +39,7 @@ def validate_acme_profile(value: str) -> None:
 # Desired state: written by services (API, CLI, admin) only.
 # (``renewal_requested_at`` too, but alone, by UPDATE: services.renew_now sets it, and a
 # run that stores a new certificate clears it.)
-DESIRED_FIELDS = ("hostname", "domain", "enabled", "acme_profile", "updated_at")
+DESIRED_FIELDS = ("hostname", "domain", "enabled", "acme_profile", "serves_mail", "updated_at")
 # Observed state: written by jobs only (``recording``), field by field, so that a
 # run never overwrites a change an admin made while it ran.
 OBSERVED_FIELDS = (
@@ -91,6 +91,14 @@ class VirtualHost(models.Model):
         help_text=_(
             "The CA's certificate profile for this host (e.g. tlsserver), required at its "
             "next order; empty: the instance's ACME_PROFILE, else the CA's default."
+        ),
+    )
+    serves_mail = models.BooleanField(
+        _("serves mail"),
+        default=False,
+        help_text=_(
+            "Also deploy this host's certificate to Postfix and Dovecot, by SNI "
+            "(e.g. mail.example.com)."
         ),
     )
     renewal_requested_at = models.DateTimeField(

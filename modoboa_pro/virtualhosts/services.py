@@ -82,7 +82,12 @@ def _check_ready_for_letsencrypt() -> None:
 
 
 def create_virtualhost(
-    hostname: str, *, enabled: bool = True, domain=None, acme_profile: str = ""
+    hostname: str,
+    *,
+    enabled: bool = True,
+    domain=None,
+    acme_profile: str = "",
+    serves_mail: bool = False,
 ) -> VirtualHost:
     """Create a host; provisioning starts once the transaction commits.
 
@@ -97,7 +102,12 @@ def create_virtualhost(
     # A host created disabled has nothing to run: it starts as what it is.
     status = constants.STATUS_PENDING if enabled else constants.STATUS_DISABLED
     host = VirtualHost(
-        hostname=name, enabled=enabled, domain=domain, status=status, acme_profile=acme_profile
+        hostname=name,
+        enabled=enabled,
+        domain=domain,
+        status=status,
+        acme_profile=acme_profile,
+        serves_mail=serves_mail,
     )
     host.full_clean()
     host.save()  # the post_save handler enqueues provisioning
