@@ -3,7 +3,9 @@
 # As root it runs apt-get; otherwise it prints the exact command to run.
 set -euo pipefail
 
-packages=(redis-server nginx pebble postgresql librrd-dev pkg-config openssl python3-venv ca-certificates gettext chromium rrdtool)
+# postfix and dovecot-*: the mail deploy tests run their own instances; prometheus: its promtool
+# checks the example alert rules.
+packages=(redis-server nginx pebble postgresql librrd-dev pkg-config openssl python3-venv ca-certificates gettext chromium rrdtool postfix dovecot-core dovecot-imapd dovecot-pop3d prometheus)
 missing=()
 for pkg in "${packages[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
