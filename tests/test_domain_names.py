@@ -313,6 +313,11 @@ def test_cli_adds_the_names_then_reports_them_as_existing(
     code, out, _ = run("add-domain-names", "example.test", "--json")
     assert code == 0
     assert [r["outcome"] for r in json.loads(out)] == ["exists"] * 3
+    assert (
+        "Site:            autodiscover (the mail clients' paths only)"
+        in run("show", "autodiscover.example.test")[1]
+    )
+    assert "Site:" not in run("show", "mail.example.test")[1]
 
 
 def test_cli_says_which_names_were_refused(world):

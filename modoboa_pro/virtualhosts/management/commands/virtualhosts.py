@@ -307,6 +307,8 @@ class Command(BaseCommand):
             ("Failing since", _when(host.failing_since)),
             ("Certificate", "none yet" if cert is None else f"serial {cert['serial']}"),
         ]
+        if host.site != constants.SITE_WEB:  # web hosts' output unchanged
+            lines.insert(3, ("Site", f"{host.site} (the mail clients' paths only)"))
         if cert is not None:
             lines += [
                 ("  Issuer", cert["issuer"]),
