@@ -196,7 +196,7 @@ def test_a_domain_admin_creates_the_three_names_of_their_domain(world: World, ca
     )
     for result in body["results"]:
         assert result["id"] in {h.pk for h in hosts}
-        assert "certificate is being requested" in result["message"]
+        assert "provisioning queued" in result["message"]
     # A host's representation says what its site serves.
     detail = world.api("DomainAdmins").get(f"/api/v2/virtualhosts/{body['results'][1]['id']}/")
     assert detail.json()["site"] == "autoconfig"
@@ -352,3 +352,20 @@ def test_a_name_refused_mid_way_does_not_stop_the_next(world, monkeypatch):
     assert outcomes[1].message == "the database refused it"
     assert not VirtualHost.objects.filter(hostname="half-written.example.test").exists()
     assert VirtualHost.objects.filter(hostname="autodiscover.example.test").exists()
+
+
+def test_a_name_created_meanwhile_by_another_request_is_reported_as_existing(world, monkeypatch):
+    """Fault seam: the unique index refuses mail. (another request won the race)."""
+    from django.db import IntegrityError
+
+    real = services.create_virtualhost
+
+    def racing(name: str, **kwargs):
+        if name.startswith("mail."):
+            raise IntegrityError("UNIQUE constraint failed: virtualhosts_virtualhost.hostname")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(services, "create_virtualhost", racing)
+    outcomes = services.create_domain_names(world.domain)
+    assert [o.outcome for o in outcomes] == ["exists", "created", "created"]
+    assert outcomes[0].message == "mail.example.test already exists; left as it is."

@@ -14,7 +14,7 @@ export function domainNamesLines(gettext, answer) {
     const name = result.hostname
     let text
     if (result.outcome === 'created') {
-      text = gettext.$gettext('%{name}: created; its certificate is being requested.', { name })
+      text = gettext.$gettext('%{name}: created; provisioning has started.', { name })
     } else if (result.outcome === 'exists') {
       text = gettext.$gettext('%{name}: already exists, left as it is.', { name })
     } else {

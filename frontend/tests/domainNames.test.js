@@ -18,7 +18,7 @@ test('one line per name, with the reason of a refusal', () => {
   assert.deepEqual(
     domainNamesLines(gettext, answer).map((line) => [line.hostname, line.color, line.text]),
     [
-      ['mail.example.com', 'success', 'mail.example.com: created; its certificate is being requested.'],
+      ['mail.example.com', 'success', 'mail.example.com: created; provisioning has started.'],
       ['autoconfig.example.com', 'info', 'autoconfig.example.com: already exists, left as it is.'],
       ['autodiscover.example.com', 'error', 'autodiscover.example.com: not created: Too long.'],
     ],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
@@ -259,12 +259,14 @@ def _create_usual_name(usual: domain_names.UsualName, domain) -> NameOutcome:
             )
     except (InvalidHostname, DuplicateHost) as err:
         return outcome(wanted, domain_names.REFUSED, err.message)
+    except IntegrityError:  # created meanwhile by another request (the unique hostname)
+        return outcome(wanted, domain_names.EXISTS, f"{wanted} already exists; left as it is.")
     except DjangoValidationError as err:
         return outcome(wanted, domain_names.REFUSED, " ".join(err.messages))
     return outcome(
         host.hostname,
         domain_names.CREATED,
-        f"{host.hostname} created; its certificate is being requested (its DNS record must "
-        "point at this server).",
+        f"{host.hostname} created; provisioning queued (its DNS record must point at this "
+        "server).",
         host,
     )
