@@ -52,6 +52,7 @@ MODOBOA_APPS = (
     "modoboa.policyd",
     "modoboa.maillog",
     "modoboa.dmarc",
+    "modoboa.autoconfig",  # its endpoints are what autoconfig/autodiscover sites forward to
     # The plugin under test, registered as an instance would.
     "modoboa_pro.virtualhosts",
 )
@@ -196,3 +197,9 @@ if os.environ.get("MODOBOA_PRO_TEST_NGINX_TEST_COMMAND"):
     VIRTUALHOSTS_NGINX_RELOAD_COMMAND = json.loads(
         os.environ["MODOBOA_PRO_TEST_NGINX_RELOAD_COMMAND"]
     )
+
+# What Modoboa's autoconfig/autodiscover endpoints answer (its settings template's form).
+EMAIL_CLIENT_CONNECTION_SETTINGS = {
+    "imap": {"HOSTNAME": "mail.%EMAILDOMAIN%", "SOCKET_TYPE": "SSL", "PORT": 993},
+    "smtp": {"HOSTNAME": "mail.%EMAILDOMAIN%", "SOCKET_TYPE": "STARTTLS", "PORT": 587},
+}

@@ -81,6 +81,8 @@ export function useApi() {
     retryHost: (id) => request('POST', `/virtualhosts/${id}/retry/`),
     renewHost: (id) => request('POST', `/virtualhosts/${id}/renew/`),
     getSummary: () => request('GET', '/virtualhosts/summary/'),
+    // mail., autoconfig. and autodiscover.<domain>, each created or reported on its own.
+    addDomainNames: (domain) => request('POST', '/virtualhosts/domain-names/', { body: { domain } }),
     // Modoboa's own list: a plain list, or a page when paginated.
     listDomains: async () => {
       const data = await request('GET', '/domains/')

@@ -43,6 +43,12 @@ DEFAULTS: dict[str, Any] = {
     "VIRTUALHOSTS_UPSTREAM": "unix:/run/uwsgi/app/modoboa_instance/socket",
     # "uwsgi" (uwsgi_pass, as Modoboa's installer) or "http" (proxy_pass).
     "VIRTUALHOSTS_UPSTREAM_PROTOCOL": "uwsgi",
+    # Where autoconfig/autodiscover sites forward the mail clients' paths: Modoboa itself
+    # (its modoboa.autoconfig endpoints). None: VIRTUALHOSTS_UPSTREAM, with its protocol.
+    # Set both when Modoboa is reached another way than the web sites' upstream, e.g.
+    # "http://127.0.0.1:8000" with protocol "http".
+    "VIRTUALHOSTS_AUTOCONFIG_UPSTREAM": None,
+    "VIRTUALHOSTS_AUTOCONFIG_UPSTREAM_PROTOCOL": None,
     # Where the plugin connects to check which certificate nginx serves.
     "VIRTUALHOSTS_VERIFY_ADDRESS": "127.0.0.1",
     # Pre-flight before every order: the name resolves, and a canary token put in the webroot

@@ -98,3 +98,17 @@ HOSTNAME_MAX_LENGTH = 253
 ACME_PROFILE_MAX_LENGTH = 64
 ACME_PROFILE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
 LABEL_MAX_LENGTH = 63
+
+# What a host's HTTPS site serves. "web": the whole Modoboa application (every host until
+# the domain's usual names). The two others forward only the paths mail clients ask to
+# Modoboa's own endpoints (modoboa.autoconfig) and answer 404 to anything else, so that a
+# name published for client configuration does not expose the web UI under it.
+SITE_WEB = "web"
+SITE_AUTOCONFIG = "autoconfig"  # Thunderbird (and others): GET /mail/config-v1.1.xml
+SITE_AUTODISCOVER = "autodiscover"  # Outlook: POST /autodiscover/autodiscover.xml
+SITES = (
+    (SITE_WEB, "Web (Modoboa)"),
+    (SITE_AUTOCONFIG, "Mail client autoconfig"),
+    (SITE_AUTODISCOVER, "Mail client autodiscover"),
+)
+SITE_MAX_LENGTH = 20

@@ -51,6 +51,9 @@ class Settings:
     # VIRTUALHOSTS_ORDER_BUDGET as set (``budget.from_setting`` reads it before each order,
     # so that a malformed one fails the run with its reason); None: no budget.
     order_budget: Mapping[str, object] | None = None
+    # Where autoconfig/autodiscover sites forward to (Modoboa); "": upstream, upstream_protocol.
+    autoconfig_upstream: str = ""
+    autoconfig_upstream_protocol: str = ""
 
     @property
     def webroot(self) -> Path:
@@ -73,8 +76,12 @@ class Settings:
             self.ledgers,
         )
 
-    def site_context(self, hostname: str) -> SiteContext:
+    def site_context(self, hostname: str, site: str = constants.SITE_WEB) -> SiteContext:
         fullchain, privkey = storage.certificate_paths(self.storage_root, hostname)
+        upstream, protocol = self.upstream, self.upstream_protocol
+        if site != constants.SITE_WEB and self.autoconfig_upstream:
+            upstream = self.autoconfig_upstream
+            protocol = self.autoconfig_upstream_protocol or protocol
         return SiteContext(
             hostname=hostname,
             http_port=self.http_port,
@@ -83,8 +90,9 @@ class Settings:
             webroot=self.webroot,
             fullchain=fullchain,
             privkey=privkey,
-            upstream=self.upstream,
-            upstream_protocol=self.upstream_protocol,
+            upstream=upstream,
+            upstream_protocol=protocol,
+            site=site,
         )
 
 

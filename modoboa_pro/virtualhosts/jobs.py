@@ -45,6 +45,10 @@ def read_settings() -> context.Settings:
         listen_address=str(conf.get("VIRTUALHOSTS_LISTEN_ADDRESS") or ""),
         upstream=str(conf.get("VIRTUALHOSTS_UPSTREAM")),
         upstream_protocol=str(conf.get("VIRTUALHOSTS_UPSTREAM_PROTOCOL")),
+        autoconfig_upstream=str(conf.get("VIRTUALHOSTS_AUTOCONFIG_UPSTREAM") or ""),
+        autoconfig_upstream_protocol=str(
+            conf.get("VIRTUALHOSTS_AUTOCONFIG_UPSTREAM_PROTOCOL") or ""
+        ),
         verify_address=str(conf.get("VIRTUALHOSTS_VERIFY_ADDRESS")),
         renewal_spread=conf.renewal_spread(),
         preflight=bool(conf.get("VIRTUALHOSTS_PREFLIGHT")),

@@ -39,7 +39,15 @@ def validate_acme_profile(value: str) -> None:
 # Desired state: written by services (API, CLI, admin) only.
 # (``renewal_requested_at`` too, but alone, by UPDATE: services.renew_now sets it, and a
 # run that stores a new certificate clears it.)
-DESIRED_FIELDS = ("hostname", "domain", "enabled", "acme_profile", "serves_mail", "updated_at")
+DESIRED_FIELDS = (
+    "hostname",
+    "domain",
+    "enabled",
+    "acme_profile",
+    "serves_mail",
+    "site",
+    "updated_at",
+)
 # Observed state: written by jobs only (``recording``), field by field, so that a
 # run never overwrites a change an admin made while it ran.
 OBSERVED_FIELDS = (
@@ -99,6 +107,16 @@ class VirtualHost(models.Model):
         help_text=_(
             "Also deploy this host's certificate to Postfix and Dovecot, by SNI "
             "(e.g. mail.example.com)."
+        ),
+    )
+    site = models.CharField(
+        _("site"),
+        max_length=constants.SITE_MAX_LENGTH,
+        choices=constants.SITES,
+        default=constants.SITE_WEB,
+        help_text=_(
+            "What the HTTPS site serves: web (Modoboa), or only the mail client "
+            "configuration paths (autoconfig, autodiscover) forwarded to Modoboa."
         ),
     )
     renewal_requested_at = models.DateTimeField(

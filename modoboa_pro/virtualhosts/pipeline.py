@@ -86,7 +86,7 @@ def _run_chain(host_id: int, ctx: Context, *, kind: str, force_order: bool) -> s
 
 def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: bool) -> str:
     s = ctx.settings
-    _http_site(run, ctx, host.hostname)
+    _http_site(run, ctx, host.hostname, host.site)
     if not s.letsencrypt:
         recording.mark_success(
             host, None, status=constants.STATUS_HTTP_ONLY, threshold_days=s.threshold_days
@@ -131,7 +131,7 @@ def _sweep_leftovers(s: Settings, hostname: str) -> None:
         )
 
 
-def _http_site(run: recording.Run, ctx: Context, hostname: str) -> None:
+def _http_site(run: recording.Run, ctx: Context, hostname: str, site: str) -> None:
     """Step 1: the HTTP-only site, seen served by nginx before the CA is asked anything."""
     s = ctx.settings
     with run.step(constants.STEP_HTTP_SITE) as step:
@@ -143,7 +143,8 @@ def _http_site(run: recording.Run, ctx: Context, hostname: str) -> None:
         # for this name: a failed validation at the CA costs rate limit.
         current = _read_site(s.conf_dir, hostname)
         if current is None or "/.well-known/acme-challenge/" not in current:
-            apply_site(s, hostname, render_http_only(s.site_context(hostname)), ctx.reload)
+            content = render_http_only(s.site_context(hostname, site))
+            apply_site(s, hostname, content, ctx.reload)
             probe.preflight(s.endpoint, hostname)
             step.message = f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served"
         elif probe.serves_challenge(s.endpoint, hostname):
@@ -301,7 +302,7 @@ def _https_site(
     s = ctx.settings
     hostname = host.hostname
     with run.step(constants.STEP_HTTPS_SITE) as step:
-        content = render_https(s.site_context(hostname))
+        content = render_https(s.site_context(hostname, host.site))
         changed = _read_site(s.conf_dir, hostname) != content
         if not changed and not new_files:
             step.skip("HTTPS site already installed")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from django.template.loader import render_to_string
 
+from . import constants
 from .errors import ConfigurationError
 from .hostnames import normalize_hostname
 
@@ -31,6 +32,7 @@ class SiteContext:
     privkey: Path
     upstream: str
     upstream_protocol: str
+    site: str = constants.SITE_WEB  # what the HTTPS site serves (constants.SITES)
 
 
 def _safe(name: str, value: str) -> str:
@@ -50,11 +52,40 @@ def _listen(address: str, port: int) -> str:
     return f"{address}:{port}"
 
 
-def _context(ctx: SiteContext) -> dict[str, object]:
-    if ctx.upstream_protocol not in ("uwsgi", "http"):
+# An upstream of each protocol: "http(s)://host[:port][/]" for proxy_pass; for uwsgi_pass a
+# socket ("unix:/path"), "host:port" or an upstream{} group's name. Anything else (a path
+# after the host, a scheme of the other protocol) makes nginx -t fail or forwards elsewhere.
+_UPSTREAM_FORMS = {
+    "http": re.compile(r"^https?://[A-Za-z0-9_.\[\]:-]+/?$"),
+    "uwsgi": re.compile(r"^(unix:/[A-Za-z0-9_./@+=,-]+|(s?uwsgi://)?[A-Za-z0-9_.\[\]:-]+)$"),
+}
+
+
+def _upstream(ctx: SiteContext) -> str:
+    """The upstream, checked for the protocol its site uses (named by the setting it is)."""
+    web = ctx.site == constants.SITE_WEB
+    name = "VIRTUALHOSTS_UPSTREAM" if web else "VIRTUALHOSTS_AUTOCONFIG_UPSTREAM"
+    form = _UPSTREAM_FORMS.get(ctx.upstream_protocol)
+    if form is None:
         raise ConfigurationError(
-            "VIRTUALHOSTS_UPSTREAM_PROTOCOL must be 'uwsgi' or 'http' "
-            f"(got {ctx.upstream_protocol!r})."
+            f"{name}_PROTOCOL must be 'uwsgi' or 'http' (got {ctx.upstream_protocol!r})."
+        )
+    value = _safe(name, ctx.upstream)
+    if not form.match(value):
+        example = "http://127.0.0.1:8000" if ctx.upstream_protocol == "http" else "unix:/path"
+        raise ConfigurationError(
+            f"{name} = {value!r} is not an upstream for protocol {ctx.upstream_protocol!r}: "
+            f"write it like {example} (no path), or change {name}_PROTOCOL."
+        )
+    return value
+
+
+def _context(ctx: SiteContext) -> dict[str, object]:
+    if ctx.site not in dict(constants.SITES):
+        raise ConfigurationError(
+            f"Unknown site kind {ctx.site!r}: expected one of "
+            + ", ".join(kind for kind, _ in constants.SITES)
+            + "."
         )
     hostname = normalize_hostname(ctx.hostname)
     if ctx.listen_address:
@@ -67,13 +98,14 @@ def _context(ctx: SiteContext) -> dict[str, object]:
         "webroot": _safe("acme_account_storage_path", str(ctx.webroot)),
         "fullchain": _safe("acme_account_storage_path", str(ctx.fullchain)),
         "privkey": _safe("acme_account_storage_path", str(ctx.privkey)),
-        "upstream": _safe("VIRTUALHOSTS_UPSTREAM", ctx.upstream),
+        "upstream": _upstream(ctx),
         "upstream_protocol": ctx.upstream_protocol,
+        "site": ctx.site,
     }
 
 
 def render_http_only(ctx: SiteContext) -> str:
-    """The site served before a certificate exists: challenge path + application."""
+    """The site served before a certificate exists: challenge path + what the site serves."""
     return render_to_string(HTTP_ONLY_TEMPLATE, _context(ctx))
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 
-from django.db import transaction
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 from redis.exceptions import RedisError
 
-from . import conf, constants, queueing
+from . import conf, constants, domain_names, queueing
+from .domain_names import NameOutcome
 from .errors import (
     ConfigurationError,
     DuplicateHost,
@@ -88,6 +90,7 @@ def create_virtualhost(
     domain=None,
     acme_profile: str = "",
     serves_mail: bool = False,
+    site: str = constants.SITE_WEB,
 ) -> VirtualHost:
     """Create a host; provisioning starts once the transaction commits.
 
@@ -108,6 +111,7 @@ def create_virtualhost(
         status=status,
         acme_profile=acme_profile,
         serves_mail=serves_mail,
+        site=site,
     )
     host.full_clean()
     host.save()  # the post_save handler enqueues provisioning
@@ -218,3 +222,51 @@ def find_virtualhost(hostname: str) -> VirtualHost:
             raise
         return legacy
     return hosts.get(hostname=name)
+
+
+def create_domain_names(domain) -> list[NameOutcome]:
+    """Create the usual names of a Modoboa domain (``domain_names.USUAL_NAMES``), one by one.
+
+    A name that exists already is left as it is and reported; each other one is created on
+    its own (a refused name does not stop the others) and provisioned by its own job, so a
+    name whose DNS is not there yet fails alone. Raises ConfigurationError or
+    QueueUnavailable, before anything is created, when no host could be provisioned.
+    """
+    _check_ready_for_letsencrypt()
+    queueing.ensure_reachable()
+    outcomes = []
+    for usual in domain_names.USUAL_NAMES:
+        outcomes.append(_create_usual_name(usual, domain))
+    return outcomes
+
+
+def _create_usual_name(usual: domain_names.UsualName, domain) -> NameOutcome:
+    wanted = usual.hostname(domain.name)
+
+    def outcome(hostname: str, kind: str, message: str, host=None) -> NameOutcome:
+        return NameOutcome(hostname, usual.site, usual.serves_mail, kind, message, host)
+
+    try:
+        name = normalize_hostname(wanted)
+        existing = VirtualHost.objects.filter(hostname=name).first()
+        if existing is not None:
+            return outcome(
+                name, domain_names.EXISTS, f"{name} already exists; left as it is.", existing
+            )
+        with transaction.atomic():  # a refused name rolls back alone
+            host = create_virtualhost(
+                name, domain=domain, serves_mail=usual.serves_mail, site=usual.site
+            )
+    except (InvalidHostname, DuplicateHost) as err:
+        return outcome(wanted, domain_names.REFUSED, err.message)
+    except IntegrityError:  # created meanwhile by another request (the unique hostname)
+        return outcome(wanted, domain_names.EXISTS, f"{wanted} already exists; left as it is.")
+    except DjangoValidationError as err:
+        return outcome(wanted, domain_names.REFUSED, " ".join(err.messages))
+    return outcome(
+        host.hostname,
+        domain_names.CREATED,
+        f"{host.hostname} created; provisioning queued (its DNS record must point at this "
+        "server).",
+        host,
+    )

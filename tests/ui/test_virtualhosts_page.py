@@ -373,3 +373,25 @@ def test_an_acme_profile_is_chosen_in_the_form_and_checked_against_the_ca(stack,
     )
     assert stack.host("profiled.alpha.test")["acme_profile"] == ""
     close_details(session)
+
+
+@pytest.mark.names
+def test_the_domain_tab_adds_the_usual_mail_names(stack, login):
+    session = login()
+    session.click_menu("Domains")
+    session.page.get_by_role("link", name="beta.test", exact=True).click()
+    session.page.get_by_role("tab", name="Virtual hosts").click()
+    session.page.get_by_test_id("vh-add-domain-names").click()
+    result = session.page.get_by_test_id("vh-domain-names-result")
+    for name in ("mail.beta.test", "autoconfig.beta.test", "autodiscover.beta.test"):
+        expect(result.locator('[data-outcome="created"]', has_text=name)).to_have_count(1)
+        expect(session.row(name)).to_have_count(1)
+    session.screenshot("domain-names")
+    # A second click creates nothing and says so.
+    session.page.get_by_test_id("vh-add-domain-names").click()
+    expect(result.locator('[data-outcome="exists"]')).to_have_count(3)
+    # Leave beta.test as the other scenarios know it.
+    for name in ("mail.beta.test", "autoconfig.beta.test", "autodiscover.beta.test"):
+        host = stack.host(name)
+        assert host is not None and host["site"] in ("web", "autoconfig", "autodiscover")
+        stack.api._call("DELETE", f"virtualhosts/{host['id']}/")

@@ -11,7 +11,7 @@ from django.utils.translation import gettext_lazy
 from rest_framework import serializers
 from rest_framework.settings import api_settings
 
-from .. import conf, presenters
+from .. import conf, domain_names, presenters
 from ..errors import InvalidHostname
 from ..hostnames import normalize_hostname
 from ..models import VirtualHost, VirtualHostEvent, validate_acme_profile
@@ -211,6 +211,7 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
     )
     acme_profile = AcmeProfileField()
     domain_name = serializers.SerializerMethodField()
+    site = serializers.CharField(read_only=True)
     current_step = serializers.SerializerMethodField()
     certificate = serializers.SerializerMethodField()
     next_action = serializers.SerializerMethodField()
@@ -228,6 +229,7 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
             "domain",
             "domain_name",
             "acme_profile",
+            "site",
             "status",
             "current_step",
             "last_error",
@@ -375,3 +377,54 @@ class VirtualHostUpdateSerializer(StrictInput, serializers.ModelSerializer):
         if key == "domain":
             return self.instance.domain_id
         return getattr(self.instance, key)
+
+
+def _domain_field() -> DomainIdField:
+    return DomainIdField(
+        queryset=permissions.domains_for(None),  # none; the caller's domains in get_fields
+        error_messages={
+            "does_not_exist": _("No domain you administer has the id {pk_value}."),
+            "incorrect_type": gettext_lazy(
+                "Send the domain's id as a whole number, not {data_type}."
+            ),
+            # DRF formats these: braces doubled.
+            "required": gettext_lazy('Send the id of the domain, e.g. {{"domain": 3}}.'),
+            "null": gettext_lazy('Send the id of the domain, e.g. {{"domain": 3}}.'),
+        },
+    )
+
+
+class DomainNamesSerializer(StrictInput, serializers.Serializer):
+    """Input of the usual names action: the id of a domain the caller administers."""
+
+    writable = ("domain",)
+    example = '{"domain": 3}'
+
+    domain = _domain_field()
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        request = self.context.get("request")
+        if request is not None:
+            fields["domain"].queryset = permissions.domains_for(request.user)
+        return fields
+
+
+class NameOutcomeSerializer(serializers.Serializer):
+    """What became of one usual name: created, exists (left as it is) or refused."""
+
+    hostname = serializers.CharField()
+    site = serializers.CharField()
+    serves_mail = serializers.BooleanField()
+    outcome = serializers.ChoiceField(
+        choices=[domain_names.CREATED, domain_names.EXISTS, domain_names.REFUSED]
+    )
+    message = serializers.CharField()
+    id = serializers.SerializerMethodField()
+
+    def get_id(self, obj: domain_names.NameOutcome) -> int | None:
+        visible = self.context.get("visible_ids")
+        host = obj.host
+        if host is None or (visible is not None and host.pk not in visible):
+            return None  # a host of another domain: its name is known, not its record
+        return int(host.pk)

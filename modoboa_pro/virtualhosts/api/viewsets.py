@@ -12,7 +12,7 @@ from rest_framework import permissions as drf_permissions
 from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser
 
-from .. import conf, constants, health, presenters, services
+from .. import conf, constants, domain_names, health, presenters, services
 from ..errors import (
     ConfigurationError,
     DuplicateHost,
@@ -189,3 +189,40 @@ class VirtualHostViewSet(
     def renew(self, request, pk=None):
         """Renew the certificate now, through the same chain as a scheduled renewal."""
         return self._start(services.renew_now)
+
+    @action(methods=["post"], detail=False, url_path="domain-names")
+    def domain_names(self, request):
+        """Create a domain's usual names: mail., autoconfig. and autodiscover.<domain>.
+
+        201: at least one created, none refused; 200: all were there already; 207: some
+        were refused (each name's outcome says why). Each created host is provisioned on
+        its own: one whose DNS is missing fails alone.
+        """
+        body = serializers.DomainNamesSerializer(
+            data=request.data, context=self.get_serializer_context()
+        )
+        body.is_valid(raise_exception=True)
+        domain = body.validated_data["domain"]
+        try:
+            outcomes = services.create_domain_names(domain)
+        except VirtualHostError as err:  # Let's Encrypt without an email, Redis down
+            raise VirtualHostAPIError(err) from err
+        ids = [o.host.pk for o in outcomes if o.host is not None]
+        visible = set(self.get_queryset().filter(pk__in=ids).values_list("pk", flat=True))
+        results = serializers.NameOutcomeSerializer(
+            outcomes, many=True, context={"visible_ids": visible}
+        ).data
+        kinds = {o.outcome for o in outcomes}
+        if domain_names.REFUSED in kinds:
+            code = status.HTTP_207_MULTI_STATUS
+        elif domain_names.CREATED in kinds:
+            code = status.HTTP_201_CREATED
+        else:
+            code = status.HTTP_200_OK
+        data = {
+            "domain": domain.pk,
+            "domain_name": domain.name,
+            "summary": domain_names.summary(outcomes),
+            "results": results,
+        }
+        return response.Response(data, status=code)

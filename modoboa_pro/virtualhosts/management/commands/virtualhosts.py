@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from ... import alarms, conf, constants, policy, presenters, scan, services
+from ... import alarms, conf, constants, domain_names, policy, presenters, scan, services
 from ...errors import InvalidHostname, RunInProgress, VirtualHostError
 from ...hostnames import normalize_hostname
 from ...models import VirtualHost, validate_acme_profile
@@ -170,6 +170,14 @@ class Command(BaseCommand):
             help="ACME profile its orders require (e.g. tlsserver); default: ACME_PROFILE.",
         )
 
+        p = sub.add_parser(
+            "add-domain-names",
+            help="Create a domain's usual names: mail., autoconfig. and autodiscover.<domain>.",
+            **cli,
+        )
+        p.add_argument("domain", help="Name of the Modoboa domain.")
+        p.add_argument("--json", action="store_true")
+
         p = sub.add_parser("remove", help="Delete a host (site removed, files archived).", **cli)
         p.add_argument("hostname")
 
@@ -182,7 +190,7 @@ class Command(BaseCommand):
         self.threshold = int(conf.param("certificate_renewal_threshold"))
         action = options["action"]
         try:
-            getattr(self, f"do_{action}")(options)
+            getattr(self, f"do_{action.replace('-', '_')}")(options)
         except RunInProgress as err:
             raise CommandError(f"{err.message} Try again once it has finished.") from err
         except VirtualHostError as err:
@@ -200,7 +208,7 @@ class Command(BaseCommand):
                 f"No virtual host named {hostname}; `virtualhosts list` shows them all."
             ) from err
 
-    def _domain(self, name: str) -> Any:
+    def _domain(self, name: str, option: str = "--domain") -> Any:
         """The Modoboa domain named ``name`` (as stored, or normalised like a hostname)."""
         from modoboa.admin.models import Domain
 
@@ -210,7 +218,7 @@ class Command(BaseCommand):
         try:
             normalized = normalize_hostname(name)
         except InvalidHostname as err:
-            raise _usage(f"--domain: {err.message}") from err
+            raise _usage(f"{option}: {err.message}") from err
         domain = Domain.objects.filter(name=normalized).first()
         if domain is None:
             raise CommandError(f"No Modoboa domain named {normalized}.")
@@ -299,6 +307,8 @@ class Command(BaseCommand):
             ("Failing since", _when(host.failing_since)),
             ("Certificate", "none yet" if cert is None else f"serial {cert['serial']}"),
         ]
+        if host.site != constants.SITE_WEB:  # web hosts' output unchanged
+            lines.insert(3, ("Site", f"{host.site} (the mail clients' paths only)"))
         if cert is not None:
             lines += [
                 ("  Issuer", cert["issuer"]),
@@ -408,6 +418,32 @@ class Command(BaseCommand):
             f"Created {host.hostname}"
             + (" (disabled)." if not host.enabled else "; provisioning queued.")
         )
+
+    def do_add_domain_names(self, options: dict[str, Any]) -> None:
+        """One line per name; exit 1 when a name was refused (the others are created)."""
+        domain = self._domain(options["domain"], option="DOMAIN")
+        outcomes = services.create_domain_names(domain)
+        if options.get("json"):
+            self._json(
+                [
+                    {
+                        "hostname": o.hostname,
+                        "site": o.site,
+                        "serves_mail": o.serves_mail,
+                        "outcome": o.outcome,
+                        "message": o.message,
+                    }
+                    for o in outcomes
+                ]
+            )
+        else:
+            rows = [[o.hostname, o.site, o.outcome, _oneline(o.message, 90)] for o in outcomes]
+            self.stdout.write(_table(["HOSTNAME", "SITE", "OUTCOME", "MESSAGE"], rows))
+        refused = [o.hostname for o in outcomes if o.outcome == domain_names.REFUSED]
+        if refused:
+            raise CommandError(
+                f"{domain_names.summary(outcomes)}: " + ", ".join(refused), returncode=EXIT_ERROR
+            )
 
     def do_remove(self, options: dict[str, Any]) -> None:
         host = self._host(options["hostname"])
