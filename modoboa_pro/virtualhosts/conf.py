@@ -12,6 +12,8 @@ from typing import Any
 
 from django.conf import settings
 
+from .errors import ConfigurationError
+
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 
 DEFAULTS: dict[str, Any] = {
@@ -68,6 +70,13 @@ DEFAULTS: dict[str, Any] = {
     # A host whose runs keep failing this many days in a row (its name no longer points here)
     # is paused: no more daily retries until an operator retries it. 0 never pauses.
     "VIRTUALHOSTS_PAUSE_AFTER_DAYS": 7,  # policy.PAUSE_AFTER
+    # Mail hosts (serves_mail) keep their private key across renewals, so that a published
+    # TLSA 3 1 1 record stays true; the next key rotates in once its record is published
+    # (docs/mail-tlsa.md). False: a new key for every certificate, as web hosts get.
+    "VIRTUALHOSTS_MAIL_KEEP_KEY": True,
+    # The ports whose TLSA records (_<port>._tcp.<host>) the plugin shows and checks: 25 is
+    # DANE for SMTP (RFC 7672); add 465, 587, 993... only where you publish records too.
+    "VIRTUALHOSTS_TLSA_PORTS": [25],
     # Where the UI's "Documentation" link points; None: the package's Documentation URL.
     "VIRTUALHOSTS_DOCS_URL": None,
 }
@@ -89,6 +98,22 @@ def pause_after() -> datetime.timedelta | None:
     """``VIRTUALHOSTS_PAUSE_AFTER_DAYS`` as a duration; None: never pause."""
     days = float(get("VIRTUALHOSTS_PAUSE_AFTER_DAYS") or 0)
     return datetime.timedelta(days=days) if days > 0 else None
+
+
+def tlsa_ports() -> tuple[int, ...]:
+    """VIRTUALHOSTS_TLSA_PORTS as port numbers (ConfigurationError when it is not a list
+    of them: the operator set it, and a wrong list would check the wrong names)."""
+    value = get("VIRTUALHOSTS_TLSA_PORTS")
+    try:
+        ports = tuple(int(port) for port in value)
+        if not ports or not all(0 < port < 65536 for port in ports):
+            raise ValueError(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(
+            f"VIRTUALHOSTS_TLSA_PORTS is {value!r}: expected a list of port numbers, such "
+            "as [25] or [25, 465, 587]."
+        ) from err
+    return ports
 
 
 def docs_url() -> str:

@@ -51,6 +51,10 @@ class Settings:
     # VIRTUALHOSTS_ORDER_BUDGET as set (``budget.from_setting`` reads it before each order,
     # so that a malformed one fails the run with its reason); None: no budget.
     order_budget: Mapping[str, object] | None = None
+    # Mail hosts keep their key across renewals (VIRTUALHOSTS_MAIL_KEEP_KEY), and these
+    # ports' TLSA records are checked (VIRTUALHOSTS_TLSA_PORTS); see ``dane``.
+    mail_keep_key: bool = True
+    tlsa_ports: tuple[int, ...] = (25,)
 
     @property
     def webroot(self) -> Path:

@@ -51,6 +51,8 @@ def read_settings() -> context.Settings:
         preflight_resolver=conf.get("VIRTUALHOSTS_PREFLIGHT_RESOLVER") or None,
         acme_profile=conf.get("ACME_PROFILE") or None,
         order_budget=conf.get("VIRTUALHOSTS_ORDER_BUDGET"),
+        mail_keep_key=bool(conf.get("VIRTUALHOSTS_MAIL_KEEP_KEY")),
+        tlsa_ports=conf.tlsa_ports(),
     )
 
 

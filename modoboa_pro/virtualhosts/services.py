@@ -166,14 +166,18 @@ def retry_provisioning(host: VirtualHost) -> VirtualHost:
     return host
 
 
-def renew_now(host: VirtualHost) -> VirtualHost:
-    """Order a new certificate now through the renewal chain. Raises RunInProgress if busy."""
+def _check_renewable(host: VirtualHost) -> None:
     if not host.enabled:
         raise ConfigurationError(f"{host.hostname} is disabled: enable it to renew it.")
     if not conf.param("enable_letsencrypt"):
         raise ConfigurationError("Let's Encrypt is disabled in Settings > Virtual hosts.")
     _check_idle(host)
     _check_ready_for_letsencrypt()
+
+
+def renew_now(host: VirtualHost) -> VirtualHost:
+    """Order a new certificate now through the renewal chain. Raises RunInProgress if busy."""
+    _check_renewable(host)
     # Remembered until a new certificate is stored: a failed forced renewal is retried
     # as forced, not turned into "not due, nothing to do".
     # It un-pauses a paused host too (shown at once): the streak of failures starts again
@@ -218,3 +222,21 @@ def find_virtualhost(hostname: str) -> VirtualHost:
             raise
         return legacy
     return hosts.get(hostname=name)
+
+
+def rotate_key(host: VirtualHost) -> VirtualHost:
+    """Force a mail host's next key in: a renewal is queued now, and its certificate uses
+    the next key whether or not its TLSA record is published (docs/mail-tlsa.md).
+
+    Remembered until a certificate with that key is stored, so a failed renewal retries the
+    rotation. Raises ConfigurationError for a host whose key is not kept, RunInProgress.
+    """
+    if not host.serves_mail or not conf.get("VIRTUALHOSTS_MAIL_KEEP_KEY"):
+        raise ConfigurationError(
+            f"{host.hostname} gets a new key with every certificate (it is not a mail host, "
+            "or VIRTUALHOSTS_MAIL_KEEP_KEY is off): Renew now is enough."
+        )
+    _check_renewable(host)
+    # Set before the renewal is queued: the run reads it.
+    VirtualHost.objects.filter(pk=host.pk).update(key_rotation_requested_at=timezone.now())
+    return renew_now(host)
