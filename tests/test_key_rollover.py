@@ -163,3 +163,41 @@ def test_the_next_key_is_private_atomic_and_outlives_pruning(tmp_path):
     assert archive is not None
     assert (archive / storage.NEXT_KEY_FILENAME).read_bytes() == next_key
     assert not (archive / "versions" / storage.NEXT_KEY_FILENAME).exists()
+
+
+def settings_for(root, key_type: str = "ecdsa-p256"):
+    from modoboa_pro.virtualhosts.context import Settings
+
+    return Settings(
+        letsencrypt=True,
+        email="hostmaster@example.test",
+        storage_root=root,
+        threshold_days=30,
+        directory_url="https://ca.invalid/directory",
+        ca_bundle=None,
+        key_type=key_type,
+        order_timeout=10,
+        conf_dir=root / "sites",
+        http_port=80,
+        https_port=443,
+        listen_address="",
+        upstream="http://127.0.0.1:1",
+        upstream_protocol="http",
+        verify_address="127.0.0.1",
+    )
+
+
+def test_a_new_next_key_once_it_rotated_in_or_the_key_type_changed(tmp_path):
+    from modoboa_pro.virtualhosts import dane
+
+    host = "mail.example.test"
+    s = settings_for(tmp_path)
+    first = dane.ensure_next_key(s, host, current=None)
+    assert first is not None and dane.ensure_next_key(s, host, current=None) == first
+    # The next key became the current one (a run died before making another): replaced.
+    second = dane.ensure_next_key(s, host, current=first)
+    assert second not in (None, first)
+    assert storage.read_next_key(tmp_path, host) == second
+    # ACME_KEY_TYPE changed: the next rotation brings the new type.
+    rsa = dane.ensure_next_key(settings_for(tmp_path, "rsa-2048"), host, current=None)
+    assert rsa is not None and x509.key_type(x509.load_private_key(rsa)) == "rsa-2048"

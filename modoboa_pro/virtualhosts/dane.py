@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from django.utils import timezone
+
 from . import alarms, key_rollover, recording
 from .adapters import storage, tlsa, x509
 from .adapters.tlsa import TlsaRecord
@@ -37,10 +39,6 @@ class OrderKey:
     pem: bytes = field(repr=False)
     choice: KeyChoice
 
-    @property
-    def rotates(self) -> bool:
-        return self.choice.action == key_rollover.ROTATE
-
 
 def lookup_all(
     hostname: str, ports: tuple[int, ...], resolver_spec: str | None
@@ -57,12 +55,15 @@ def lookup_all(
 
 
 def ensure_next_key(s: Settings, hostname: str, current: bytes | None) -> bytes | None:
-    """The host's next key; made (and stored, 0600) when missing, unusable, or the current
-    key itself (it rotated in: the run that stored it may have died before making a new
-    one). None when it cannot be stored: the caller keeps the current key."""
+    """The host's next key; made (and stored, 0600) when missing, unusable, the current key
+    itself (it rotated in: the run that stored it may have died before making a new one), or
+    of another type than ACME_KEY_TYPE (changed: the next rotation brings the new type).
+    None when it cannot be stored: the caller keeps the current key."""
     next_pem = storage.read_next_key(s.storage_root, hostname)
-    if next_pem is not None and not (
-        current is not None and tlsa.key_digest(next_pem) == tlsa.key_digest(current)
+    if (
+        next_pem is not None
+        and x509.key_type(x509.load_private_key(next_pem)) == s.key_type
+        and not (current is not None and tlsa.key_digest(next_pem) == tlsa.key_digest(current))
     ):
         return next_pem
     next_pem = x509.generate_private_key(s.key_type)
@@ -139,6 +140,11 @@ def check_after_run(s: Settings, host: VirtualHost) -> str:
         keys["current"] = tlsa.key_digest(current)
     if next_pem is not None:
         keys["next"] = tlsa.key_digest(next_pem)
+    # A forced rotation is done once another key is served; not at the store step: a pair
+    # rolled back (nginx refused it) puts the old key back, and the retry rotates again.
+    rotated = keys.get("current") != (host.tlsa_keys or {}).get("current")
+    if host.key_rotation_requested_at is not None and rotated and current is not None:
+        recording.fulfil_key_rotation(host, timezone.now())
     recording.record_tlsa_keys(host, keys)
     found = report(host, s.tlsa_ports, s.preflight_resolver)
     if found.warnings:

@@ -225,8 +225,6 @@ def _obtain(
         facts = x509.parse_leaf(new_pair[0])
         storage.write_certificate_pair(s.storage_root, hostname, new_pair[0], new_pair[1])
         recording.fulfil_renewal_request(run.host, ordered_at)
-        if key is not None and key.rotates:
-            recording.fulfil_key_rotation(run.host, ordered_at)
         step.message = f"serial {facts.serial}, expires {facts.not_after:%Y-%m-%d %H:%M} UTC"
         try:
             planned = renewal_info.ask(

@@ -16,8 +16,9 @@ import pytest
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
-from modoboa_pro.virtualhosts import constants, services
+from modoboa_pro.virtualhosts import constants, pipeline, services
 from modoboa_pro.virtualhosts.adapters import preflight, storage, tlsa
+from modoboa_pro.virtualhosts.errors import UnusablePair
 from modoboa_pro.virtualhosts.models import VirtualHost, VirtualHostEvent
 
 from ..conftest import Chain
@@ -140,7 +141,7 @@ def test_the_key_is_kept_until_the_next_one_is_published(chain: Chain, caplog):
     assert "PRIVATE KEY" not in caplog.text
 
 
-def test_forced_rotation_and_the_2_1_1_warning(chain: Chain):
+def test_forced_rotation_and_the_2_1_1_warning(chain: Chain, monkeypatch):
     host = services.create_virtualhost(MAIL, serves_mail=True)
     chain.drain()
     upcoming = next_key_digest(chain)
@@ -152,9 +153,26 @@ def test_forced_rotation_and_the_2_1_1_warning(chain: Chain):
     chain.dns.tlsa[SMTP] = [(2, 1, 1, intermediate), (2, 1, 1, stale)]
 
     # Forced through the API: the renewal uses the next key although it is not published.
+    # Its first attempt finds the new pair unusable (injected): the old pair is put back,
+    # and the forced rotation stays asked for.
+    real = pipeline._usable_pair
+    refusals = []
+
+    def refuse_once(s, hostname, serial):
+        if not refusals:
+            refusals.append(serial)
+            raise UnusablePair("certificate unusable (injected).")
+        return real(s, hostname, serial)
+
+    monkeypatch.setattr(pipeline, "_usable_pair", refuse_once)
     answer = admin_api().post(f"{URL}{host.pk}/rotate-key/")
     assert answer.status_code == 202, answer.content
-    assert VirtualHost.objects.get(pk=host.pk).key_rotation_requested_at is not None
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_FAILED and "injected" in host.last_error
+    assert served(chain)[0] != upcoming
+    assert host.key_rotation_requested_at is not None
+    services.renew_now(host)
     chain.drain()
     host.refresh_from_db()
     assert host.status == constants.STATUS_ACTIVE, host.last_error
