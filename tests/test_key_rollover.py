@@ -201,3 +201,18 @@ def test_a_new_next_key_once_it_rotated_in_or_the_key_type_changed(tmp_path):
     # ACME_KEY_TYPE changed: the next rotation brings the new type.
     rsa = dane.ensure_next_key(settings_for(tmp_path, "rsa-2048"), host, current=None)
     assert rsa is not None and x509.key_type(x509.load_private_key(rsa)) == "rsa-2048"
+
+
+@pytest.mark.parametrize("value", ["25", [], [0], [25, 70000], [True], [25.0], None])
+def test_a_malformed_tlsa_ports_setting_is_named(settings, value):
+    from modoboa_pro.virtualhosts import conf
+    from modoboa_pro.virtualhosts.checks import check_virtualhosts
+    from modoboa_pro.virtualhosts.errors import ConfigurationError
+
+    settings.VIRTUALHOSTS_TLSA_PORTS = value
+    with pytest.raises(ConfigurationError, match="VIRTUALHOSTS_TLSA_PORTS is"):
+        conf.tlsa_ports()
+    assert [m.id for m in check_virtualhosts() if "TLSA_PORTS" in m.msg] == ["virtualhosts.E014"]
+    settings.VIRTUALHOSTS_TLSA_PORTS = [25, 465]
+    assert conf.tlsa_ports() == (25, 465)
+    assert not [m for m in check_virtualhosts() if m.id == "virtualhosts.E014"]

@@ -101,12 +101,19 @@ def pause_after() -> datetime.timedelta | None:
 
 
 def tlsa_ports() -> tuple[int, ...]:
+    return parse_tlsa_ports(get("VIRTUALHOSTS_TLSA_PORTS"))
+
+
+def parse_tlsa_ports(value: object) -> tuple[int, ...]:
     """VIRTUALHOSTS_TLSA_PORTS as port numbers (ConfigurationError when it is not a list
-    of them: the operator set it, and a wrong list would check the wrong names)."""
-    value = get("VIRTUALHOSTS_TLSA_PORTS")
+    of them: a wrong list would check the wrong names). Read by mail hosts' runs only, so
+    that a mistake there never stops the web hosts' renewals (system check E014)."""
     try:
-        ports = tuple(int(port) for port in value)
-        if not ports or not all(0 < port < 65536 for port in ports):
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise TypeError(value)
+        ports = tuple(value)
+        numbers = all(isinstance(port, int) and not isinstance(port, bool) for port in ports)
+        if not ports or not numbers or not all(0 < port < 65536 for port in ports):
             raise ValueError(value)
     except (TypeError, ValueError) as err:
         raise ConfigurationError(

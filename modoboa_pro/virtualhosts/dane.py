@@ -130,6 +130,7 @@ def check_after_run(s: Settings, host: VirtualHost) -> str:
     records pinning a CA not in the chain. Returns the history message; never raises for
     DNS or storage trouble (the deploy is done, and fine)."""
     try:
+        ports = s.tlsa_ports
         current = storage.read_current_key(s.storage_root, host.hostname)
         chain = _chain_digests(storage.read_fullchain(s.storage_root, host.hostname))
         next_pem = ensure_next_key(s, host.hostname, current) if applies(s, host) else None
@@ -146,7 +147,7 @@ def check_after_run(s: Settings, host: VirtualHost) -> str:
     if host.key_rotation_requested_at is not None and rotated and current is not None:
         recording.fulfil_key_rotation(host, timezone.now())
     recording.record_tlsa_keys(host, keys)
-    found = report(host, s.tlsa_ports, s.preflight_resolver)
+    found = report(host, ports, s.preflight_resolver)
     if found.warnings:
         if alarms.open_tlsa_alarm(host, f"Virtual host {host.hostname}: {found.warnings[0]}"):
             logger.warning("virtualhost %s: %s", host.hostname, found.warnings[0])

@@ -52,7 +52,7 @@ def read_settings() -> context.Settings:
         acme_profile=conf.get("ACME_PROFILE") or None,
         order_budget=conf.get("VIRTUALHOSTS_ORDER_BUDGET"),
         mail_keep_key=bool(conf.get("VIRTUALHOSTS_MAIL_KEEP_KEY")),
-        tlsa_ports=conf.tlsa_ports(),
+        tlsa_ports_setting=conf.get("VIRTUALHOSTS_TLSA_PORTS"),
     )
 
 
