@@ -117,6 +117,9 @@ def test_the_key_is_kept_until_the_next_one_is_published(chain: Chain, caplog):
     key, serial = served(chain)
     assert (key, serial != first_serial) == (current, True)
     assert next_key_digest(chain) == upcoming
+    privkey = storage.certificate_paths(chain.storage, MAIL)[1]
+    assert stat.S_IMODE(privkey.stat().st_mode) == 0o600
+    assert storage.previous_pair(chain.storage, MAIL) is not None  # a new version, swapped whole
     assert last_message(host, constants.STEP_KEY) == (
         f"current key kept: the next key's TLSA 3 1 1 record is not published at {SMTP}; "
         "publish it and the first renewal that finds it rotates to the next key"
