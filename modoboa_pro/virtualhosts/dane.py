@@ -228,6 +228,8 @@ def report(host: VirtualHost, ports: tuple[int, ...], resolver_spec: str | None)
         for role in (key_rollover.ROLE_CURRENT, key_rollover.ROLE_NEXT)
         if keys.get(role)
     ]
+    if not keys:  # a web host, or a mail host before its first run: nothing to compare
+        return Report(host.hostname, [], [], "", host.key_rotation_requested_at is not None, [])
     found, problem = lookup_all(host.hostname, ports, resolver_spec)
     rows = []
     for port in ports:
