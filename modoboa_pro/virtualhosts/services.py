@@ -228,8 +228,9 @@ def rotate_key(host: VirtualHost) -> VirtualHost:
     """Force a mail host's next key in: a renewal is queued now, and its certificate uses
     the next key whether or not its TLSA record is published (docs/mail-tlsa.md).
 
-    Remembered until a certificate with that key is stored, so a failed renewal retries the
-    rotation. Raises ConfigurationError for a host whose key is not kept, RunInProgress.
+    Remembered until a certificate with another key is served, so the retries of a failed
+    renewal (or of a pair rolled back) rotate again. Raises ConfigurationError for a host
+    whose key is not kept, RunInProgress.
     """
     if not host.serves_mail or not conf.get("VIRTUALHOSTS_MAIL_KEEP_KEY"):
         raise ConfigurationError(
