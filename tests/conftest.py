@@ -212,6 +212,7 @@ def chain(
     dns_responder.silent.clear()
     dns_responder.addresses.clear()
     dns_responder.answers_left.clear()
+    dns_responder.tlsa.clear()
     yield Chain(nginx_server, pebble_server, dns_responder, redis_server, storage)
     # Leave nginx as the next test expects it: no sites.
     for site in nginx_server.sites_dir.glob("*"):

@@ -109,6 +109,17 @@ def _endpoint_cases():
     yield "retry foreign", "post", lambda w: f"{URL}{w.foreign.pk}/retry/", None, (202, 404)
     yield "renew mine", "post", lambda w: f"{URL}{w.mine.pk}/renew/", None, (202, None)
     yield "renew foreign", "post", lambda w: f"{URL}{w.foreign.pk}/renew/", None, (202, 404)
+    # TLSA records (DANE): a web host has none, and no key to rotate.
+    yield "tlsa mine", "get", lambda w: f"{URL}{w.mine.pk}/tlsa/", None, (200, None)
+    yield "tlsa foreign", "get", lambda w: f"{URL}{w.foreign.pk}/tlsa/", None, (200, 404)
+    yield "rotate-key mine", "post", lambda w: f"{URL}{w.mine.pk}/rotate-key/", None, (400, None)
+    yield (
+        "rotate-key foreign",
+        "post",
+        lambda w: f"{URL}{w.foreign.pk}/rotate-key/",
+        None,
+        (400, 404),
+    )
     # The Virtual hosts page's and the Modoboa Pro slot's own endpoint.
     yield "summary", "get", lambda w: f"{URL}summary/", None, (200, None)
     # Not offered to anyone: a full replacement would bypass the PATCH rules.

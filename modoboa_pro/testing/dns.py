@@ -1,5 +1,6 @@
-"""A stub DNS server for Pebble and the pre-flight: every name resolves to 127.0.0.1 over IPv4
-only, unless a test chooses its addresses."""
+"""A stub DNS server for Pebble, the pre-flight and the TLSA checks: every name resolves to
+127.0.0.1 over IPv4 only, unless a test chooses its addresses; TLSA records are those a test
+sets."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 QTYPE_A = 1
 QTYPE_AAAA = 28
+QTYPE_TLSA = 52
 QCLASS_IN = 1
 RCODE_NOERROR = 0
 RCODE_FORMERR = 1
@@ -66,7 +68,9 @@ def _parse_question(packet: bytes) -> tuple[int, int, str, int, int, int]:
 class DnsResponder:
     """Threaded UDP + TCP DNS stub on one loopback port.
 
-    A queries get ``ipv4`` (TTL 0); every other query type gets NOERROR with no data, so
+    A queries get ``ipv4`` (TTL 0); TLSA queries get the records of :attr:`tlsa` (name ->
+    ``(usage, selector, matching type, hex data)`` tuples); every other query type, and a
+    TLSA query for a name without records, gets NOERROR with no data, so
     Pebble, which asks AAAA first, validates over IPv4. Names added to :attr:`nxdomain`
     (lower case, no trailing dot) get NXDOMAIN; names in :attr:`silent` get no answer at
     all (a dead name server: the CA's validation hangs until its own timeout). Every
@@ -85,6 +89,7 @@ class DnsResponder:
         self.silent: set[str] = set()
         self.addresses: dict[str, list[str]] = {}
         self.answers_left: dict[str, int] = {}
+        self.tlsa: dict[str, list[tuple[int, int, int, str]]] = {}
         self._count_lock = threading.Lock()
         self.queries: list[tuple[str, str, int]] = []
         self.unanswered: list[tuple[str, str, int]] = []
@@ -131,7 +136,12 @@ class DnsResponder:
             return left <= 0
 
     def _records(self, name: str, qtype: int) -> list[bytes]:
-        """The packed addresses answering ``qtype`` for ``name``."""
+        """The packed addresses (or TLSA records) answering ``qtype`` for ``name``."""
+        if qtype == QTYPE_TLSA:
+            return [
+                struct.pack("!BBB", usage, selector, matching) + bytes.fromhex(data)
+                for usage, selector, matching, data in self.tlsa.get(name, [])
+            ]
         chosen = self.addresses.get(name)
         if chosen is None:
             return [self._answer] if qtype == QTYPE_A else []

@@ -19,6 +19,9 @@ from .models import RenewalScan, VirtualHost
 logger = logging.getLogger("modoboa.jobs")
 
 HOST_ALARM_PREFIX = "virtualhost:"
+# A mail host's TLSA warning (a 2 1 1 record pinning a CA not in its chain): apart from the
+# host's failure alarm, which a successful run closes while the record is still wrong.
+TLSA_ALARM_PREFIX = "virtualhost-tlsa:"
 # The single alarm saying that the renewal scan itself is not running.
 SCAN_ALARM = "virtualhosts:renewal-scan"
 
@@ -61,6 +64,15 @@ def open_host_alarm(host: VirtualHost, title: str) -> None:
 
 def close_host_alarm(host: VirtualHost) -> None:
     _close(f"{HOST_ALARM_PREFIX}{host.pk}")
+
+
+def open_tlsa_alarm(host: VirtualHost, title: str) -> bool:
+    """Open (or update) the host's TLSA alarm; True when newly opened."""
+    return _open(f"{TLSA_ALARM_PREFIX}{host.pk}", title[:2000], alarm_domain(host))
+
+
+def close_tlsa_alarm(host: VirtualHost) -> None:
+    _close(f"{TLSA_ALARM_PREFIX}{host.pk}")
 
 
 def alarm_domain(host: VirtualHost):

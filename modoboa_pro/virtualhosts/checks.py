@@ -181,6 +181,12 @@ def _profile_and_preflight_errors() -> list[checks.CheckMessage]:
                 id="virtualhosts.E013",
             )
         )
+    try:
+        conf.parse_tlsa_ports(conf.get("VIRTUALHOSTS_TLSA_PORTS"))
+    except ConfigurationError as err:
+        errors.append(
+            checks.Error(err.message, hint="The default is [25].", id="virtualhosts.E014")
+        )
     return errors
 
 

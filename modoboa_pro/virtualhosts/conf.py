@@ -12,6 +12,8 @@ from typing import Any
 
 from django.conf import settings
 
+from .errors import ConfigurationError
+
 LETSENCRYPT_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
 
 DEFAULTS: dict[str, Any] = {
@@ -74,6 +76,13 @@ DEFAULTS: dict[str, Any] = {
     # A host whose runs keep failing this many days in a row (its name no longer points here)
     # is paused: no more daily retries until an operator retries it. 0 never pauses.
     "VIRTUALHOSTS_PAUSE_AFTER_DAYS": 7,  # policy.PAUSE_AFTER
+    # Mail hosts (serves_mail) keep their private key across renewals, so that a published
+    # TLSA 3 1 1 record stays true; the next key rotates in once its record is published
+    # (docs/mail-tlsa.md). False: a new key for every certificate, as web hosts get.
+    "VIRTUALHOSTS_MAIL_KEEP_KEY": True,
+    # The ports whose TLSA records (_<port>._tcp.<host>) the plugin shows and checks: 25 is
+    # DANE for SMTP (RFC 7672); add 465, 587, 993... only where you publish records too.
+    "VIRTUALHOSTS_TLSA_PORTS": [25],
     # Where the UI's "Documentation" link points; None: the package's Documentation URL.
     "VIRTUALHOSTS_DOCS_URL": None,
 }
@@ -95,6 +104,29 @@ def pause_after() -> datetime.timedelta | None:
     """``VIRTUALHOSTS_PAUSE_AFTER_DAYS`` as a duration; None: never pause."""
     days = float(get("VIRTUALHOSTS_PAUSE_AFTER_DAYS") or 0)
     return datetime.timedelta(days=days) if days > 0 else None
+
+
+def tlsa_ports() -> tuple[int, ...]:
+    return parse_tlsa_ports(get("VIRTUALHOSTS_TLSA_PORTS"))
+
+
+def parse_tlsa_ports(value: object) -> tuple[int, ...]:
+    """VIRTUALHOSTS_TLSA_PORTS as port numbers (ConfigurationError when it is not a list
+    of them: a wrong list would check the wrong names). Read by mail hosts' runs only, so
+    that a mistake there never stops the web hosts' renewals (system check E014)."""
+    try:
+        if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+            raise TypeError(value)
+        ports = tuple(value)
+        numbers = all(isinstance(port, int) and not isinstance(port, bool) for port in ports)
+        if not ports or not numbers or not all(0 < port < 65536 for port in ports):
+            raise ValueError(value)
+    except (TypeError, ValueError) as err:
+        raise ConfigurationError(
+            f"VIRTUALHOSTS_TLSA_PORTS is {value!r}: expected a list of port numbers, such "
+            "as [25] or [25, 465, 587]."
+        ) from err
+    return ports
 
 
 def docs_url() -> str:

@@ -36,6 +36,10 @@ STEP_HTTPS_SITE = "https_site"
 STEP_VERIFY = "verify"
 STEP_REMOVE = "remove"
 STEP_RENEW = "renew"
+# Mail hosts only (DANE, docs/mail-tlsa.md): which key the order uses, then what the
+# published TLSA records say about the served certificate.
+STEP_KEY = "key"
+STEP_TLSA = "tlsa"
 STEPS = (
     (STEP_HTTP_SITE, "HTTP-only site"),
     (STEP_ACCOUNT, "ACME account"),
@@ -45,6 +49,8 @@ STEPS = (
     (STEP_VERIFY, "Served certificate verified"),
     (STEP_REMOVE, "Site removed"),
     (STEP_RENEW, "Renewal"),
+    (STEP_KEY, "Private key chosen"),
+    (STEP_TLSA, "TLSA records checked"),
 )
 
 # What a run is doing (its history entries and log lines say it).

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from . import constants
+from . import conf, constants
 from .adapters import ari, probe, storage, webroot
 from .adapters.acme import ProfileChoice
 from .adapters.reloader import Reloader
@@ -54,6 +54,15 @@ class Settings:
     # Where autoconfig/autodiscover sites forward to (Modoboa); "": upstream, upstream_protocol.
     autoconfig_upstream: str = ""
     autoconfig_upstream_protocol: str = ""
+
+    # Mail hosts keep their key across renewals (VIRTUALHOSTS_MAIL_KEEP_KEY), and these
+    # ports' TLSA records are checked (VIRTUALHOSTS_TLSA_PORTS); see ``dane``.
+    mail_keep_key: bool = True
+    tlsa_ports_setting: object = (25,)  # as set: ``tlsa_ports`` checks it when a mail host asks
+
+    @property
+    def tlsa_ports(self) -> tuple[int, ...]:
+        return conf.parse_tlsa_ports(self.tlsa_ports_setting)
 
     @property
     def webroot(self) -> Path:

@@ -262,3 +262,10 @@ class LockUnavailable(VirtualHostError):
 
     retryable = True
     http_status = 503
+
+
+class TlsaLookupFailed(VirtualHostError):
+    """The DNS server did not say which TLSA records a name has. Never fails a run: the
+    current key is kept, and the next run asks again."""
+
+    retryable = True

@@ -55,6 +55,8 @@ def read_settings() -> context.Settings:
         preflight_resolver=conf.get("VIRTUALHOSTS_PREFLIGHT_RESOLVER") or None,
         acme_profile=conf.get("ACME_PROFILE") or None,
         order_budget=conf.get("VIRTUALHOSTS_ORDER_BUDGET"),
+        mail_keep_key=bool(conf.get("VIRTUALHOSTS_MAIL_KEEP_KEY")),
+        tlsa_ports_setting=conf.get("VIRTUALHOSTS_TLSA_PORTS"),
     )
 
 

@@ -67,6 +67,7 @@ OBSERVED_FIELDS = (
     "ari_renew_at",
     "ari_recheck_at",
     "ari_explanation_url",
+    "tlsa_keys",
     "updated_at",
 )
 
@@ -127,6 +128,14 @@ class VirtualHost(models.Model):
             "stored. Until then, retries order a new certificate even if none is due."
         ),
     )
+    key_rotation_requested_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text=_(
+            "When an admin forced the next key in (rotate-key); cleared once a certificate "
+            "with that key is stored. Mail hosts only."
+        ),
+    )
 
     # Observed state: written by jobs only.
     status = models.CharField(
@@ -166,6 +175,10 @@ class VirtualHost(models.Model):
         null=True, blank=True, help_text=_("No new ARI request to the CA before this time.")
     )
     ari_explanation_url = models.CharField(max_length=500, blank=True, default="")
+    # A mail host's TLSA digests (SHA-256 of the SPKI, hex), as its last run saw them:
+    # {"current": key, "next": next key, "chain": [each CA certificate of the chain]}.
+    # Public values: the API shows them without reading the keys.
+    tlsa_keys = models.JSONField(default=dict, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

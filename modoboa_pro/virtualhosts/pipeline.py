@@ -15,7 +15,7 @@ from pathlib import Path
 
 from django.utils import timezone
 
-from . import budget, constants, order_ledger, policy, recording, renewal_info
+from . import budget, constants, dane, order_ledger, policy, recording, renewal_info
 from .adapters import files, nginx, preflight, probe, storage, webroot, x509
 from .adapters.acme import ProfileChoice
 from .adapters.x509 import CertificateFacts
@@ -114,6 +114,7 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
     if reloaded is None:
         return constants.STATUS_PROVISIONING  # deferred: finish_renewal records the outcome
     _verify(run, ctx, host.hostname, facts.serial, reloaded=reloaded)
+    _tlsa(run, s, host)
     _succeed(host, facts, s, renewed=renewed)
     return constants.STATUS_ACTIVE
 
@@ -180,6 +181,8 @@ def _obtain(
             account = ca.ensure_account()
             step.message = f"account {getattr(account, 'uri', '')} ({s.email})"
 
+    key = _order_key(run, s, stored) if reason is not None else None
+
     with run.step(constants.STEP_ORDER) as step:
         if reason is None:
             assert existing is not None
@@ -192,7 +195,7 @@ def _obtain(
             # A certificate we could not keep would still cost rate limit: check first.
             storage.check_writable(s.storage_root, hostname)
             _preflight(s, hostname)
-            key_pem = x509.generate_private_key(s.key_type)
+            key_pem = key.pem if key is not None else x509.generate_private_key(s.key_type)
             csr_pem = x509.make_csr(hostname, key_pem)
             publisher = webroot.WebrootPublisher(s.webroot, ledger)
             # RFC 9773 5: a renewal names the certificate it replaces.
@@ -234,6 +237,26 @@ def _obtain(
         if planned is not None:
             step.message += f"; renewal at {planned} (the CA's renewal window)"
     return facts, existing is not None
+
+
+def _order_key(
+    run: recording.Run, s: Settings, stored: storage.StoredCertificate
+) -> dane.OrderKey | None:
+    """A mail host's key decision, in its history (None: a fresh key, as web hosts get)."""
+    if not run.host.serves_mail:
+        return None
+    with run.step(constants.STEP_KEY) as step:
+        key = dane.order_key(s, run.host, stored)
+        step.message = key.choice.reason
+    return key
+
+
+def _tlsa(run: recording.Run, s: Settings, host: VirtualHost) -> None:
+    """A mail host's TLSA records against what it now serves; never fails the run."""
+    if not host.serves_mail:
+        return
+    with run.step(constants.STEP_TLSA) as step:
+        step.message = dane.check_after_run(s, host)
 
 
 def _preflight(s: Settings, hostname: str) -> None:
@@ -406,6 +429,7 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
                         raise
                     step.message = "nginx reloaded (one reload shared by the queued renewals)"
                 _verify(run, ctx, host.hostname, facts.serial, reloaded=True)
+                _tlsa(run, s, host)
                 _succeed(host, facts, s, renewed=True)
                 result.status = constants.STATUS_ACTIVE
             return result.status

@@ -226,6 +226,19 @@ def fulfil_renewal_request(host: VirtualHost, before: datetime.datetime) -> None
     host.renewal_requested_at = None
 
 
+def fulfil_key_rotation(host: VirtualHost, before: datetime.datetime) -> None:
+    """A certificate with the next key is stored: clear a forced rotation asked ``before``."""
+    VirtualHost.objects.filter(pk=host.pk, key_rotation_requested_at__lte=before).update(
+        key_rotation_requested_at=None
+    )
+    host.key_rotation_requested_at = None
+
+
+def record_tlsa_keys(host: VirtualHost, keys: dict[str, object]) -> None:
+    """The TLSA digests of a mail host's keys and chain, as this run saw them."""
+    _write(host, tlsa_keys=keys)
+
+
 def mark_status(host: VirtualHost, status: str) -> None:
     _write(host, status=status)
 

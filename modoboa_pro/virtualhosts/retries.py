@@ -71,8 +71,10 @@ def _job_for(host: VirtualHost, letsencrypt: bool) -> tuple[str, tuple[object, .
         return queueing.PROVISION, (host.pk,)
     if not letsencrypt:
         return None  # its certificate stays until Let's Encrypt is on again
-    # A Renew now that failed is retried as one (forced) until its certificate is stored.
-    return queueing.RENEW, (host.pk, host.renewal_requested_at is not None)
+    # A Renew now that failed is retried as one (forced) until its certificate is stored;
+    # a forced key rotation until its key is served.
+    forced = host.renewal_requested_at is not None or host.key_rotation_requested_at is not None
+    return queueing.RENEW, (host.pk, forced)
 
 
 def run(*, letsencrypt: bool, now: datetime.datetime | None = None) -> RetryReport:

@@ -170,14 +170,18 @@ def retry_provisioning(host: VirtualHost) -> VirtualHost:
     return host
 
 
-def renew_now(host: VirtualHost) -> VirtualHost:
-    """Order a new certificate now through the renewal chain. Raises RunInProgress if busy."""
+def _check_renewable(host: VirtualHost) -> None:
     if not host.enabled:
         raise ConfigurationError(f"{host.hostname} is disabled: enable it to renew it.")
     if not conf.param("enable_letsencrypt"):
         raise ConfigurationError("Let's Encrypt is disabled in Settings > Virtual hosts.")
     _check_idle(host)
     _check_ready_for_letsencrypt()
+
+
+def renew_now(host: VirtualHost) -> VirtualHost:
+    """Order a new certificate now through the renewal chain. Raises RunInProgress if busy."""
+    _check_renewable(host)
     # Remembered until a new certificate is stored: a failed forced renewal is retried
     # as forced, not turned into "not due, nothing to do".
     # It un-pauses a paused host too (shown at once): the streak of failures starts again
@@ -270,3 +274,22 @@ def _create_usual_name(usual: domain_names.UsualName, domain) -> NameOutcome:
         "server).",
         host,
     )
+
+
+def rotate_key(host: VirtualHost) -> VirtualHost:
+    """Force a mail host's next key in: a renewal is queued now, and its certificate uses
+    the next key whether or not its TLSA record is published (docs/mail-tlsa.md).
+
+    Remembered until a certificate with another key is served, so the retries of a failed
+    renewal (or of a pair rolled back) rotate again. Raises ConfigurationError for a host
+    whose key is not kept, RunInProgress.
+    """
+    if not host.serves_mail or not conf.get("VIRTUALHOSTS_MAIL_KEEP_KEY"):
+        raise ConfigurationError(
+            f"{host.hostname} gets a new key with every certificate (it is not a mail host, "
+            "or VIRTUALHOSTS_MAIL_KEEP_KEY is off): Renew now is enough."
+        )
+    _check_renewable(host)
+    # Set before the renewal is queued: the run reads it.
+    VirtualHost.objects.filter(pk=host.pk).update(key_rotation_requested_at=timezone.now())
+    return renew_now(host)

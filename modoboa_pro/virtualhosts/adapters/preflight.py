@@ -63,10 +63,11 @@ def parse_resolver(spec: str) -> tuple[str, int]:
     return host, number
 
 
-def _resolver(spec: str | None) -> dns.resolver.Resolver:
+def resolver(spec: str | None) -> dns.resolver.Resolver:
+    """A resolver asking ``spec`` (VIRTUALHOSTS_PREFLIGHT_RESOLVER), else the system's."""
     if spec is None:
         try:
-            resolver = dns.resolver.Resolver()  # /etc/resolv.conf, not /etc/hosts: as the CA
+            made = dns.resolver.Resolver()  # /etc/resolv.conf, not /etc/hosts: as the CA
         except dns.resolver.NoResolverConfiguration as err:
             raise PreflightDnsFailed(
                 "Pre-flight: the system has no DNS resolver configured (/etc/resolv.conf). "
@@ -74,22 +75,22 @@ def _resolver(spec: str | None) -> dns.resolver.Resolver:
             ) from err
     else:
         host, port = parse_resolver(spec)
-        resolver = dns.resolver.Resolver(configure=False)
-        resolver.nameservers = [host]
-        resolver.port = port
-    resolver.timeout = RESOLVER_TIMEOUT
-    resolver.lifetime = RESOLVER_LIFETIME
-    return resolver
+        made = dns.resolver.Resolver(configure=False)
+        made.nameservers = [host]
+        made.port = port
+    made.timeout = RESOLVER_TIMEOUT
+    made.lifetime = RESOLVER_LIFETIME
+    return made
 
 
 def resolve(hostname: str, resolver_spec: str | None) -> list[str]:
     """The addresses ``hostname`` has in DNS (A, then AAAA); PreflightDnsFailed says why none."""
-    resolver = _resolver(resolver_spec)
+    asking = resolver(resolver_spec)
     asked = resolver_spec or SYSTEM_RESOLVER
     addresses: list[str] = []
     for rdtype in ("A", "AAAA"):
         try:
-            answer = resolver.resolve(hostname, rdtype, search=False, raise_on_no_answer=False)
+            answer = asking.resolve(hostname, rdtype, search=False, raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN as err:
             raise PreflightDnsFailed(
                 f"Pre-flight (DNS): {hostname} does not exist (NXDOMAIN from {asked}). Create "

@@ -6,6 +6,7 @@ On-disk layout (``<root>`` is ``acme_account_storage_path``)::
     <root>/certs/<hostname> -> .pairs/<hostname>/<version>   (relative symlink)
     <root>/certs/.pairs/<hostname>/<version>/fullchain.pem   0644
     <root>/certs/.pairs/<hostname>/<version>/privkey.pem     0600
+    <root>/certs/.pairs/<hostname>/next-key.pem      0600  a mail host's next key (DANE)
     <root>/archive/<hostname>-<UTC timestamp>/       material of removed hosts
 
 ``certs/<hostname>/fullchain.pem`` is the path users and nginx configs rely on;
@@ -44,6 +45,9 @@ from .x509 import CertificateFacts
 T = TypeVar("T")
 
 PAIRS_DIRNAME = ".pairs"
+# A mail host's pre-generated next key: beside the versions (``_prune`` and ``_versions``
+# only see version directories), so it outlives every pair until it rotates in.
+NEXT_KEY_FILENAME = "next-key.pem"
 # The current version, the previous one (rollback target) and one more, in
 # case a rollback itself turns out to be wrong.
 PAIR_VERSIONS_KEEP = 3
@@ -450,6 +454,46 @@ def write_certificate_pair(
     return version
 
 
+def read_current_key(storage_root: Path, hostname: str) -> bytes | None:
+    """The current pair's private key (PEM), or None when there is none.
+
+    Call it after ``read_current`` found the pair usable: the key then matches it.
+    """
+    _, privkey = certificate_paths(storage_root, hostname)
+    read = _read_stored(Path(storage_root), privkey, repair=True)
+    return None if read is None else read[0]
+
+
+def read_next_key(storage_root: Path, hostname: str) -> bytes | None:
+    """The host's pre-generated next key (PEM), or None when there is none or it is not a
+    key this product can use (the caller makes a new one)."""
+    path = _pairs_dir(storage_root, hostname) / NEXT_KEY_FILENAME
+    try:
+        read = _read_stored(Path(storage_root), path, repair=True)
+    except StorageError:
+        return None
+    if read is None:
+        return None
+    try:
+        x509.load_private_key(read[0])
+    except StorageError:
+        return None
+    return read[0]
+
+
+def write_next_key(storage_root: Path, hostname: str, key_pem: bytes) -> Path:
+    """Store (atomically, mode 0600) the host's next key, replacing the previous one."""
+    safe_hostname(hostname)
+    root = Path(storage_root)
+    ensure_dir(_certs_dir(root), constants.PRIVATE_DIR_MODE)
+    ensure_dir(_certs_dir(root) / PAIRS_DIRNAME, constants.PRIVATE_DIR_MODE)
+    pairs = ensure_dir(_pairs_dir(root, hostname), constants.PRIVATE_DIR_MODE)
+    path = pairs / NEXT_KEY_FILENAME
+    atomic_write(path, key_pem, constants.PRIVATE_FILE_MODE)
+    fsync_dir(pairs)
+    return path
+
+
 def previous_pair(storage_root: Path, hostname: str) -> Path | None:
     """The version directory a rollback would restore (the newest whole pair older than the
     current one), or None."""
@@ -518,7 +562,9 @@ def archive_host(storage_root: Path, hostname: str) -> Path | None:
             os.unlink(link)
         if pairs.is_dir():
             for version in pairs.iterdir():
-                os.rename(version, versions / version.name)
+                # The next key is no version: it goes beside them.
+                into = archive if version.name == NEXT_KEY_FILENAME else versions
+                os.rename(version, into / version.name)
             os.rmdir(pairs)
         if current is not None:
             os.symlink(os.path.join("versions", current.name), archive / "current")

@@ -12,7 +12,7 @@ from rest_framework import permissions as drf_permissions
 from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser
 
-from .. import conf, constants, domain_names, health, presenters, services
+from .. import conf, constants, dane, domain_names, health, presenters, services
 from ..errors import (
     ConfigurationError,
     DuplicateHost,
@@ -226,3 +226,24 @@ class VirtualHostViewSet(
             "results": results,
         }
         return response.Response(data, status=code)
+
+    @action(methods=["get"], detail=True)
+    def tlsa(self, request, pk=None):
+        """A mail host's TLSA 3 1 1 records (current and next key) and whether DNS publishes
+        them, with warnings about 2 1 1 records (docs/mail-tlsa.md)."""
+        host = self.get_object()
+        try:
+            report = dane.report(
+                host, conf.tlsa_ports(), conf.get("VIRTUALHOSTS_PREFLIGHT_RESOLVER") or None
+            )
+        except VirtualHostError as err:
+            raise VirtualHostAPIError(err) from err
+        data = report.as_dict()
+        data["serves_mail"] = host.serves_mail
+        data["keep_key"] = host.serves_mail and bool(conf.get("VIRTUALHOSTS_MAIL_KEEP_KEY"))
+        return response.Response(data)
+
+    @action(methods=["post"], detail=True, url_path="rotate-key")
+    def rotate_key(self, request, pk=None):
+        """Force a mail host's next key in: a renewal with it is queued now."""
+        return self._start(services.rotate_key)

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from ... import alarms, conf, constants, domain_names, policy, presenters, scan, services
+from ... import alarms, conf, constants, dane, domain_names, policy, presenters, scan, services
 from ...errors import InvalidHostname, RunInProgress, VirtualHostError
 from ...hostnames import normalize_hostname
 from ...models import VirtualHost, validate_acme_profile
@@ -179,6 +179,21 @@ class Command(BaseCommand):
         p.add_argument("--json", action="store_true")
 
         p = sub.add_parser("remove", help="Delete a host (site removed, files archived).", **cli)
+        p.add_argument("hostname")
+
+        p = sub.add_parser(
+            "tlsa",
+            help="A mail host's TLSA records (current and next key), ready for a zone file.",
+            **cli,
+        )
+        p.add_argument("hostname")
+        p.add_argument("--json", action="store_true")
+
+        p = sub.add_parser(
+            "rotate-key",
+            help="Renew a mail host's certificate now with its next key (TLSA published or not).",
+            **cli,
+        )
         p.add_argument("hostname")
 
         for name, text in (("enable", "Enable a host."), ("disable", "Disable a host.")):
@@ -457,6 +472,46 @@ class Command(BaseCommand):
     def do_disable(self, options: dict[str, Any]) -> None:
         host = services.set_enabled(self._host(options["hostname"]), False)
         self.stdout.write(f"Disabled {host.hostname}.")
+
+    def do_tlsa(self, options: dict[str, Any]) -> None:
+        host = self._host(options["hostname"])
+        report = dane.report(
+            host, conf.tlsa_ports(), conf.get("VIRTUALHOSTS_PREFLIGHT_RESOLVER") or None
+        )
+        if options["json"]:
+            self._json(report.as_dict())
+            return
+        self.stdout.write("\n".join(_zone_lines(host, report)))
+
+    def do_rotate_key(self, options: dict[str, Any]) -> None:
+        host = services.rotate_key(self._host(options["hostname"]))
+        self.stdout.write(
+            f"Renewal of {host.hostname} with its next key queued on the "
+            f"{constants.QUEUE_DEFAULT!r} queue: DANE senders refuse the new key until its "
+            f"TLSA record is published (`virtualhosts tlsa {host.hostname}`). Follow it with "
+            f"`virtualhosts show {host.hostname}`."
+        )
+
+
+_PUBLISHED = {True: "published", False: "NOT published yet", None: "unknown (DNS failed)"}
+
+
+def _zone_lines(host: VirtualHost, report: dane.Report) -> list[str]:
+    """The records as zone-file lines, each after a comment saying its role and state."""
+    lines = [f"; TLSA records of {host.hostname}: publish the current AND the next key"]
+    if not host.serves_mail:
+        lines.append("; not a mail host: its key changes with every certificate")
+    if not report.rows:
+        lines.append(f"; {report.summary()}")
+    for row in report.rows:
+        lines.append(f"; {row.role} key, {_PUBLISHED[row.published]}")
+        lines.append(row.zone_line)
+    if report.rotation_requested:
+        lines.append("; the next key is forced in at the renewal under way (rotate-key)")
+    if report.problem:
+        lines.append(f"; {report.problem}")
+    lines += [f"; WARNING: {warning}" for warning in report.warnings]
+    return lines
 
 
 def _renewal_source(data: dict[str, Any]) -> str:
