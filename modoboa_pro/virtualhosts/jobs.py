@@ -14,7 +14,7 @@ import django_rq
 from redis.exceptions import RedisError
 
 from . import alarms, conf, constants, context, pipeline, queueing, retries, scan
-from .adapters import acme, locks, tls
+from .adapters import acme, counters, locks, tls
 from .adapters import nginx as nginx_adapter
 from .adapters.reloader import (
     LocalReloader,
@@ -77,6 +77,19 @@ def make_acme(s: context.Settings) -> acme.AcmeClient:
         email=s.email,
         ca_bundle=s.ca_bundle,
         order_timeout=s.order_timeout,
+        observer=count_acme_request,
+    )
+
+
+def count_acme_request(request: acme.AcmeRequest) -> None:
+    """The metrics' ACME request counters (``metrics``), in Redis for every worker."""
+    counters.count_acme_request(
+        django_rq.get_connection(constants.QUEUE_DEFAULT),
+        request.host,
+        request.method,
+        request.action,
+        request.status,
+        request.seconds,
     )
 
 
