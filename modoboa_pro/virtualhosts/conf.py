@@ -70,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
     "VIRTUALHOSTS_PAUSE_AFTER_DAYS": 7,  # policy.PAUSE_AFTER
     # Where the UI's "Documentation" link points; None: the package's Documentation URL.
     "VIRTUALHOSTS_DOCS_URL": None,
+    # The Virtual hosts page that alert emails link to; None: <the address Modoboa's web
+    # interface signs in from>/admin/virtualhosts (from its OAuth application).
+    "VIRTUALHOSTS_PAGE_URL": None,
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import django_rq
 from redis.exceptions import RedisError
 
-from . import alarms, conf, constants, context, pipeline, queueing, retries, scan
+from . import alarms, alerting, conf, constants, context, pipeline, queueing, retries, scan
 from .adapters import acme, counters, locks, tls
 from .adapters import nginx as nginx_adapter
 from .adapters.reloader import (
@@ -240,7 +240,18 @@ def retry_due_virtualhosts() -> dict:
         "renewed": report.renewed,
         "busy": report.busy,
         "summary": report.summary(),
+        "alert_emails": _send_alerts(),
     }
+
+
+def _send_alerts() -> int:
+    """The alert emails (``alerting``): here, because the sweep runs every few minutes and
+    the daily scan runs it too. Never fails the sweep: retries matter more than emails."""
+    try:
+        return alerting.check().sent
+    except Exception:
+        logger.exception("Cannot check for alert emails to send")
+        return 0
 
 
 def _check_scan_alive() -> None:
