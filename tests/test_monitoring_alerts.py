@@ -262,6 +262,9 @@ def test_settings_page_validates_the_recipients(modoboa, client):
     token = Token.objects.create(user=User.objects.get(username="admin"))
     auth = {"HTTP_AUTHORIZATION": f"Token {token.key}"}
     url = "/api/v2/parameters/global/virtualhosts/"
+    structure = client.get("/api/v2/parameters/global/structure/?app=virtualhosts", **auth)
+    assert structure.status_code == 200, structure.content
+    assert "Alert recipients" in structure.content.decode()
     section = client.get(url, **auth).json()
     assert section["params"]["enable_alert_emails"] is True
     assert section["params"]["alert_recipients"] == ""

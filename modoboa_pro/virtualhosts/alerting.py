@@ -30,6 +30,8 @@ SUBJECT_PREFIX = "[Modoboa] "
 SCAN_SUBJECT = "the renewal scan"
 # Where the page is, under Modoboa's web interface.
 PAGE_PATH = "/admin/virtualhosts"
+# Hosts that need no certificate: an alert about them is forgotten without a recovery email.
+UNWATCHED = (constants.STATUS_DISABLED, constants.STATUS_HTTP_ONLY)
 # Alert emails kept for the digest limit and the operator's curiosity.
 EMAILS_KEEP = datetime.timedelta(days=90)
 
@@ -126,10 +128,12 @@ def check(now: datetime.datetime | None = None) -> Report:
     }
     if not stale:
         recovered.add(alert_rules.SCAN_KEY)
+    # Deleted, disabled, or served over HTTP only (Let's Encrypt turned off): nothing to tell.
     gone = {
         key
         for key in notified
-        if key != alert_rules.SCAN_KEY and (key not in hosts or not hosts[key].enabled)
+        if key != alert_rules.SCAN_KEY
+        and (key not in hosts or not hosts[key].enabled or hosts[key].status in UNWATCHED)
     }
     found, forget = alert_rules.changes(problems, notified, recovered, gone)
     AlertState.objects.filter(key__in=forget).delete()
