@@ -60,9 +60,10 @@ class Report:
     skipped: str = ""  # why nothing was checked (disabled, no recipient)
 
 
-def recipients() -> list[str]:
+def recipients(configured: str | None = None) -> list[str]:
     """The Settings page's list, else every active SuperAdmin's email."""
-    configured = conf.param("alert_recipients") or ""
+    if configured is None:
+        configured = str(conf.param("alert_recipients") or "")
     listed = [a for a in configured.replace(";", ",").replace(" ", ",").split(",") if a]
     if listed:
         return listed
@@ -105,19 +106,17 @@ def current_problems(now: datetime.datetime, threshold_days: int) -> tuple[dict,
     return problems, hosts, stale is not None
 
 
-def check(now: datetime.datetime | None = None) -> Report:
-    """Send the emails the changes since the last check call for."""
+def check(now: datetime.datetime | None = None, params: dict | None = None) -> Report:
+    """Send the emails the changes since the last check call for.
+
+    Cheap when nothing changed (the common case, every 5 minutes): the parameters (given by
+    the sweep, read once), the hosts, the scan's staleness and the states told.
+    """
     now = now or timezone.now()
-    if not conf.param("enable_alert_emails"):
+    params = params if params is not None else conf.params()
+    if not params["enable_alert_emails"]:
         return Report(skipped="alert emails are turned off in Settings > Virtual hosts")
-    to = recipients()
-    if not to:
-        logger.warning(
-            "No alert email sent: no recipient (Settings > Virtual hosts > Alert recipients) "
-            "and no SuperAdmin has an email address."
-        )
-        return Report(skipped="no recipient")
-    threshold = int(conf.param("certificate_renewal_threshold"))
+    threshold = int(params["certificate_renewal_threshold"])
     problems, hosts, stale = current_problems(now, threshold)
     states = {s.key: s for s in AlertState.objects.all()}
     notified = {key: Notified(s.hostname or SCAN_SUBJECT, s.kind) for key, s in states.items()}
@@ -136,16 +135,29 @@ def check(now: datetime.datetime | None = None) -> Report:
         and (key not in hosts or not hosts[key].enabled or hosts[key].status in UNWATCHED)
     }
     found, forget = alert_rules.changes(problems, notified, recovered, gone)
-    AlertState.objects.filter(key__in=forget).delete()
-    last_digest = AlertEmail.objects.filter(digest=True).aggregate(at=Max("sent_at"))["at"]
-    batches = alert_rules.batches(found, now, last_digest)
+    if forget:
+        AlertState.objects.filter(key__in=forget).delete()
+    if not found:
+        return Report()
+    to = recipients(str(params.get("alert_recipients") or ""))
+    if not to:
+        logger.warning(
+            "%d alert email(s) not sent: no recipient (Settings > Virtual hosts > Alert "
+            "recipients) and no SuperAdmin has an email address.",
+            len(found),
+        )
+        return Report(waiting=len(found), skipped="no recipient")
+    last_digest = None
+    if len(found) > alert_rules.MAX_SEPARATE_EMAILS:
+        last_digest = AlertEmail.objects.filter(digest=True).aggregate(at=Max("sent_at"))["at"]
     sent = told = 0
-    for batch in batches:
+    for batch in alert_rules.batches(found, now, last_digest):
         if not _send(batch, to, now):
             break  # the SMTP server refused: the rest waits for the next check too
         sent += 1
         told += len(batch)
-    AlertEmail.objects.filter(sent_at__lt=now - EMAILS_KEEP).delete()
+    if sent:
+        AlertEmail.objects.filter(sent_at__lt=now - EMAILS_KEEP).delete()
     return Report(sent=sent, told=told, waiting=len(found) - told)
 
 

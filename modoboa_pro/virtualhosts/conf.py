@@ -125,3 +125,11 @@ def param(name: str) -> Any:
     from modoboa.parameters import tools as param_tools
 
     return param_tools.get_global_parameter(name, app=PARAMETERS_APP)
+
+
+def params() -> dict[str, Any]:
+    """Every global parameter of the app at once (one read instead of one per ``param``: the
+    retry sweep runs every 5 minutes)."""
+    from modoboa.parameters import tools as param_tools
+
+    return dict(param_tools.get_global_parameters(PARAMETERS_APP))

@@ -234,21 +234,22 @@ def _enqueue_scheduled_renewal(host: VirtualHost) -> bool:
 def retry_due_virtualhosts() -> dict:
     """Every few minutes (cron_config.py): retry failed runs whose time has come, and hosts
     a crash left pending or provisioning."""
-    report = retries.run(letsencrypt=bool(conf.param("enable_letsencrypt")))
+    params = conf.params()
+    report = retries.run(letsencrypt=bool(params["enable_letsencrypt"]))
     return {
         "retried": report.retried,
         "renewed": report.renewed,
         "busy": report.busy,
         "summary": report.summary(),
-        "alert_emails": _send_alerts(),
+        "alert_emails": _send_alerts(params),
     }
 
 
-def _send_alerts() -> int:
+def _send_alerts(params: dict) -> int:
     """The alert emails (``alerting``): here, because the sweep runs every few minutes and
     the daily scan runs it too. Never fails the sweep: retries matter more than emails."""
     try:
-        return alerting.check().sent
+        return alerting.check(params=params).sent
     except Exception:
         logger.exception("Cannot check for alert emails to send")
         return 0
