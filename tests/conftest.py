@@ -207,6 +207,9 @@ def chain(
         acme_account_email="hostmaster@example.org",
         acme_account_storage_path=str(storage),
         certificate_renewal_threshold=30,
+        # The sweep's alert check is tested in tests/test_monitoring_alerts.py; off here, as
+        # the week-long simulations run thousands of sweeps.
+        enable_alert_emails=False,
     )
     dns_responder.nxdomain.clear()
     dns_responder.silent.clear()

@@ -85,6 +85,9 @@ DEFAULTS: dict[str, Any] = {
     "VIRTUALHOSTS_TLSA_PORTS": [25],
     # Where the UI's "Documentation" link points; None: the package's Documentation URL.
     "VIRTUALHOSTS_DOCS_URL": None,
+    # The Virtual hosts page that alert emails link to; None: <the address Modoboa's web
+    # interface signs in from>/admin/virtualhosts (from its OAuth application).
+    "VIRTUALHOSTS_PAGE_URL": None,
 }
 
 
@@ -160,3 +163,11 @@ def param(name: str) -> Any:
     from modoboa.parameters import tools as param_tools
 
     return param_tools.get_global_parameter(name, app=PARAMETERS_APP)
+
+
+def params() -> dict[str, Any]:
+    """Every global parameter of the app at once (one read instead of one per ``param``: the
+    retry sweep runs every 5 minutes)."""
+    from modoboa.parameters import tools as param_tools
+
+    return dict(param_tools.get_global_parameters(PARAMETERS_APP))

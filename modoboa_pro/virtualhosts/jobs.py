@@ -13,8 +13,8 @@ from pathlib import Path
 import django_rq
 from redis.exceptions import RedisError
 
-from . import alarms, conf, constants, context, pipeline, queueing, retries, scan
-from .adapters import acme, locks, tls
+from . import alarms, alerting, conf, constants, context, pipeline, queueing, retries, scan
+from .adapters import acme, counters, locks, tls
 from .adapters import nginx as nginx_adapter
 from .adapters.reloader import (
     LocalReloader,
@@ -83,6 +83,19 @@ def make_acme(s: context.Settings) -> acme.AcmeClient:
         email=s.email,
         ca_bundle=s.ca_bundle,
         order_timeout=s.order_timeout,
+        observer=count_acme_request,
+    )
+
+
+def count_acme_request(request: acme.AcmeRequest) -> None:
+    """The metrics' ACME request counters (``metrics``), in Redis for every worker."""
+    counters.count_acme_request(
+        django_rq.get_connection(constants.QUEUE_DEFAULT),
+        request.host,
+        request.method,
+        request.action,
+        request.status,
+        request.seconds,
     )
 
 
@@ -227,13 +240,25 @@ def _enqueue_scheduled_renewal(host: VirtualHost) -> bool:
 def retry_due_virtualhosts() -> dict:
     """Every few minutes (cron_config.py): retry failed runs whose time has come, and hosts
     a crash left pending or provisioning."""
-    report = retries.run(letsencrypt=bool(conf.param("enable_letsencrypt")))
+    params = conf.params()
+    report = retries.run(letsencrypt=bool(params["enable_letsencrypt"]))
     return {
         "retried": report.retried,
         "renewed": report.renewed,
         "busy": report.busy,
         "summary": report.summary(),
+        "alert_emails": _send_alerts(params),
     }
+
+
+def _send_alerts(params: dict) -> int:
+    """The alert emails (``alerting``): here, because the sweep runs every few minutes and
+    the daily scan runs it too. Never fails the sweep: retries matter more than emails."""
+    try:
+        return alerting.check(params=params).sent
+    except Exception:
+        logger.exception("Cannot check for alert emails to send")
+        return 0
 
 
 def _check_scan_alive() -> None:

@@ -285,3 +285,35 @@ class BudgetEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} {self.hostname} {self.at:%Y-%m-%d %H:%M}"
+
+
+class AlertState(models.Model):
+    """What the alert emails last told about one subject: a host, or the renewal scan.
+
+    Compared with the problems of now (``alert_rules``), it makes one email per change of
+    state; a recovery email is sent for a subject whose row had a problem.
+    """
+
+    key = models.CharField(max_length=40, unique=True)  # alert_rules.host_key / SCAN_KEY
+    hostname = models.CharField(max_length=constants.HOSTNAME_MAX_LENGTH, blank=True, default="")
+    kind = models.CharField(max_length=20)  # alert_rules.KIND_*
+    reason = models.TextField(blank=True, default="")
+    notified_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"{self.key} {self.kind}"
+
+
+class AlertEmail(models.Model):
+    """One alert email sent: the daily digest limit counts these."""
+
+    sent_at = models.DateTimeField(default=timezone.now, db_index=True)
+    digest = models.BooleanField(default=False)
+    subject = models.CharField(max_length=255)
+    recipients = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-sent_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.sent_at:%Y-%m-%d %H:%M} {self.subject}"

@@ -69,8 +69,64 @@ STRUCT = collections.OrderedDict(
                 ),
             },
         ),
+        (
+            "alerts_sep",
+            {
+                "label": _("Alert emails"),
+                "params": collections.OrderedDict(
+                    [
+                        (
+                            "enable_alert_emails",
+                            {
+                                "label": _("Send alert emails"),
+                                "help_text": _(
+                                    "Email when a host keeps failing, is paused, or its "
+                                    "certificate nears expiry unrenewed, when the renewal "
+                                    "scan stops, and when it is fine again (one email per "
+                                    "change, at most one digest a day)."
+                                ),
+                            },
+                        ),
+                        (
+                            "alert_recipients",
+                            {
+                                "label": _("Alert recipients"),
+                                "help_text": _(
+                                    "Addresses separated by commas; empty: every "
+                                    "SuperAdmin's email address."
+                                ),
+                                "display": "enable_alert_emails=true",
+                            },
+                        ),
+                    ]
+                ),
+            },
+        ),
     ]
 )
+
+# At most this many alert recipients: a list, not a mailing list.
+MAX_ALERT_RECIPIENTS = 20
+
+
+def validate_recipients(value: str) -> str:
+    """Email addresses separated by commas (or spaces, semicolons); normalised to ", "."""
+    addresses = [a for a in value.replace(";", ",").replace(" ", ",").split(",") if a]
+    if len(addresses) > MAX_ALERT_RECIPIENTS:
+        raise serializers.ValidationError(
+            _("Enter at most %(n)d addresses (use a mailing list for more).")
+            % {"n": MAX_ALERT_RECIPIENTS}
+        )
+    field = serializers.EmailField()
+    for address in addresses:
+        try:
+            field.run_validation(address)
+        except serializers.ValidationError as err:
+            raise serializers.ValidationError(
+                _("%(address)s is not an email address; separate addresses with commas.")
+                % {"address": address[:100]}
+            ) from err
+    return ", ".join(addresses)
 
 
 def validate_storage_path(value: str) -> str:
@@ -113,6 +169,12 @@ class VirtualHostsSettingsSerializer(serializers.Serializer):
         error_messages={"min_value": _("Renew at least 1 day before expiry (30 is recommended).")},
     )
 
+    enable_alert_emails = serializers.BooleanField(default=True)
+    alert_recipients = serializers.CharField(default="", allow_blank=True, max_length=2000)
+
+    def validate_alert_recipients(self, value: str) -> str:
+        return validate_recipients(value)
+
     def validate_acme_account_storage_path(self, value: str) -> str:
         return validate_storage_path(value)
 
@@ -148,4 +210,3 @@ def register() -> None:
         VirtualHostsSettingsSerializer,
         is_extension=True,
     )
-

@@ -152,20 +152,69 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
+@dataclass(frozen=True)
+class AcmeRequest:
+    """One HTTP request to the CA, for the metrics: ``action`` is the directory's name of
+    the URL (``newOrder``, ``newNonce``...; ``directory``; ``other`` for orders,
+    authorizations, challenges and certificates), ``status`` the HTTP code or ``error``."""
+
+    host: str
+    method: str
+    action: str
+    status: str
+    seconds: float
+
+
+# Told of every request to the CA (``counters.count_acme_request`` in production).
+RequestObserver = Callable[[AcmeRequest], None]
+ACTION_DIRECTORY = "directory"
+ACTION_OTHER = "other"
+ACTION_RENEWAL_INFO = "renewalInfo"
+STATUS_ERROR = "error"  # no answer: connection refused, timeout, TLS
+
+
 class RetryAfterNetwork(client.ClientNetwork):
     """The library's network object, keeping the ``Retry-After`` of the last answer.
 
     The library turns an error answer into ``messages.Error`` and drops its headers;
-    a rate limit's ``Retry-After`` is the one time a CA commits to.
+    a rate limit's ``Retry-After`` is the one time a CA commits to. Each request is also
+    told to ``observer`` (method, directory name of the URL, status, duration).
     """
 
     last_retry_after: str | None = None
+    observer: RequestObserver | None = None
+    actions: dict[str, str] = {}  # URL -> directory name; replaced per instance, never mutated
 
     def _send_request(self, method: str, url: str, *args: Any, **kwargs: Any) -> requests.Response:
         self.last_retry_after = None  # a request that fails leaves none behind
-        response = super()._send_request(method, url, *args, **kwargs)
+        started = time.monotonic()
+        status = STATUS_ERROR
+        try:
+            response = super()._send_request(method, url, *args, **kwargs)
+            status = str(response.status_code)
+        finally:  # a request without an answer counts too, as ``error``
+            action = self.actions.get(url, ACTION_OTHER)
+            observe(self.observer, method, url, action, status, started)
         self.last_retry_after = response.headers.get("Retry-After")
         return response
+
+
+def observe(
+    observer: RequestObserver | None,
+    method: str,
+    url: str,
+    action: str,
+    status: str,
+    started: float,
+) -> None:
+    """Tell ``observer`` of one request; a failing observer never fails the request."""
+    if observer is None:
+        return
+    try:
+        host = urllib.parse.urlsplit(url).netloc
+        observer(AcmeRequest(host, method, action, status, time.monotonic() - started))
+    except Exception:  # metrics are best effort
+        logger.debug("ACME request not observed", exc_info=True)
 
 
 class _NewOrder(messages.NewOrder):
@@ -191,6 +240,7 @@ class AcmeClient:
         ca_bundle: str | None = None,
         order_timeout: float = 90.0,
         sleep: Callable[[float], None] = time.sleep,
+        observer: RequestObserver | None = None,
     ) -> None:
         if not email:
             raise ConfigurationError(
@@ -203,6 +253,7 @@ class AcmeClient:
         self.ca_bundle = ca_bundle
         self.order_timeout = order_timeout
         self._sleep = sleep
+        self.observer = observer
         self._client: client.ClientV2 | None = None
         self._net: RetryAfterNetwork | None = None
         self._key: jose.JWK | None = None
@@ -239,6 +290,8 @@ class AcmeClient:
             verify_ssl=self.ca_bundle or True,  # type: ignore[arg-type]
             timeout=NETWORK_TIMEOUT,
         )
+        net.observer = self.observer
+        net.actions = {self.directory_url: ACTION_DIRECTORY}
         try:
             directory = client.ClientV2.get_directory(self.directory_url, net)
         except messages.Error as err:  # a problem document, e.g. rateLimited
@@ -253,6 +306,9 @@ class AcmeClient:
                 "server can reach it over HTTPS.",
                 detail=str(err),
             ) from err
+        net.actions = {
+            url: name for name, url in directory.to_partial_json().items() if isinstance(url, str)
+        } | net.actions
         self._net = net
         self._client = client.ClientV2(directory, net)
         return self._client
@@ -310,6 +366,7 @@ class AcmeClient:
         if not isinstance(base, str) or not base or not cert_id:
             return None
         url = base.rstrip("/") + "/" + cert_id
+        started, status = time.monotonic(), STATUS_ERROR
         try:
             response = requests.get(
                 url,
@@ -317,12 +374,15 @@ class AcmeClient:
                 verify=self.ca_bundle or True,
                 timeout=RENEWAL_INFO_TIMEOUT,
             )
+            status = str(response.status_code)
         except requests.exceptions.RequestException as err:
             raise AcmeDirectoryUnreachable(
                 f"The CA's renewal information at {url} could not be fetched "
                 f"({_network_reason(err)}); the lifetime rule decides until it answers.",
                 detail=str(err),
             ) from err
+        finally:
+            observe(self.observer, "GET", url, ACTION_RENEWAL_INFO, status, started)
         now = _utcnow()
         retry_after = parse_retry_after_header(response.headers.get("Retry-After"), now)
         if response.status_code != 200:

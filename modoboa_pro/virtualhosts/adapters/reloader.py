@@ -34,7 +34,7 @@ from ..errors import (
     PrivilegedWorkerMissing,
     ReloadInterrupted,
 )
-from . import locks, nginx
+from . import counters, locks, nginx
 
 logger = logging.getLogger("modoboa.jobs")
 
@@ -202,6 +202,9 @@ class ReloadBook:
             pipe.zadd(self.outcomes, {member: covers})
             pipe.zremrangebyrank(self.outcomes, 0, -(OUTCOMES_KEEP + 1))
             pipe.expire(self.outcomes, BOOK_TTL_SECONDS)
+            # The metrics' reload count (``counters``), in the same round trip.
+            field = counters.reload_field(counters.SERVICE_NGINX, bool(outcome.get("ok")))
+            pipe.hincrby(counters.RELOADS, field, 1)
             pipe.execute()
         if token is None:
             self.connection.delete(self.running)

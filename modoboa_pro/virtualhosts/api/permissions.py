@@ -49,3 +49,12 @@ class IsVirtualHostAdmin(permissions.BasePermission):
 
     def has_permission(self, request, view) -> bool:
         return is_admin(request.user)
+
+
+class IsSuperAdmin(permissions.BasePermission):
+    """SuperAdmins only: what names every host of the instance (the metrics)."""
+
+    message = "Only SuperAdmins can read the metrics: they name every virtual host."
+
+    def has_permission(self, request, view) -> bool:
+        return bool(request.user and request.user.is_authenticated and request.user.is_superuser)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Prefetch
+from django.http import HttpResponse
 from django.utils.translation import gettext as _
 from django_filters import rest_framework as dj_filters
 from modoboa.lib import pagination
-from rest_framework import exceptions, filters, mixins, response, status, viewsets
+from rest_framework import exceptions, filters, mixins, renderers, response, status, viewsets
 from rest_framework import permissions as drf_permissions
 from rest_framework.decorators import action
 from rest_framework.parsers import JSONParser
 
-from .. import conf, constants, dane, domain_names, health, presenters, services
+from .. import conf, constants, dane, domain_names, health, metrics, presenters, services
 from ..errors import (
     ConfigurationError,
     DuplicateHost,
@@ -21,7 +22,7 @@ from ..errors import (
     VirtualHostError,
 )
 from ..models import VirtualHost, VirtualHostEvent
-from . import permissions, serializers
+from . import exposition, permissions, serializers
 
 # A host is three short fields: a bigger body is refused before it is read or parsed
 # (Django itself answers an HTML 400 only past DATA_UPLOAD_MAX_MEMORY_SIZE, 2.5 MB).
@@ -179,6 +180,19 @@ class VirtualHostViewSet(
         data = health.summary(hosts, int(conf.param("certificate_renewal_threshold")))
         data["docs_url"] = conf.docs_url()
         return response.Response(data)
+
+    @action(
+        methods=["get"],
+        detail=False,
+        permission_classes=(drf_permissions.IsAuthenticated, permissions.IsSuperAdmin),
+        renderer_classes=(renderers.JSONRenderer, *exposition.RENDERERS),
+        pagination_class=None,
+        filter_backends=(),
+    )
+    def metrics(self, request):
+        """The Prometheus exposition (SuperAdmins only: it names every host)."""
+        body, content_type = metrics.exposition(request.headers.get("Accept"))
+        return HttpResponse(body, content_type=content_type)
 
     @action(methods=["post"], detail=True)
     def retry(self, request, pk=None):

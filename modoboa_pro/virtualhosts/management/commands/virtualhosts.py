@@ -19,7 +19,19 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.core.serializers.json import DjangoJSONEncoder
 from django.utils import timezone
 
-from ... import alarms, conf, constants, dane, domain_names, policy, presenters, scan, services
+from ... import (
+    alarms,
+    conf,
+    constants,
+    dane,
+    domain_names,
+    metrics,
+    policy,
+    presenters,
+    scan,
+    services,
+)
+from ...adapters import files
 from ...errors import InvalidHostname, RunInProgress, VirtualHostError
 from ...hostnames import normalize_hostname
 from ...models import VirtualHost, validate_acme_profile
@@ -195,6 +207,18 @@ class Command(BaseCommand):
             **cli,
         )
         p.add_argument("hostname")
+
+        p = sub.add_parser(
+            "metrics",
+            help="Print the Prometheus metrics, or write them (--output) for node_exporter's "
+            "textfile collector.",
+            **cli,
+        )
+        p.add_argument(
+            "--output",
+            metavar="FILE",
+            help="Replace FILE atomically (e.g. /var/lib/prometheus/node-exporter/modoboa.prom).",
+        )
 
         for name, text in (("enable", "Enable a host."), ("disable", "Disable a host.")):
             p = sub.add_parser(name, help=text, **cli)
@@ -464,6 +488,15 @@ class Command(BaseCommand):
         host = self._host(options["hostname"])
         services.delete_virtualhost(host)
         self.stdout.write(f"Deleted {host.hostname}; its site is removed and its files archived.")
+
+    def do_metrics(self, options: dict[str, Any]) -> None:
+        body = metrics.text()
+        if not options.get("output"):
+            self.stdout.write(body.decode(), ending="")
+            return
+        path = Path(options["output"])
+        # Atomic: the textfile collector never reads half a file (a temp file then rename).
+        files.atomic_write(path, body, constants.PUBLIC_FILE_MODE)
 
     def do_enable(self, options: dict[str, Any]) -> None:
         host = services.set_enabled(self._host(options["hostname"]), True)
