@@ -65,6 +65,10 @@ def main() -> int:
         help="lineages issued from Pebble for `certbot renew` (then cloned up to each size)",
     )  # fmt: skip
     parser.add_argument(
+        "--certbot-sizes", default="",
+        help="lineage counts `certbot renew` is timed at (default: the scan sizes)",
+    )  # fmt: skip
+    parser.add_argument(
         "--venv", type=Path, default=REPO / ".venv-bench",
         help="the virtualenv holding certbot and py-spy (make bench creates it)",
     )  # fmt: skip
@@ -90,7 +94,14 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="mpbench-"))
     began = time.monotonic()
     try:
-        if only & {"issuance", "burst", "profile"}:
+        from bench import scan
+
+        need_lineages = (
+            "scan" in only
+            and certbot.exists()
+            and not scan.lineages_cached(args.cache, args.certbot_lineages)
+        )
+        if only & {"issuance", "burst", "profile"} or need_lineages:
             from bench.stack import running_stack
 
             with running_stack(root / "stack") as stack:
@@ -102,6 +113,15 @@ def main() -> int:
                         stack, args.runs, certbot if certbot.exists() else None, root / "s1"
                     )
                     print(json.dumps(results["issuance"]["ratios"]), flush=True)  # type: ignore[index]
+                if "scan" in only and certbot.exists():
+                    from bench import issuance
+
+                    print(f"{args.certbot_lineages} certbot lineages for scenario 4", flush=True)
+                    scan.issue_lineages(
+                        issuance.Certbot(certbot, root / "lineages", stack),
+                        args.certbot_lineages,
+                        args.cache,
+                    )
                 if "profile" in only:
                     from bench import profile
 
@@ -113,13 +133,12 @@ def main() -> int:
                     print(f"scenarios 2 and 3: {args.burst} creations, then renewals", flush=True)
                     results["burst"] = burst.run(stack, args.burst, root / "burst")
         if "scan" in only:
-            from bench import scan
-
             sizes = [int(n) for n in args.scan_sizes.split(",")]
             print(f"scenario 4: the renewal scan over {sizes} hosts", flush=True)
             results["scan"] = scan.run(
                 sizes, args.cache, root / "scan", certbot if certbot.exists() else None,
-                args.certbot_lineages, py_spy if "profile" in only else None,
+                [int(n) for n in (args.certbot_sizes or args.scan_sizes).split(",")],
+                py_spy if "profile" in only else None,
             )  # fmt: skip
     finally:
         results["wall_seconds"] = round(time.monotonic() - began, 1)
