@@ -165,7 +165,7 @@ class Floor:
             time.sleep(FLOOR_POLL_SECONDS)
         self.protocol_seconds.append(time.monotonic() - began)
         directory = self.root / hostname
-        directory.mkdir()
+        directory.mkdir(exist_ok=True)
         (directory / "fullchain.pem").write_text(fullchain)
         (directory / "privkey.pem").write_bytes(key_pem)
         (directory / "privkey.pem").chmod(0o600)
