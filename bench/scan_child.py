@@ -169,9 +169,54 @@ def bare(storage_root: Path, count: int, repeat: int) -> dict:
     }
 
 
+def profile(storage_root: Path, stats_path: Path) -> dict:
+    """One scan (nothing due) under cProfile; the top functions by own and by total time."""
+    import cProfile
+    import pstats
+
+    _django()
+    mark_due(0)
+    _scan(storage_root)  # imports and first-use caches out of the profile, as in a worker
+    profiler = cProfile.Profile()
+    profiler.enable()
+    report = _scan(storage_root)
+    profiler.disable()
+    profiler.dump_stats(stats_path)
+    stats = pstats.Stats(str(stats_path))
+    total = stats.total_tt  # type: ignore[attr-defined]
+
+    def top(key: int) -> list[dict]:
+        rows = sorted(stats.stats.items(), key=lambda kv: kv[1][key], reverse=True)[:15]  # type: ignore[attr-defined]
+        return [
+            {
+                "where": f"{func} ({_short_path(path)}:{line})",
+                "calls": calls,
+                "own_s": round(own, 4),
+                "total_s": round(cumulative, 4),
+                "share_total": round(cumulative / total, 3),
+            }
+            for (path, line, func), (_, calls, own, cumulative, _) in rows
+        ]
+
+    return {
+        "hosts": report.seen,
+        "profiled_s": round(total, 3),
+        "by_own_time": top(2),
+        "by_total_time": top(3),
+    }
+
+
+def _short_path(path: str) -> str:
+    for marker in ("modoboa_pro/", "site-packages/", "lib/python3.11/"):
+        if marker in path:
+            return (marker if marker == "modoboa_pro/" else "") + path.split(marker, 1)[1]
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("setup", "scan", "bare"))
+    parser.add_argument("mode", choices=("setup", "scan", "bare", "profile"))
+    parser.add_argument("--stats", type=Path)
     parser.add_argument("--storage", type=Path, required=True)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--due-percent", type=int, default=0)
@@ -181,6 +226,8 @@ def main() -> None:
         out = setup(args.count, args.storage)
     elif args.mode == "scan":
         out = scan(args.storage, args.due_percent, args.repeat)
+    elif args.mode == "profile":
+        out = profile(args.storage, args.stats)
     else:
         out = bare(args.storage, args.count, args.repeat)
     sys.stdout.write(json.dumps(out) + "\n")
