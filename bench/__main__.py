@@ -61,7 +61,7 @@ def main() -> int:
         "--scan-sizes", default="1000,10000", help="host counts of scenario 4 (comma-separated)"
     )
     parser.add_argument(
-        "--certbot-lineages", type=int, default=100,
+        "--certbot-lineages", type=int, default=50,
         help="lineages issued from Pebble for `certbot renew` (then cloned up to each size)",
     )  # fmt: skip
     parser.add_argument(
