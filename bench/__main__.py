@@ -16,7 +16,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results"
-SCENARIOS = ("issuance", "scan", "burst", "profile")
+SCENARIOS = ("issuance", "scan", "burst", "profile", "rss")
+# The keys of results.json each scenario writes (kept by --merge).
+SCENARIO_KEYS = ("issuance", "scan", "burst", "profile_creation", "worker_rss", "runs_merged")
+DEFAULT = ("issuance", "scan", "burst", "profile")  # "rss" takes 500 issuances: on demand
 
 
 def _version(argv: list[str]) -> str:
@@ -46,7 +49,7 @@ def machine() -> dict[str, object]:
         "versions": {
             **{p: metadata.version(p) for p in ("acme", "josepy", "cryptography", "Django", "rq")},
             "nginx": _version(["nginx", "-v"]),
-            "pebble": _version(["pebble", "-version"]),
+            "pebble": _version(["dpkg-query", "-W", "-f", "${Version}", "pebble"]),
             "redis-server": _version(["redis-server", "--version"]),
         },
     }
@@ -54,7 +57,13 @@ def machine() -> dict[str, object]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
+    parser.add_argument(
+        "--only", default=",".join(DEFAULT),
+        help=f"comma-separated, among {', '.join(SCENARIOS)} (default: all but rss)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--rss-issuances", default="50,500", help="worker RSS compared after these counts"
+    )
     parser.add_argument("--runs", type=int, default=5, help="samples of scenario 1 (median)")
     parser.add_argument("--burst", type=int, default=100, help="hosts of scenarios 2 and 3")
     parser.add_argument(
@@ -75,6 +84,10 @@ def main() -> int:
     parser.add_argument("--cache", type=Path, default=REPO / ".bench-cache")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument(
+        "--merge", action="store_true",
+        help="keep the other scenarios' figures already in --out (rerun some of them)",
+    )  # fmt: skip
     args = parser.parse_args()
     only = set(args.only.split(","))
     unknown = only - set(SCENARIOS)
@@ -84,7 +97,9 @@ def main() -> int:
     py_spy = args.venv / "bin" / "py-spy"
     args.cache.mkdir(parents=True, exist_ok=True)
 
+    previous = json.loads(args.out.read_text()) if args.merge and args.out.exists() else {}
     results: dict[str, object] = {
+        **{k: v for k, v in previous.items() if k in SCENARIO_KEYS},
         "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "make bench",
         "machine": machine(),
@@ -101,7 +116,7 @@ def main() -> int:
             and certbot.exists()
             and not scan.lineages_cached(args.cache, args.certbot_lineages)
         )
-        if only & {"issuance", "burst", "profile"} or need_lineages:
+        if only & {"issuance", "burst", "profile", "rss"} or need_lineages:
             from bench.stack import running_stack
 
             with running_stack(root / "stack") as stack:
@@ -132,6 +147,12 @@ def main() -> int:
 
                     print(f"scenarios 2 and 3: {args.burst} creations, then renewals", flush=True)
                     results["burst"] = burst.run(stack, args.burst, root / "burst")
+                if "rss" in only:
+                    from bench import burst
+
+                    first, last = (int(n) for n in args.rss_issuances.split(","))
+                    print(f"worker RSS after {first} and {last} issuances", flush=True)
+                    results["worker_rss"] = burst.rss_growth(stack, first, last)
         if "scan" in only:
             sizes = [int(n) for n in args.scan_sizes.split(",")]
             print(f"scenario 4: the renewal scan over {sizes} hosts", flush=True)
@@ -142,6 +163,11 @@ def main() -> int:
             )  # fmt: skip
     finally:
         results["wall_seconds"] = round(time.monotonic() - began, 1)
+        if previous:
+            results["runs_merged"] = [
+                *previous.get("runs_merged", [previous.get("taken_at")]),
+                results["taken_at"],
+            ]
         results["machine"]["load_average_at_end"] = [  # type: ignore[index]
             round(x, 2) for x in os.getloadavg()
         ]
