@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 # tox.ini runs the same commands, one environment each (lint, typecheck, tests).
 test: system-deps $(STAMP) frontend-check
-	$(BIN)/ruff check modoboa_pro tests scripts
+	$(BIN)/ruff check modoboa_pro tests scripts bench
 	$(BIN)/mypy modoboa_pro
 	$(BIN)/lint-imports
 	$(BIN)/pytest $(PYTEST_ARGS)
@@ -59,7 +59,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check modoboa_pro tests scripts
+	$(BIN)/ruff check modoboa_pro tests scripts bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy modoboa_pro

@@ -138,6 +138,7 @@ class Floor:
         )
         order = self.acme.new_order(crypto_util.make_csr(key_pem, [hostname]))
         account_key = self.acme.net.key
+        assert account_key is not None  # set in __init__
         for authz in order.authorizations:
             for challb in authz.body.challenges:
                 if isinstance(challb.chall, challenges.HTTP01):
