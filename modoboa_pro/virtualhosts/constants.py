@@ -26,6 +26,9 @@ STATUSES = (
 # RQ queues, as Modoboa names them. The privileged worker runs as root.
 QUEUE_DEFAULT = "modoboa"
 QUEUE_PRIVILEGED = "privileged"
+# Services the mail deploy knows (VIRTUALHOSTS_MAIL_SERVICES).
+MAIL_POSTFIX = "postfix"
+MAIL_DOVECOT = "dovecot"
 
 # Steps of the chain, recorded in each host's history (the UI shows them).
 STEP_HTTP_SITE = "http_site"
@@ -36,6 +39,10 @@ STEP_HTTPS_SITE = "https_site"
 STEP_VERIFY = "verify"
 STEP_REMOVE = "remove"
 STEP_RENEW = "renew"
+# A mail host's certificate deployed to Postfix and Dovecot, then seen on every mail port:
+# steps of their own, since the web site may be fine while a mail service is not.
+STEP_MAIL_DEPLOY = "mail_deploy"
+STEP_MAIL_VERIFY = "mail_verify"
 STEPS = (
     (STEP_HTTP_SITE, "HTTP-only site"),
     (STEP_ACCOUNT, "ACME account"),
@@ -45,6 +52,8 @@ STEPS = (
     (STEP_VERIFY, "Served certificate verified"),
     (STEP_REMOVE, "Site removed"),
     (STEP_RENEW, "Renewal"),
+    (STEP_MAIL_DEPLOY, "Mail services deployed"),
+    (STEP_MAIL_VERIFY, "Mail certificate verified"),
 )
 
 # What a run is doing (its history entries and log lines say it).
