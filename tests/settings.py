@@ -196,3 +196,11 @@ if os.environ.get("MODOBOA_PRO_TEST_NGINX_TEST_COMMAND"):
     VIRTUALHOSTS_NGINX_RELOAD_COMMAND = json.loads(
         os.environ["MODOBOA_PRO_TEST_NGINX_RELOAD_COMMAND"]
     )
+
+# The mail tests' privileged worker: the mail services' settings, and the test database
+# (it reads the mail hosts from it).
+if os.environ.get("MODOBOA_PRO_TEST_MAIL_SETTINGS"):
+    import json
+
+    globals().update(json.loads(os.environ["MODOBOA_PRO_TEST_MAIL_SETTINGS"]))
+    DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]

@@ -99,15 +99,27 @@ _STARTTLS: dict[str, Callable[[_Lines], None]] = {
 
 
 def fetch(
-    address: str, port: int, service: str, server_name: str, timeout: float = TIMEOUT
+    address: str,
+    port: int,
+    service: str,
+    server_name: str,
+    timeout: float = TIMEOUT,
+    *,
+    cadata: str | None = None,
 ) -> CertificateFacts:
     """Facts of the leaf certificate ``service`` presents at ``address:port`` for SNI
-    ``server_name``, reached as a client would (STARTTLS or implicit TLS)."""
+    ``server_name``, reached as a client would (STARTTLS or implicit TLS).
+
+    Without ``cadata`` nothing is verified: the serial is compared with what was stored.
+    With it (PEM roots), the chain and the name are verified as a client would.
+    """
     how, program = SERVICES[service]
-    # No verification: the serial is compared with what was stored (tests check trust).
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
+    if cadata is None:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.load_verify_locations(cadata=cadata)
     try:
         with socket.create_connection((address, port), timeout=timeout) as raw:
             if how != IMPLICIT:

@@ -27,6 +27,7 @@ POSTMAP_SETTING = "VIRTUALHOSTS_MAIL_POSTMAP_COMMAND"
 # Debian's default database type; postmap writes <map>.db next to the text file.
 MAP_TYPE = "hash"
 DB_SUFFIX = ".db"
+_WARNING = "warning:"
 
 
 def main_cf_line(map_path: Path) -> str:
@@ -80,7 +81,9 @@ def install_map(
             setting=POSTMAP_SETTING,
             timeout=timeout,
         )
-        if code != 0:
+        # postmap -F only warns about a file it cannot read, skips that name and exits 0:
+        # a map missing a host would silently serve it the default certificate.
+        if code != 0 or _WARNING in output:
             raise MailConfigRejected(
                 f"postmap -F refused the SNI map: {mailfiles.quote(output)}. Postfix keeps "
                 "its previous map.",
