@@ -28,6 +28,7 @@ from .errors import (
     MailError,
     MailReloadFailed,
     MailWorkerMissing,
+    ReloadInterrupted,
     VirtualHostError,
 )
 from .models import VirtualHost
@@ -206,17 +207,48 @@ class PrivilegedMailDeployer(PrivilegedReloader):
 
     prefix = MAIL_KEY_PREFIX
 
+    def request(self) -> int:
+        try:
+            return super().request()
+        except ReloadInterrupted as err:
+            raise MailReloadFailed(_REDIS_LOST) from err
+
+    def wait(self, generation: int) -> str:
+        try:
+            return super().wait(generation)
+        except ReloadInterrupted as err:
+            raise MailReloadFailed(_REDIS_LOST) from err
+
     def _raise_for(self, outcome: dict[str, Any]) -> str:
         return raise_for_outcome(outcome)
 
     def _missing(self, message: str) -> Exception:
-        return MailWorkerMissing(message.replace("nginx reload", "mail deploy"))
-
-    def _nobody_served(self, seen: list[str]) -> str:
-        return super()._nobody_served(seen).replace("No nginx reload", "No mail deploy")
+        return MailWorkerMissing(message)
 
     def _nobody_listens(self) -> str:
-        return super()._nobody_listens().replace("nginx keeps serving", "the mail services keep")
+        name = self._queue_name
+        return (
+            f"The mail deploy is waiting for Modoboa's privileged RQ worker: no worker listens "
+            f"on the queue '{name}'. Start it as root (`python manage.py rqworker {name}`, as "
+            "supervisor or systemd do). Postfix and Dovecot keep their current certificates; "
+            "the run is retried."
+        )
+
+    def _nobody_served(self, seen: list[str]) -> str:
+        name = self._queue_name
+        who = f"the worker(s) {', '.join(seen)} listening on" if seen else "no worker ran"
+        return (
+            f"No mail deploy ran within {self.timeout:.0f} s: {who} the queue '{name}' did not "
+            "run it (busy, stuck, or not started; see the privileged worker's log). Postfix "
+            "and Dovecot keep their current certificates; the run is retried."
+        )
+
+
+_REDIS_LOST = (
+    "Lost Redis while asking Modoboa's privileged worker for the mail deploy: whether Postfix "
+    "and Dovecot were reloaded is not known. The run is retried once Redis is back, and "
+    "checks what they present."
+)
 
 
 def fetch(address: str) -> Callable[[str, int, str], CertificateFacts]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from modoboa_pro.virtualhosts import constants, services
+from modoboa_pro.virtualhosts import alarms, constants, services
 from modoboa_pro.virtualhosts.adapters import dovecot, mailprobe, postfix, tls
 from modoboa_pro.virtualhosts.models import VirtualHost
 
@@ -75,7 +75,7 @@ def test_mail_hosts_get_their_own_certificates_and_a_renewal_swaps_them(mail: Ma
     assert mail.reloads() == (reloads[0] + 1, reloads[1] + 1)
 
 
-def test_disabled_and_deleted_mail_hosts_leave_both_files(mail: Mail):
+def test_disabled_unmarked_and_deleted_mail_hosts_leave_both_files(mail: Mail):
     first = add_mail_host(mail, FIRST)
     second = add_mail_host(mail, SECOND)
 
@@ -88,6 +88,16 @@ def test_disabled_and_deleted_mail_hosts_leave_both_files(mail: Mail):
     assert postfix.listed(mail.postfix.sni_map, SECOND)
     # The services no longer present its certificate; the other host keeps its own.
     assert first.cert_serial not in presented(mail, FIRST).values()
+    assert presented(mail, SECOND) == dict.fromkeys(mail.ports, second.cert_serial)
+
+    # No longer marked for mail: its next run takes it out; marked again: back in.
+    services.set_serves_mail(second, False)
+    mail.chain.drain()
+    assert not postfix.listed(mail.postfix.sni_map, SECOND)
+    assert not dovecot.listed(mail.dovecot.include, SECOND)
+    assert second.cert_serial not in presented(mail, SECOND).values()
+    services.set_serves_mail(second, True)
+    mail.chain.drain()
     assert presented(mail, SECOND) == dict.fromkeys(mail.ports, second.cert_serial)
 
     services.delete_virtualhost(second)
@@ -169,3 +179,9 @@ def test_dovecot_still_serving_the_old_certificate_is_named(mail: Mail, settings
     assert "Postfix" not in first.last_error.split("after the mail deploy")[0]
     served = presented(mail, FIRST)
     assert served["smtp"] == first.cert_serial != served["imap"]
+    # The host's alarm says the same.
+    from modoboa.admin.models import Alarm
+
+    alarm = Alarm.objects.get(internal_name=f"{alarms.HOST_ALARM_PREFIX}{first.pk}")
+    assert f"Virtual host {FIRST}: mail_verify failed" in alarm.title
+    assert "Dovecot still not presenting the new certificate" in alarm.title
