@@ -112,3 +112,11 @@ def test_only_the_ports_of_the_services_deployed_to_are_verified():
         settings_with(["exim"], ports).ports_to_verify()
     with pytest.raises(MailError, match="'lmtp', not a mail service"):
         settings_with(["postfix"], {"lmtp": 24}).ports_to_verify()
+
+
+def test_the_privileged_mail_job_takes_no_argument():
+    import inspect
+
+    from modoboa_pro.virtualhosts import jobs
+
+    assert inspect.signature(jobs.mail_deploy).parameters == {}
