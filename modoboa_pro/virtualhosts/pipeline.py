@@ -118,8 +118,8 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
     if reloaded is None:
         return constants.STATUS_PROVISIONING  # deferred: finish_renewal records the outcome
     _verify(run, ctx, host.hostname, facts.serial, reloaded=reloaded)
+    _mail(run, ctx, host, facts)
     _succeed(host, facts, s, renewed=renewed)
-    _mail(run, ctx, host, facts.serial)
     return constants.STATUS_ACTIVE
 
 
@@ -353,15 +353,17 @@ def _verify(
         step.message += f"nginx serves serial {served.serial} issued by {served.issuer}"
 
 
-def _mail(run: recording.Run, ctx: Context, host: VirtualHost, serial: str) -> None:
-    """Steps 7-8, once the web site serves ``serial``: deploy it to Postfix and Dovecot by
+def _mail(run: recording.Run, ctx: Context, host: VirtualHost, facts: CertificateFacts) -> None:
+    """Steps 7-8, once the web site serves ``facts``: deploy it to Postfix and Dovecot by
     SNI (through the privileged worker), then see it on every mail port. A host no longer
     marked for mail is taken out of their files. A failure here says that the web site is
     fine, so that an operator looks at the mail services."""
     ms = ctx.mail_settings
     if ms is None or ctx.mail is None or not ms.enabled:
         return
-    hostname = host.hostname
+    hostname, serial = host.hostname, facts.serial
+    if host.serves_mail or ms.lists(hostname):
+        recording.record_certificate(host, facts)
     if not host.serves_mail:
         if ms.lists(hostname):
             with run.step(constants.STEP_MAIL_DEPLOY) as step:
@@ -475,8 +477,8 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
                         raise
                     step.message = "nginx reloaded (one reload shared by the queued renewals)"
                 _verify(run, ctx, host.hostname, facts.serial, reloaded=True)
+                _mail(run, ctx, host, facts)
                 _succeed(host, facts, s, renewed=True)
-                _mail(run, ctx, host, facts.serial)
                 result.status = constants.STATUS_ACTIVE
             return result.status
     except LockHeld:

@@ -8,9 +8,11 @@ reloaded; the host's steps and error.
 
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
-from modoboa_pro.virtualhosts import alarms, constants, services
+from modoboa_pro.virtualhosts import alarms, constants, queueing, services
 from modoboa_pro.virtualhosts.adapters import dovecot, mailprobe, postfix, tls
 from modoboa_pro.virtualhosts.models import VirtualHost
 
@@ -185,3 +187,16 @@ def test_dovecot_still_serving_the_old_certificate_is_named(mail: Mail, settings
     alarm = Alarm.objects.get(internal_name=f"{alarms.HOST_ALARM_PREFIX}{first.pk}")
     assert f"Virtual host {FIRST}: mail_verify failed" in alarm.title
     assert "Dovecot still not presenting the new certificate" in alarm.title
+
+    # The retry sweep's run fails the same way: the streak goes on (back-off, then pause),
+    # the web site's new certificate stays recorded.
+    assert first.attempts == 1
+    since, retry_at = first.failing_since, first.next_attempt_at
+    queueing.enqueue_once(queueing.PROVISION, first.pk, first.pk)
+    mail.chain.drain()
+    first.refresh_from_db()
+    assert first.status == constants.STATUS_FAILED
+    assert first.failed_step == constants.STEP_MAIL_VERIFY
+    assert (first.attempts, first.failing_since) == (2, since)
+    assert first.next_attempt_at - retry_at > datetime.timedelta(minutes=5)
+    assert first.cert_serial == served["smtp"]
