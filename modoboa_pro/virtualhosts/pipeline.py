@@ -362,14 +362,14 @@ def _mail(run: recording.Run, ctx: Context, host: VirtualHost, facts: Certificat
     if ms is None or ctx.mail is None or not ms.enabled:
         return
     hostname, serial = host.hostname, facts.serial
-    if host.serves_mail or ms.lists(hostname):
-        recording.record_certificate(host, facts)
     if not host.serves_mail:
-        if ms.lists(hostname):
+        if ms.lists(hostname):  # unmarked since its last deploy
+            recording.record_certificate(host, facts)
             with run.step(constants.STEP_MAIL_DEPLOY) as step:
                 _deploy_mail(ctx, hostname, serial)
                 step.message = "no longer serves mail: removed from Postfix's and Dovecot's SNI"
         return
+    recording.record_certificate(host, facts)
     with run.step(constants.STEP_MAIL_DEPLOY) as step:
         ports = _web_fine(lambda: ms.ports_to_verify(), hostname, serial)
         if ports and _mail_serves(ctx, ports, hostname, serial):

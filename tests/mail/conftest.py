@@ -130,6 +130,7 @@ def mail(
     mail_worker: Any,
 ) -> Iterator[Mail]:
     """The chain in privileged mode, the mail settings pointing at the two servers."""
+    assert mail_worker.poll() is None, "the privileged worker died"
     for name, value in mail_settings(postfix_server, dovecot_server).items():
         setattr(settings, name, value)
     settings.VIRTUALHOSTS_RELOAD_MODE = "privileged"
