@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 from django.utils import timezone
 
 from . import conf, constants, policy
@@ -189,7 +190,7 @@ class LocalMailDeployer(LocalReloader):
 
     prefix = MAIL_KEY_PREFIX
 
-    def __init__(self, connection, *, timeout: float = 120) -> None:  # noqa: ANN001
+    def __init__(self, connection: redis.Redis | None, *, timeout: float = 120) -> None:
         super().__init__([], [], connection, timeout=timeout)
 
     def _reload(self) -> str:
