@@ -188,6 +188,9 @@ LOGGING = {
 # The plugin's own settings: the session fixtures point these at the real
 # nginx / Pebble they start (see tests/conftest.py).
 VIRTUALHOSTS_RELOAD_MODE = "local"
+# Never the system's Postfix and Dovecot: the mail deploy is off, except in tests/mail, whose
+# fixtures point it at their own instances.
+VIRTUALHOSTS_MAIL_SERVICES: list[str] = []
 
 # Worker subprocesses (the privileged worker) get nginx's commands from the fixtures.
 if os.environ.get("MODOBOA_PRO_TEST_NGINX_TEST_COMMAND"):
@@ -203,3 +206,11 @@ EMAIL_CLIENT_CONNECTION_SETTINGS = {
     "imap": {"HOSTNAME": "mail.%EMAILDOMAIN%", "SOCKET_TYPE": "SSL", "PORT": 993},
     "smtp": {"HOSTNAME": "mail.%EMAILDOMAIN%", "SOCKET_TYPE": "STARTTLS", "PORT": 587},
 }
+
+# The mail tests' privileged worker: the mail services' settings, and the test database
+# (it reads the mail hosts from it).
+if os.environ.get("MODOBOA_PRO_TEST_MAIL_SETTINGS"):
+    import json
+
+    globals().update(json.loads(os.environ["MODOBOA_PRO_TEST_MAIL_SETTINGS"]))
+    DATABASES["default"]["NAME"] = DATABASES["default"]["TEST"]["NAME"]

@@ -96,6 +96,14 @@ export function stepLabel(gettext, step) {
       return $gettext('Site removed')
     case 'renew':
       return $gettext('Renewal')
+    case 'mail_deploy':
+      return $gettext('Mail services deployed')
+    case 'mail_verify':
+      return $gettext('Mail certificate verified')
+    case 'key':
+      return $gettext('Private key chosen')
+    case 'tlsa':
+      return $gettext('TLSA records checked')
     default:
       return step || ''
   }

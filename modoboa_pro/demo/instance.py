@@ -94,6 +94,9 @@ VIRTUALHOSTS_PREFLIGHT_RESOLVER = {wiring.dns_address!r}
 # Pebble has no rate limits: a budget far above Let's Encrypt's, so that bursts of hundreds of
 # creations and renewals (tests/scale) still go through the ledger without being held back.
 VIRTUALHOSTS_ORDER_BUDGET = {{"orders_per_account": 100_000}}
+# No Postfix or Dovecot of its own: the mail deploy is off, so that a mail host created here
+# never touches the machine's mail services (tests/mail runs their own).
+VIRTUALHOSTS_MAIL_SERVICES = []
 
 # Modoboa's LOGGING has no handler for the jobs logger: without this its lines vanish.
 LOGGING["formatters"]["jobs"] = {{"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}}

@@ -83,6 +83,34 @@ DEFAULTS: dict[str, Any] = {
     # The ports whose TLSA records (_<port>._tcp.<host>) the plugin shows and checks: 25 is
     # DANE for SMTP (RFC 7672); add 465, 587, 993... only where you publish records too.
     "VIRTUALHOSTS_TLSA_PORTS": [25],
+    # The mail deploy (docs/mail.md): the certificates of hosts marked "serves mail" go to
+    # these services, by SNI ("postfix", "dovecot"; empty turns the mail deploy off).
+    "VIRTUALHOSTS_MAIL_SERVICES": ["postfix", "dovecot"],
+    # The map the plugin writes for Postfix (main.cf: tls_server_sni_maps = hash:<this>),
+    # the configuration directory it is checked and reloaded with, and the commands.
+    "VIRTUALHOSTS_MAIL_POSTFIX_SNI_MAP": "/etc/postfix/modoboa-virtualhosts-sni",
+    "VIRTUALHOSTS_MAIL_POSTFIX_CONFIG_DIR": "/etc/postfix",
+    "VIRTUALHOSTS_MAIL_POSTFIX_COMMAND": ["postfix"],
+    "VIRTUALHOSTS_MAIL_POSTMAP_COMMAND": ["postmap"],
+    # The file the plugin writes for Dovecot (dovecot.conf: !include_try <this>), the main
+    # configuration file doveconf checks, and the commands.
+    "VIRTUALHOSTS_MAIL_DOVECOT_INCLUDE": "/etc/dovecot/modoboa-virtualhosts-sni.conf",
+    "VIRTUALHOSTS_MAIL_DOVECOT_CONFIG": "/etc/dovecot/dovecot.conf",
+    "VIRTUALHOSTS_MAIL_DOVECOT_COMMAND": ["dovecot"],
+    "VIRTUALHOSTS_MAIL_DOVECONF_COMMAND": ["doveconf"],
+    "VIRTUALHOSTS_MAIL_DOVEADM_COMMAND": ["doveadm"],
+    # After each mail deploy, a handshake with SNI on each of these ports (at
+    # VIRTUALHOSTS_VERIFY_ADDRESS) must present the new certificate. Keys are services
+    # (smtp, submission, submissions, imap, imaps, pop3, pop3s); remove those not enabled.
+    "VIRTUALHOSTS_MAIL_VERIFY_PORTS": {
+        "smtp": 25,
+        "submission": 587,
+        "submissions": 465,
+        "imap": 143,
+        "imaps": 993,
+        "pop3": 110,
+        "pop3s": 995,
+    },
     # Where the UI's "Documentation" link points; None: the package's Documentation URL.
     "VIRTUALHOSTS_DOCS_URL": None,
     # The Virtual hosts page that alert emails link to; None: <the address Modoboa's web

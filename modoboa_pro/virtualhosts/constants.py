@@ -26,6 +26,9 @@ STATUSES = (
 # RQ queues, as Modoboa names them. The privileged worker runs as root.
 QUEUE_DEFAULT = "modoboa"
 QUEUE_PRIVILEGED = "privileged"
+# Services the mail deploy knows (VIRTUALHOSTS_MAIL_SERVICES).
+MAIL_POSTFIX = "postfix"
+MAIL_DOVECOT = "dovecot"
 
 # Steps of the chain, recorded in each host's history (the UI shows them).
 STEP_HTTP_SITE = "http_site"
@@ -40,6 +43,10 @@ STEP_RENEW = "renew"
 # published TLSA records say about the served certificate.
 STEP_KEY = "key"
 STEP_TLSA = "tlsa"
+# A mail host's certificate deployed to Postfix and Dovecot, then seen on every mail port:
+# steps of their own, since the web site may be fine while a mail service is not.
+STEP_MAIL_DEPLOY = "mail_deploy"
+STEP_MAIL_VERIFY = "mail_verify"
 STEPS = (
     (STEP_HTTP_SITE, "HTTP-only site"),
     (STEP_ACCOUNT, "ACME account"),
@@ -51,6 +58,8 @@ STEPS = (
     (STEP_RENEW, "Renewal"),
     (STEP_KEY, "Private key chosen"),
     (STEP_TLSA, "TLSA records checked"),
+    (STEP_MAIL_DEPLOY, "Mail services deployed"),
+    (STEP_MAIL_VERIFY, "Mail certificate verified"),
 )
 
 # What a run is doing (its history entries and log lines say it).

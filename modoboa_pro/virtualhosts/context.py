@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from . import conf, constants
 from .adapters import ari, probe, storage, webroot
@@ -20,6 +20,9 @@ from .adapters.reloader import Reloader
 from .adapters.webroot import TokenLedger
 from .adapters.x509 import CertificateFacts
 from .rendering import SiteContext
+
+if TYPE_CHECKING:
+    from .mail import MailSettings
 
 
 @dataclass(frozen=True)
@@ -139,3 +142,8 @@ class Context:
     # Renewals only: queue ``finish_renewal(host_id, generation, run_id)`` behind the
     # other renewals, so that one nginx reload serves them all (None: reload inline).
     defer: Callable[[int, int, str], None] | None = None
+    # Mail hosts (``mail.py``): the settings, the deploy to Postfix and Dovecot through the
+    # privileged worker (coalesced like reloads), one handshake ``(service, port, hostname)``.
+    mail_settings: MailSettings | None = None
+    mail: Reloader | None = None
+    mail_served: Callable[[str, int, str], CertificateFacts] | None = None

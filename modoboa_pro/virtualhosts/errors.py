@@ -132,6 +132,39 @@ class DeployNotVerified(NginxError):
     retryable = True
 
 
+
+class MailError(VirtualHostError):
+    """Base for the mail services' failures (Postfix, Dovecot); ``output`` holds what the
+    command printed. Retried: the web site is already served, only the mail deploy is redone."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, output: str = "", **kwargs) -> None:
+        super().__init__(message, **kwargs)
+        self.output = output
+
+
+class MailConfigRejected(MailError):
+    """``postfix check``, ``postmap -F`` or ``doveconf -n`` refused the new files: the
+    previous ones were put back, and the service keeps serving them."""
+
+
+class MailReloadFailed(MailError):
+    """``postfix reload`` or ``doveadm reload`` failed: the service keeps its previous state."""
+
+
+class MailWorkerMissing(MailReloadFailed):
+    """No privileged worker ran the mail deploy: nothing was touched."""
+
+
+class MailNotVerified(MailError):
+    """A mail service does not present the host's certificate after the deploy."""
+
+
+class UnsupportedDovecot(ConfigurationError):
+    """The installed Dovecot is neither 2.3 nor 2.4, whose ``local_name`` syntax we know."""
+
+
 # A CA's problem detail may quote the challenge URL, token included: shown to operators, it
 # says which name failed; the token adds nothing and stays out of logs, alarms and the API.
 _CHALLENGE_TOKEN = re.compile(r"(/\.well-known/acme-challenge/)[A-Za-z0-9_-]+")

@@ -13,7 +13,7 @@ from pathlib import Path
 import django_rq
 from redis.exceptions import RedisError
 
-from . import alarms, alerting, conf, constants, context, pipeline, queueing, retries, scan
+from . import alarms, alerting, conf, constants, context, mail, pipeline, queueing, retries, scan
 from .adapters import acme, counters, locks, tls
 from .adapters import nginx as nginx_adapter
 from .adapters.reloader import (
@@ -76,6 +76,19 @@ def build_reloader():
     )
 
 
+def build_mail_deployer():
+    """The configured way to deploy to the mail services (as reloads: local or privileged)."""
+    timeout = float(conf.get("VIRTUALHOSTS_RELOAD_TIMEOUT"))
+    if conf.get("VIRTUALHOSTS_RELOAD_MODE") == "local":
+        return mail.LocalMailDeployer(
+            django_rq.get_connection(constants.QUEUE_DEFAULT), timeout=timeout
+        )
+    queue = django_rq.get_queue(constants.QUEUE_PRIVILEGED)
+    return mail.PrivilegedMailDeployer(
+        queue, queueing.MAIL_DEPLOY, timeout, listeners=lambda: queueing.listening_workers(queue)
+    )
+
+
 def make_acme(s: context.Settings) -> acme.AcmeClient:
     return acme.AcmeClient(
         s.directory_url,
@@ -110,7 +123,14 @@ def build_context() -> context.Context:
         return tls.fetch_served_certificate(settings.verify_address, settings.https_port, hostname)
 
     return context.Context(
-        settings=settings, reload=build_reloader(), acme=make_acme, lock=lock, served=served
+        settings=settings,
+        reload=build_reloader(),
+        acme=make_acme,
+        lock=lock,
+        served=served,
+        mail_settings=mail.read_settings(),
+        mail=build_mail_deployer(),
+        mail_served=mail.fetch(settings.verify_address),
     )
 
 
@@ -195,6 +215,30 @@ def nginx_test_and_reload() -> dict:
         logger.info("nginx configuration tested and reloaded")
     else:
         logger.warning("nginx %s failed: %s", outcome["kind"], outcome["message"])
+    return outcome
+
+
+def mail_deploy() -> dict:
+    """Privileged job (root worker): rewrite the Postfix SNI map and the Dovecot include from
+    the database, check them, reload both services. Takes no input at all.
+
+    One run serves every deploy requested before it started (``mail.MailDeployer``).
+    """
+    connection = django_rq.get_connection(constants.QUEUE_PRIVILEGED)
+
+    def count(service: str, ok: bool) -> None:
+        counters.count_reload(connection, service, ok)
+
+    outcome = serve_reload_requests(
+        connection,
+        lambda: mail.outcome_of(lambda: mail.deploy_all(count)),
+        timeout=float(conf.get("VIRTUALHOSTS_RELOAD_TIMEOUT")),
+        prefix=mail.MAIL_KEY_PREFIX,
+    )
+    if outcome["ok"]:
+        logger.info("mail deploy: %s", outcome["output"])
+    else:
+        logger.warning("mail deploy failed: %s", outcome["message"])
     return outcome
 
 

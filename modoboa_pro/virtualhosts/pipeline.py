@@ -12,11 +12,12 @@ import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from django.utils import timezone
 
 from . import budget, constants, dane, order_ledger, policy, recording, renewal_info
-from .adapters import files, nginx, preflight, probe, storage, webroot, x509
+from .adapters import files, mailprobe, nginx, preflight, probe, storage, webroot, x509
 from .adapters.acme import ProfileChoice
 from .adapters.x509 import CertificateFacts
 from .context import Context, Settings
@@ -25,6 +26,8 @@ from .errors import (
     AcmeValidationFailed,
     ForeignConfigBroken,
     LockHeld,
+    MailError,
+    MailNotVerified,
     NginxConfigTestFailed,
     NginxError,
     OrderBudgetExhausted,
@@ -37,6 +40,7 @@ from .models import VirtualHost
 from .rendering import render_http_only, render_https
 
 logger = logging.getLogger("modoboa.jobs")
+_T = TypeVar("_T")
 
 
 def provision(host_id: int, ctx: Context) -> str:
@@ -114,6 +118,7 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
     if reloaded is None:
         return constants.STATUS_PROVISIONING  # deferred: finish_renewal records the outcome
     _verify(run, ctx, host.hostname, facts.serial, reloaded=reloaded)
+    _mail(run, ctx, host, facts)
     _tlsa(run, s, host)
     _succeed(host, facts, s, renewed=renewed)
     return constants.STATUS_ACTIVE
@@ -372,6 +377,73 @@ def _verify(
         step.message += f"nginx serves serial {served.serial} issued by {served.issuer}"
 
 
+def _mail(run: recording.Run, ctx: Context, host: VirtualHost, facts: CertificateFacts) -> None:
+    """Steps 7-8, once the web site serves ``facts``: deploy it to Postfix and Dovecot by
+    SNI (through the privileged worker), then see it on every mail port. A host no longer
+    marked for mail is taken out of their files. A failure here says that the web site is
+    fine, so that an operator looks at the mail services."""
+    ms = ctx.mail_settings
+    if ms is None or ctx.mail is None or not ms.enabled:
+        return
+    hostname, serial = host.hostname, facts.serial
+    if not host.serves_mail:
+        if ms.lists(hostname):  # unmarked since its last deploy
+            recording.record_certificate(host, facts)
+            with run.step(constants.STEP_MAIL_DEPLOY) as step:
+                _deploy_mail(ctx, hostname, serial)
+                step.message = "no longer serves mail: removed from Postfix's and Dovecot's SNI"
+        return
+    recording.record_certificate(host, facts)
+    with run.step(constants.STEP_MAIL_DEPLOY) as step:
+        ports = _web_fine(lambda: ms.ports_to_verify(), hostname, serial)
+        if ports and _mail_serves(ctx, ports, hostname, serial):
+            step.skip(f"every mail port already presents serial {serial}")
+        else:
+            step.message = _deploy_mail(ctx, hostname, serial)
+    with run.step(constants.STEP_MAIL_VERIFY) as step:
+        if not ports:
+            step.skip("no mail port to verify (VIRTUALHOSTS_MAIL_VERIFY_PORTS)")
+            return
+        served = ctx.mail_served
+        assert served is not None
+        seen = _web_fine(
+            lambda: mailprobe.confirm_all(served, ports, hostname, serial),
+            hostname,
+            serial,
+        )
+        step.message = f"serial {serial} presented on " + ", ".join(
+            f"{s.service} ({s.port}, {s.program})" for s in seen
+        )
+
+
+def _deploy_mail(ctx: Context, hostname: str, serial: str) -> str:
+    assert ctx.mail is not None
+    return _web_fine(ctx.mail, hostname, serial)
+
+
+def _mail_serves(ctx: Context, ports: dict[str, int], hostname: str, serial: str) -> bool:
+    """One handshake per port: whether all already present ``serial`` (no exception)."""
+    if ctx.mail_served is None:
+        return False
+    try:
+        return all(ctx.mail_served(s, p, hostname).serial == serial for s, p in ports.items())
+    except MailNotVerified:
+        return False
+
+
+def _web_fine(func: Callable[[], _T], hostname: str, serial: str) -> _T:
+    """Run a mail step's action; its error says that the web site serves ``serial``."""
+    try:
+        return func()
+    except (MailError, NginxError) as err:  # NginxError: Redis lost the deploy's answer
+        prefix = (
+            f"The web site of {hostname} serves its certificate (serial {serial}), but the "
+            "mail services do not yet: "
+        )
+        cls = type(err) if isinstance(err, MailError) else MailError
+        raise cls(prefix + err.message, output=getattr(err, "output", "")) from err
+
+
 def _served_serial(ctx: Context, hostname: str) -> str | None:
     try:
         return ctx.served(hostname).serial
@@ -429,6 +501,7 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
                         raise
                     step.message = "nginx reloaded (one reload shared by the queued renewals)"
                 _verify(run, ctx, host.hostname, facts.serial, reloaded=True)
+                _mail(run, ctx, host, facts)
                 _tlsa(run, s, host)
                 _succeed(host, facts, s, renewed=True)
                 result.status = constants.STATUS_ACTIVE
@@ -596,12 +669,27 @@ def disable(host_id: int, ctx: Context) -> str:
                         step.message = "site file already removed; nginx reloaded"
                     else:
                         step.skip("no site file")
+                _unlist_mail(run, ctx, host.hostname)
                 recording.mark_disabled(host)
                 result.status = constants.STATUS_DISABLED
             return result.status
     except LockHeld as err:  # held for longer than any run lasts: retried by the sweep
         recording.mark_failure(host, constants.STEP_REMOVE, err)
         return constants.STATUS_FAILED
+
+
+def _unlist_mail(run: recording.Run | None, ctx: Context, hostname: str) -> None:
+    """A disabled or deleted host: the mail deploy rewrites the files without it."""
+    ms = ctx.mail_settings
+    if ms is None or ctx.mail is None or not ms.enabled or not ms.lists(hostname):
+        return
+    if run is None:
+        ctx.mail()
+        logger.info("virtualhost %s: removed from Postfix's and Dovecot's SNI", hostname)
+        return
+    with run.step(constants.STEP_MAIL_DEPLOY) as step:
+        ctx.mail()
+        step.message = "removed from Postfix's and Dovecot's SNI"
 
 
 def remove(hostname: str, ctx: Context) -> Path | None:
@@ -613,6 +701,7 @@ def remove(hostname: str, ctx: Context) -> Path | None:
         if VirtualHost.objects.filter(hostname=hostname).exists():
             return None  # re-created meanwhile: keep everything
         remove_site(ctx.settings, hostname, ctx.reload)
+        _unlist_mail(None, ctx, hostname)
         archived = storage.archive_host(ctx.settings.storage_root, hostname)
         logger.info(
             "virtualhost %s: deleted; site removed%s",

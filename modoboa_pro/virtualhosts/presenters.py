@@ -150,6 +150,7 @@ def summary(
         "hostname": host.hostname,
         "enabled": host.enabled,
         "domain": host.domain.name if host.domain_id and host.domain else None,
+        "serves_mail": host.serves_mail,
         "status": host.status,
         "current_step": current_step(host),
         "last_error": host.last_error,

@@ -30,6 +30,7 @@ FINISH_RENEWAL = _JOBS + "finish_renewal"
 DISABLE = _JOBS + "disable_virtualhost"
 REMOVE = _JOBS + "remove_virtualhost"
 RELOAD = _JOBS + "nginx_test_and_reload"
+MAIL_DEPLOY = _JOBS + "mail_deploy"
 SCAN = _JOBS + "check_certificate_renewals"
 
 # The action part of a job id: one per job that acts on a host.

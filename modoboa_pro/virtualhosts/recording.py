@@ -275,6 +275,20 @@ def mark_success(
         alarms.close_host_alarm(host)
 
 
+def record_certificate(host: VirtualHost, facts: CertificateFacts) -> None:
+    """The certificate the web site now serves, recorded before a mail host's mail steps:
+    their failure must neither hide which certificate is in place nor, as ``mark_success``
+    would, reset the streak of failures (its back-off and its pause)."""
+    _write(
+        host,
+        cert_serial=facts.serial,
+        cert_issuer=facts.issuer[:255],
+        cert_not_before=facts.not_before,
+        cert_not_after=facts.not_after,
+        **_forget_other_ari(host, facts),
+    )
+
+
 def mark_failure(host: VirtualHost, step: str, err: VirtualHostError) -> None:
     """The run failed at ``step``: keep the reason, plan the retry, raise an alarm.
 

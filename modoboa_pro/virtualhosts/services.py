@@ -141,6 +141,19 @@ def set_acme_profile(host: VirtualHost, profile: str) -> VirtualHost:
     return host
 
 
+def set_serves_mail(host: VirtualHost, serves_mail: bool) -> VirtualHost:
+    """Mark a host as serving mail (its certificate also goes to Postfix and Dovecot) or
+    not (it leaves their files): an enabled host's next run, queued now, does it."""
+    if host.serves_mail != serves_mail:
+        if host.enabled:
+            queueing.ensure_reachable()
+        host.serves_mail = serves_mail
+        host.save(update_fields=["serves_mail", "updated_at"])
+        if host.enabled:
+            enqueue_provisioning(host)
+    return host
+
+
 def delete_virtualhost(host: VirtualHost) -> None:
     """Delete a host: its site is removed, its certificate files archived."""
     # Without Redis the removal job could not be queued, and no row would be left to

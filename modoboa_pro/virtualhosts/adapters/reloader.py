@@ -107,6 +107,9 @@ class ReloadBook:
 
     def __init__(self, connection: redis.Redis, prefix: str = KEY_PREFIX) -> None:
         self.connection = connection
+        # nginx's reloads are counted here; another service's book (the mail deploy's)
+        # counts its own, one per service it reloads (``counters.count_reload``).
+        self.counted = prefix == KEY_PREFIX
         self.requested = prefix + "requested"
         self.queued = prefix + "queued"
         self.running = prefix + "running"
@@ -203,8 +206,9 @@ class ReloadBook:
             pipe.zremrangebyrank(self.outcomes, 0, -(OUTCOMES_KEEP + 1))
             pipe.expire(self.outcomes, BOOK_TTL_SECONDS)
             # The metrics' reload count (``counters``), in the same round trip.
-            field = counters.reload_field(counters.SERVICE_NGINX, bool(outcome.get("ok")))
-            pipe.hincrby(counters.RELOADS, field, 1)
+            if self.counted:
+                field = counters.reload_field(counters.SERVICE_NGINX, bool(outcome.get("ok")))
+                pipe.hincrby(counters.RELOADS, field, 1)
             pipe.execute()
         if token is None:
             self.connection.delete(self.running)
@@ -252,8 +256,21 @@ class LocalReloader:
         self.timeout = timeout
         self.min_interval = min_interval
 
+    # Hooks: the mail deploy (``mail.py``) coalesces the same way, under its own keys.
+    prefix = KEY_PREFIX
+
+    def _book(self) -> ReloadBook:
+        assert self.connection is not None
+        return ReloadBook(self.connection, self.prefix)
+
     def _reload(self) -> str:
         return nginx.test_and_reload(self.test_argv, self.reload_argv)
+
+    def _outcome_of(self, func: Callable[[], str]) -> dict[str, Any]:
+        return outcome_of(func)
+
+    def _raise_for(self, outcome: dict[str, Any]) -> str:
+        return raise_for_outcome(outcome)
 
     def __call__(self) -> str:
         generation = self.request()
@@ -263,7 +280,7 @@ class LocalReloader:
         if self.connection is None:
             return None
         try:
-            return ReloadBook(self.connection).request()
+            return self._book().request()
         except redis.RedisError as err:
             logger.warning("Cannot reach Redis to coalesce nginx reloads (%s); reloading now", err)
             return None
@@ -271,7 +288,7 @@ class LocalReloader:
     def wait(self, generation: int) -> str:
         assert self.connection is not None, "wait() needs the generation request() returned"
         try:
-            return self._wait(ReloadBook(self.connection), generation)
+            return self._wait(self._book(), generation)
         except redis.RedisError as err:
             # This process may run nginx itself: without the book, reload uncoordinated.
             logger.warning(
@@ -284,11 +301,11 @@ class LocalReloader:
         while True:
             outcome = book.covering_outcome(generation)
             if outcome is not None:
-                return raise_for_outcome(outcome)
+                return self._raise_for(outcome)
             generation = book.still_requested(generation)
             token = book.acquire_running(self.timeout)
             if token is not None:
-                return raise_for_outcome(self._serve(book, generation, token))
+                return self._raise_for(self._serve(book, generation, token))
             if time.monotonic() > deadline:
                 raise NginxReloadFailed(
                     f"Another process has been reloading nginx for over {self.timeout:.0f} s; "
@@ -307,7 +324,7 @@ class LocalReloader:
         try:
             book.wait_gap(self.min_interval)
             covers = book.covers_now()
-            outcome = outcome_of(self._reload)
+            outcome = self._outcome_of(self._reload)
             return outcome
         finally:
             # Publish even a crash, so that waiters never wait for nothing.
@@ -327,11 +344,12 @@ def serve_reload_requests(
     *,
     timeout: float = 120,
     min_interval: float = MIN_INTERVAL,
+    prefix: str = KEY_PREFIX,
 ) -> dict[str, Any]:
     """The privileged job's side: gather requests, reload once, publish the outcome."""
     if connection is None:
         return run()
-    book = ReloadBook(connection)
+    book = ReloadBook(connection, prefix)
     try:
         book.wait_gap(min_interval)
         covers = book.begin(timeout)
@@ -374,6 +392,18 @@ class PrivilegedReloader:
         self.listeners = listeners
         self.absent_grace = absent_grace
 
+    # Hooks: the mail deploy (``mail.py``) waits the same way, under its own keys.
+    prefix = KEY_PREFIX
+
+    def _book(self) -> ReloadBook:
+        return ReloadBook(self.connection, self.prefix)
+
+    def _raise_for(self, outcome: dict[str, Any]) -> str:
+        return raise_for_outcome(outcome)
+
+    def _missing(self, message: str) -> Exception:
+        return PrivilegedWorkerMissing(message, retryable=True)
+
     def _enqueue(self, book: ReloadBook) -> None:
         if not book.claim_queued(self.timeout):
             return  # a queued job has not read the generation yet: it will cover ours
@@ -388,7 +418,7 @@ class PrivilegedReloader:
 
     def request(self) -> int:
         try:
-            return ReloadBook(self.connection).request()
+            return self._book().request()
         except redis.RedisError as err:
             raise ReloadInterrupted(
                 f"Cannot reach Redis to ask Modoboa's privileged worker for an nginx reload "
@@ -399,7 +429,7 @@ class PrivilegedReloader:
 
     def wait(self, generation: int) -> str:
         try:
-            return self._wait(ReloadBook(self.connection), generation)
+            return self._wait(self._book(), generation)
         except redis.RedisError as err:
             raise ReloadInterrupted(
                 f"Lost Redis while waiting for the nginx reload of Modoboa's privileged worker "
@@ -418,7 +448,7 @@ class PrivilegedReloader:
         while time.monotonic() < deadline:
             outcome = book.covering_outcome(generation)
             if outcome is not None:
-                return raise_for_outcome(outcome)
+                return self._raise_for(outcome)
             generation = book.still_requested(generation)
             # Check "pending" first, then the outcome again: a reload that published in
             # between is seen, so an extra job is only enqueued when none is coming.
@@ -431,9 +461,9 @@ class PrivilegedReloader:
                 if seen:
                     last_heard = now
                 elif now - last_heard >= grace:
-                    raise PrivilegedWorkerMissing(self._nobody_listens(), retryable=True)
+                    raise self._missing(self._nobody_listens())
             time.sleep(POLL_INTERVAL)
-        raise PrivilegedWorkerMissing(self._nobody_served(seen), retryable=True)
+        raise self._missing(self._nobody_served(seen))
 
     @property
     def _queue_name(self) -> str:

@@ -192,7 +192,7 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
     otherwise create an enabled host).
     """
 
-    writable = ("hostname", "enabled", "domain", "acme_profile")
+    writable = ("hostname", "enabled", "domain", "acme_profile", "serves_mail")
     example = '{"hostname": "www.example.com", "enabled": true, "domain": 3}'
 
     # Declared, so no unique validator: services.create_virtualhost checks the normalised name.
@@ -210,6 +210,8 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
         },
     )
     acme_profile = AcmeProfileField()
+    # Its certificate also goes to Postfix and Dovecot, by SNI (docs/mail.md).
+    serves_mail = StrictBooleanField(required=False)
     domain_name = serializers.SerializerMethodField()
     site = serializers.CharField(read_only=True)
     current_step = serializers.SerializerMethodField()
@@ -230,6 +232,7 @@ class VirtualHostSerializer(StrictInput, serializers.ModelSerializer):
             "domain_name",
             "acme_profile",
             "site",
+            "serves_mail",
             "status",
             "current_step",
             "last_error",
@@ -336,15 +339,16 @@ class VirtualHostUpdateSerializer(StrictInput, serializers.ModelSerializer):
     ``hostname`` and ``domain`` may be sent back unchanged; any other field is refused.
     """
 
-    writable = ("enabled", "acme_profile", "hostname", "domain")
+    writable = ("enabled", "acme_profile", "serves_mail", "hostname", "domain")
     example = '{"enabled": false}'
 
     enabled = StrictBooleanField(required=False)
     acme_profile = AcmeProfileField()
+    serves_mail = StrictBooleanField(required=False)
 
     class Meta:
         model = VirtualHost
-        fields = ("enabled", "acme_profile")
+        fields = ("enabled", "acme_profile", "serves_mail")
 
     def validate(self, data: dict[str, Any]) -> dict[str, Any]:
         immutable = sorted(
@@ -362,12 +366,12 @@ class VirtualHostUpdateSerializer(StrictInput, serializers.ModelSerializer):
                     for key in immutable
                 }
             )
-        if "enabled" not in data and "acme_profile" not in data:
+        if not {"enabled", "acme_profile", "serves_mail"} & set(data):
             raise serializers.ValidationError(
                 {
                     "enabled": _(
-                        "Send enabled (true or false) or acme_profile: they are the only "
-                        "fields you can change."
+                        "Send enabled (true or false), acme_profile or serves_mail (true or "
+                        "false): they are the only fields you can change."
                     )
                 }
             )

@@ -129,6 +129,7 @@ class VirtualHostViewSet(
                 enabled=data.get("enabled", True),
                 domain=data.get("domain"),
                 acme_profile=data.get("acme_profile", ""),
+                serves_mail=data.get("serves_mail", False),
             )
         except ConfigurationError as err:
             raise exceptions.ValidationError({"non_field_errors": [err.message]}) from err
@@ -153,6 +154,8 @@ class VirtualHostViewSet(
         try:
             if "acme_profile" in data:
                 services.set_acme_profile(host, data["acme_profile"])
+            if "serves_mail" in data:
+                services.set_serves_mail(host, data["serves_mail"])
             if "enabled" in data:
                 services.set_enabled(host, data["enabled"])
         except VirtualHostError as err:

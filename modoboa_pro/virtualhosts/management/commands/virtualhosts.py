@@ -38,6 +38,8 @@ from ...models import VirtualHost, validate_acme_profile
 
 EMPTY = "-"
 EXPIRES_COLUMN = 2  # of the `list` table: coloured by the certificate's state
+# After a host name in the `list` table: its certificate also serves Postfix and Dovecot.
+MAIL_MARK = " (mail)"
 
 EXIT_OK = 0
 EXIT_ERROR = 1  # the command could not do what was asked (unknown host, busy, config)
@@ -182,6 +184,18 @@ class Command(BaseCommand):
             help="ACME profile its orders require (e.g. tlsserver); default: ACME_PROFILE.",
         )
 
+        p.add_argument(
+            "--mail",
+            action="store_true",
+            help="It serves mail: its certificate also goes to Postfix and Dovecot by SNI.",
+        )
+
+        p = sub.add_parser(
+            "mail", help="Say whether a host serves mail (Postfix and Dovecot).", **cli
+        )
+        p.add_argument("hostname")
+        p.add_argument("serves_mail", choices=["on", "off"])
+
         p = sub.add_parser(
             "add-domain-names",
             help="Create a domain's usual names: mail., autoconfig. and autodiscover.<domain>.",
@@ -299,7 +313,7 @@ class Command(BaseCommand):
             assert headers[EXPIRES_COLUMN] == "EXPIRES IN"
             rows = [
                 [
-                    h.hostname,
+                    h.hostname + (MAIL_MARK if h.serves_mail else ""),
                     h.status
                     + ("" if h.enabled or h.status == constants.STATUS_DISABLED else " (disabled)"),
                     _expires_in(h, self.now, self.threshold),
@@ -338,6 +352,7 @@ class Command(BaseCommand):
         lines = [
             ("Hostname", host.hostname),
             ("Enabled", "yes" if host.enabled else "no"),
+            ("Serves mail", "yes (Postfix and Dovecot, by SNI)" if host.serves_mail else "no"),
             ("Domain", data["domain"] or EMPTY),
             ("Status", host.status),
             ("Last error", host.last_error or EMPTY),
@@ -452,9 +467,11 @@ class Command(BaseCommand):
             enabled=not options["disabled"],
             domain=domain,
             acme_profile=profile,
+            serves_mail=options["mail"],
         )
         self.stdout.write(
             f"Created {host.hostname}"
+            + (" (serves mail)" if host.serves_mail else "")
             + (" (disabled)." if not host.enabled else "; provisioning queued.")
         )
 
@@ -497,6 +514,18 @@ class Command(BaseCommand):
         path = Path(options["output"])
         # Atomic: the textfile collector never reads half a file (a temp file then rename).
         files.atomic_write(path, body, constants.PUBLIC_FILE_MODE)
+
+    def do_mail(self, options: dict[str, Any]) -> None:
+        on = options["serves_mail"] == "on"
+        host = services.set_serves_mail(self._host(options["hostname"]), on)
+        if on:
+            what = "serves mail: its certificate goes to Postfix and Dovecot"
+        else:
+            what = "no longer serves mail: it leaves Postfix's and Dovecot's files"
+        self.stdout.write(
+            f"{host.hostname} {what}"
+            + ("; its run is queued." if host.enabled else " once enabled.")
+        )
 
     def do_enable(self, options: dict[str, Any]) -> None:
         host = services.set_enabled(self._host(options["hostname"]), True)
