@@ -43,6 +43,30 @@ FIRST_ISSUANCE_STEPS = [
 ]
 
 
+def _system_mail_files() -> dict[str, float | None]:
+    """The plugin's files at their default (system) paths, with their modification times."""
+    from modoboa_pro.virtualhosts.conf import DEFAULTS
+
+    paths = [
+        DEFAULTS["VIRTUALHOSTS_MAIL_POSTFIX_SNI_MAP"],
+        DEFAULTS["VIRTUALHOSTS_MAIL_POSTFIX_SNI_MAP"] + ".db",
+        DEFAULTS["VIRTUALHOSTS_MAIL_DOVECOT_INCLUDE"],
+    ]
+    return {p: (os.stat(p).st_mtime if os.path.exists(p) else None) for p in paths}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _system_mail_services_untouched() -> Iterator[None]:
+    """The suite never writes the machine's own Postfix and Dovecot files (tests/mail runs
+    its own instances): checked once the session ends."""
+    before = _system_mail_files()
+    yield
+    assert _system_mail_files() == before, (
+        "a test wrote the system's Postfix/Dovecot files: turn the mail deploy off "
+        "(VIRTUALHOSTS_MAIL_SERVICES) or point it at a fixture's own instances"
+    )
+
+
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """The real redis-server the settings' RQ_QUEUES point at (unix socket)."""
