@@ -78,7 +78,7 @@ DEFAULTS: dict[str, Any] = {
     "VIRTUALHOSTS_PAUSE_AFTER_DAYS": 7,  # policy.PAUSE_AFTER
     # Mail hosts (serves_mail) keep their private key across renewals, so that a published
     # TLSA 3 1 1 record stays true; the next key rotates in once its record is published
-    # (docs/mail-tlsa.md). False: a new key for every certificate, as web hosts get.
+    # (docs/mail.md). False: a new key for every certificate, as web hosts get.
     "VIRTUALHOSTS_MAIL_KEEP_KEY": True,
     # The ports whose TLSA records (_<port>._tcp.<host>) the plugin shows and checks: 25 is
     # DANE for SMTP (RFC 7672); add 465, 587, 993... only where you publish records too.

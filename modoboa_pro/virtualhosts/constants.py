@@ -39,7 +39,7 @@ STEP_HTTPS_SITE = "https_site"
 STEP_VERIFY = "verify"
 STEP_REMOVE = "remove"
 STEP_RENEW = "renew"
-# Mail hosts only (DANE, docs/mail-tlsa.md): which key the order uses, then what the
+# Mail hosts only (DANE, docs/mail.md): which key the order uses, then what the
 # published TLSA records say about the served certificate.
 STEP_KEY = "key"
 STEP_TLSA = "tlsa"

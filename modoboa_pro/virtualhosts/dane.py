@@ -1,5 +1,5 @@
 """A mail host's keys and TLSA records: the key an order uses, the next key waiting beside
-it, the records to publish and what DNS publishes (docs/mail-tlsa.md).
+it, the records to publish and what DNS publishes (docs/mail.md).
 
 The pipeline calls ``order_key`` before a mail host's order and ``check_after_run`` once the
 served certificate is verified; the API and the CLI call ``report``. Which key to use is

@@ -4,7 +4,7 @@ published TLSA records say. No I/O: the pipeline and the API gather the plain va
 A mail server's ``3 1 1`` TLSA record pins its key: a renewal with a new key breaks inbound
 mail from DANE-validating senders until the record is updated. So a mail host keeps its key
 across renewals, a next key waits beside it, and it rotates in only once its record is
-published (or the operator forces it). See docs/mail-tlsa.md.
+published (or the operator forces it). See docs/mail.md.
 """
 
 from __future__ import annotations

@@ -291,7 +291,7 @@ def _create_usual_name(usual: domain_names.UsualName, domain) -> NameOutcome:
 
 def rotate_key(host: VirtualHost) -> VirtualHost:
     """Force a mail host's next key in: a renewal is queued now, and its certificate uses
-    the next key whether or not its TLSA record is published (docs/mail-tlsa.md).
+    the next key whether or not its TLSA record is published (docs/mail.md).
 
     Remembered until a certificate with another key is served, so the retries of a failed
     renewal (or of a pair rolled back) rotate again. Raises ConfigurationError for a host

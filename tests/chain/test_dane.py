@@ -1,5 +1,5 @@
 """DANE-safe key rollover through the real chain: Pebble issues, nginx serves, the DNS stub
-publishes the TLSA records the test sets (docs/mail-tlsa.md).
+publishes the TLSA records the test sets (docs/mail.md).
 
 What an operator checks: the public key and serial of the certificate nginx serves, the
 next key on disk (0600), the host's history, `GET .../tlsa/`, `virtualhosts tlsa HOST`,

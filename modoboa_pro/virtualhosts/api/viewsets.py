@@ -247,7 +247,7 @@ class VirtualHostViewSet(
     @action(methods=["get"], detail=True)
     def tlsa(self, request, pk=None):
         """A mail host's TLSA 3 1 1 records (current and next key) and whether DNS publishes
-        them, with warnings about 2 1 1 records (docs/mail-tlsa.md)."""
+        them, with warnings about 2 1 1 records (docs/mail.md)."""
         host = self.get_object()
         try:
             report = dane.report(
