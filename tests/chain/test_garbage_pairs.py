@@ -40,7 +40,7 @@ from .test_failures import http_get, provision_active, retry_and_succeed
 from .test_file_modes import audit
 from .test_renewal import queued_renewals, renew_id, stand_in
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.damaged_pairs]
 
 HOST = "damaged.example.test"
 # How long a refused handshake is retried right after a reload (see ``served``).

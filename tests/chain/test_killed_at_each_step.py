@@ -37,7 +37,7 @@ from modoboa_pro.virtualhosts.models import VirtualHost
 from ..conftest import BACKEND_BODY, REPO, Chain, stop_by_pid
 from .sudden_death import NOT_REACHED, PROVISIONING_POINTS, RENEWAL_POINTS
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.killed]
 
 CHILD_TIMEOUT = 60
 STEADY_TIMEOUT = 10.0
