@@ -2,7 +2,7 @@
 
 Through a deployed instance (``modoboa-admin.py deploy`` on a PostgreSQL cluster of its
 own, two ``rqworker modoboa`` processes, the privileged worker, Pebble and nginx on
-loopback). ``SCALE_HOSTS`` sets the burst size: 50 in the suite, 200 for the figures in
+loopback). ``SCALE_HOSTS`` sets the burst size: 20 in the suite, 200 for the figures in
 docs/reliability.md (``make scale``). The figures are printed and written to
 ``test-artefacts/scale.json``.
 """
@@ -25,7 +25,7 @@ from ..deployment import Stack
 
 pytestmark = pytest.mark.scale
 
-HOSTS = int(os.environ.get("SCALE_HOSTS", "50"))
+HOSTS = int(os.environ.get("SCALE_HOSTS", "20"))
 THREADS = 20
 SECONDS_PER_HOST = 4.0  # a generous bound on settling, far above what is measured
 ARTEFACTS = Path(__file__).resolve().parents[2] / "test-artefacts"
