@@ -28,6 +28,7 @@ pytestmark = pytest.mark.scale
 HOSTS = int(os.environ.get("SCALE_HOSTS", "20"))
 THREADS = 20
 SECONDS_PER_HOST = 4.0  # a generous bound on settling, far above what is measured
+SETTLE_POLL = 0.5  # seconds: the granularity of the "all done after" figures
 ARTEFACTS = Path(__file__).resolve().parents[2] / "test-artefacts"
 
 
@@ -71,7 +72,7 @@ def settle(stack: Stack, names: list[str], done) -> tuple[dict[str, dict], float
             return hosts, time.monotonic() - began
         if time.monotonic() > deadline:
             return hosts, time.monotonic() - began
-        time.sleep(1)
+        time.sleep(SETTLE_POLL)
 
 
 def latency(answers: list[tuple[int, float]]) -> dict[str, float]:
