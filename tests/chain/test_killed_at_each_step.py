@@ -110,9 +110,12 @@ class Deaths:
 
     def _answer(self, timeout: float) -> dict:
         try:
-            return self.answers.get(timeout=timeout)
+            answer = self.answers.get(timeout=timeout)
         except queue.Empty:
             raise AssertionError(f"no answer from the dying worker in {timeout} s") from None
+        if "ended" in answer:
+            raise AssertionError(f"the fork server ended (exit {answer['ended']}): {self.log.name}")
+        return answer
 
     def run(self, point: str, hostname: str, overrides: dict, log: Path) -> int | None:
         """The forked child's exit code (``-SIGKILL`` when it died at ``point``)."""
@@ -125,8 +128,9 @@ class Deaths:
         try:
             return self._answer(max(deadline - time.monotonic(), 0.1))["returncode"]
         except AssertionError:
-            if pid is not None:
+            if pid is not None and self.process.poll() is None:
                 os.kill(pid, signal.SIGKILL)  # the child we forked, stuck
+                self._answer(10)  # its exit code: the next death starts clean
             raise
 
     def stop(self) -> None:
