@@ -14,7 +14,7 @@ test: system-deps $(STAMP) frontend-check
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # The figures of docs/reliability.md: 200 hosts created, then renewed, at once on PostgreSQL
-# with two workers (the suite runs the same test with 50). Writes test-artefacts/scale.json.
+# with two workers (the suite runs the same test with 20). Writes test-artefacts/scale.json.
 scale: system-deps $(STAMP)
 	SCALE_HOSTS=200 $(BIN)/pytest -m scale -s tests/scale
 

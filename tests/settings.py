@@ -119,8 +119,15 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": os.path.join(RUN_DIR, "modoboa.db"),
             "ATOMIC_REQUESTS": True,
-            # As docs/installation.md recommends (workers write while requests run).
-            "OPTIONS": {"transaction_mode": "IMMEDIATE", "timeout": 20},
+            # As docs/installation.md recommends (workers write while requests run). A test
+            # database need not survive a power cut: without fsync, each of the suite's tens
+            # of thousands of commits costs microseconds instead of ~10 ms. Locking (what
+            # IMMEDIATE and the timeout are about) is the same.
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA synchronous=OFF",
+            },
             "TEST": {"NAME": os.path.join(RUN_DIR, "test-modoboa.db")},
         }
     }

@@ -31,6 +31,8 @@ from modoboa_pro.virtualhosts.rendering import SiteContext, render_http_only, re
 
 from .adapters.helpers import make_pair
 
+pytestmark = pytest.mark.properties
+
 # Examples per property. The accepted-names property writes files and runs nginx for each
 # accepted name (a few ms each); the any-text one is pure (well under a ms each).
 ACCEPTED_EXAMPLES = 300

@@ -5,6 +5,12 @@
 the process kills itself at POINT, then works the ``modoboa`` queue like a real worker. The
 death is real: no exception, no ``finally``, no cleanup; locks, RQ's records and files stay
 as they were. The child exits with ``NOT_REACHED`` if the chain never got there.
+
+``python -m tests.chain.sudden_death --serve`` does the same for many points at a lower
+cost: it sets Django up once, then for each request line on stdin (JSON: point, hostname,
+settings, log) forks a child that arms itself and works the queue, and answers with the
+child's PID, then its exit code (``-9`` when it killed itself), one JSON line each. Setting
+Django and Modoboa up took most of each death's time; the forked child dies just as really.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -121,14 +128,11 @@ def arm(point: str, hostname: str) -> None:
     seams[point]()
 
 
-def main(argv: list[str]) -> int:
-    point, hostname = argv
-    import django
-
-    django.setup()
+def work_until_death(point: str, hostname: str, overrides: dict[str, Any]) -> int:
+    """Arm ``point``, then work the ``modoboa`` queue (Django is set up)."""
     from django.conf import settings
 
-    for name, value in json.loads(os.environ[SETTINGS_ENV]).items():
+    for name, value in overrides.items():
         setattr(settings, name, value)
     arm(point, hostname)
 
@@ -139,6 +143,62 @@ def main(argv: list[str]) -> int:
     queue = django_rq.get_queue("modoboa")
     SimpleWorker([queue], connection=queue.connection).work(burst=True)
     return NOT_REACHED
+
+
+def _answer(**values: Any) -> None:
+    sys.stdout.write(json.dumps(values) + "\n")
+    sys.stdout.flush()
+
+
+def _forked_child(request: dict[str, Any]) -> NoReturn:
+    log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    code = 1
+    try:
+        code = work_until_death(request["point"], request["hostname"], request["settings"])
+    except BaseException:  # noqa: BLE001 - reported in the log, as a worker would
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> int:
+    """Fork one dying worker per request line on stdin (see the module's docstring)."""
+    import django
+
+    django.setup()
+    # Load what every child uses once, here; the children open their own connections.
+    import django_rq  # noqa: F401
+    import rq  # noqa: F401
+    from django.db import connections
+
+    from modoboa_pro.virtualhosts import jobs, pipeline  # noqa: F401
+
+    connections.close_all()
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _forked_child(request)
+        _answer(pid=pid)
+        _, status = os.waitpid(pid, 0)
+        _answer(returncode=os.waitstatus_to_exitcode(status))
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--serve"]:
+        return serve()
+    point, hostname = argv
+    import django
+
+    django.setup()
+    return work_until_death(point, hostname, json.loads(os.environ[SETTINGS_ENV]))
 
 
 if __name__ == "__main__":

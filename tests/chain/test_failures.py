@@ -15,7 +15,7 @@ from modoboa_pro.virtualhosts.adapters import locks, tls, x509
 from modoboa_pro.virtualhosts.errors import ConfigurationError, RunInProgress
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import BACKEND_BODY, Chain, set_parameters
+from ..conftest import BACKEND_BODY, Chain, set_parameters, work_burst
 
 pytestmark = pytest.mark.chain
 
@@ -231,13 +231,12 @@ def test_delete_removes_the_site_and_archives_the_certificate(chain: Chain):
 def test_reload_through_the_privileged_worker(chain: Chain, privileged_worker):
     """The modoboa worker asks the root worker to test and reload, and waits for it."""
     import django_rq
-    from rq import SimpleWorker
 
     host = VirtualHost.objects.create(hostname="priv.example.test")
     queue = django_rq.get_queue("modoboa")
     deadline = time.monotonic() + 60
     while queue.count and time.monotonic() < deadline:
-        SimpleWorker([queue], connection=queue.connection).work(burst=True)
+        work_burst(queue)
     host.refresh_from_db()
     assert host.status == constants.STATUS_ACTIVE, host.last_error
     finished = django_rq.get_queue("privileged").finished_job_registry.get_job_ids()

@@ -7,8 +7,10 @@ nginx), for every variant:
 
 * at rest: the scan (the cron job's entry point) reports the host with the file and the
   problem, the renewal it queues replaces the pair, and nginx serves the new one;
-* between storing and deploying: the deploy step refuses the pair, nginx keeps serving what
-  it served (the previous certificate, or the HTTP-only site), and the retry deploys a good one.
+* between storing and deploying: the deploy step refuses the pair, naming the file and the
+  problem (every variant, on the deploy step's check itself); through the chain, for the
+  variants that leave different things on disk, nginx keeps serving what it served (the
+  previous certificate, or the HTTP-only site), and the retry deploys a good one.
 
 Throughout, ``nginx -t`` never runs while an HTTPS site points at a pair it would refuse.
 """
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography import x509 as cx509
@@ -30,9 +33,9 @@ from cryptography.x509.oid import NameOID
 from django.utils import timezone
 
 from modoboa_pro.testing import make_chain_pem, validity
-from modoboa_pro.virtualhosts import constants, jobs, scan, services
+from modoboa_pro.virtualhosts import constants, jobs, pipeline, scan, services
 from modoboa_pro.virtualhosts.adapters import nginx, storage, tls, x509
-from modoboa_pro.virtualhosts.errors import DeployNotVerified
+from modoboa_pro.virtualhosts.errors import DeployNotVerified, UnusablePair
 from modoboa_pro.virtualhosts.models import VirtualHost
 
 from ..conftest import BACKEND_BODY, Chain
@@ -40,7 +43,7 @@ from .test_failures import http_get, provision_active, retry_and_succeed
 from .test_file_modes import audit
 from .test_renewal import queued_renewals, renew_id, stand_in
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.damaged_pairs]
 
 HOST = "damaged.example.test"
 # How long a refused handshake is retried right after a reload (see ``served``).
@@ -221,6 +224,23 @@ VARIANTS = [
     Variant("privkey-0644", privkey_readable, 1, ("mode 0644", "its mode is now 0600", "revoke")),
 ]
 
+# The deploy step's check (``pipeline._usable_pair``) refuses every variant: see
+# test_the_deploy_step_refuses_every_damaged_pair. What the chain does once it refused depends
+# only on what the damage left on disk: a file missing, a link out of certs/, a mode the check
+# repairs, or files that are there but wrong, whatever is wrong in them. One run through the
+# chain for each of those, instead of one per variant (the other variants' refusal is the same
+# run with another message).
+THROUGH_THE_CHAIN = {
+    "chain-truncated",  # files there, wrong: the leaf is whole, only nginx would notice
+    "key-mismatch",  # files there, wrong: each parses, they do not match
+    "fullchain-missing",
+    "privkey-missing",
+    "link-outside",
+    "fullchain-link-outside",
+    "privkey-0644",
+}
+DEPLOY_VARIANTS = [v for v in VARIANTS if v.id in THROUGH_THE_CHAIN]
+
 
 # -- what an operator checks -------------------------------------------------------
 
@@ -284,7 +304,10 @@ def assert_serves_the_stored_pair(chain: Chain, host: VirtualHost) -> None:
 def test_the_scan_reports_a_damaged_pair_and_a_renewal_replaces_it(
     chain: Chain, variant: Variant, nginx_tests: list[list[str]]
 ):
-    host = provision_active(chain, HOST)
+    # Issued earlier and served (a pair the CA issued is damaged at rest in
+    # test_another_hosts_damaged_pair... and test_renew_now_on_a_damaged_pair...).
+    host = stand_in(chain, HOST, remaining=60)
+    chain.nginx.reload()
     before = served(chain)
     variant.damage(chain.storage, HOST)
 
@@ -347,6 +370,25 @@ def test_the_scan_goes_on_past_damaged_pairs(chain: Chain):
 # -- between storing and deploying: the deploy step --------------------------------
 
 
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
+def test_the_deploy_step_refuses_every_damaged_pair(tmp_path: Path, variant: Variant):
+    """The check the deploy step runs before nginx sees a pair, on a pair just stored and
+    damaged: refused, naming the file and what is wrong with it (the host's last_error
+    starts with this message; the chain tests below show the rest)."""
+    root = tmp_path / "acme"
+    not_before, not_after = validity(remaining=60 * DAY)
+    fullchain, key = make_chain_pem([HOST], not_before=not_before, not_after=not_after)
+    storage.write_certificate_pair(root, HOST, fullchain, key)
+    variant.damage(root, HOST)
+    with pytest.raises(UnusablePair) as refused:
+        pipeline._usable_pair(
+            SimpleNamespace(storage_root=root), HOST, x509.parse_leaf(fullchain).serial
+        )
+    assert str(variant.path(root)) in refused.value.message
+    for words in variant.words:
+        assert words in refused.value.message
+
+
 @pytest.fixture
 def damaged_on_store(monkeypatch: pytest.MonkeyPatch):
     """Make the pipeline's next stores leave a damaged pair (``variant``): as if the disk,
@@ -374,7 +416,7 @@ def assert_refused_before_deployment(chain: Chain, host: VirtualHost, variant: V
         assert words in host.last_error
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
+@pytest.mark.parametrize("variant", DEPLOY_VARIANTS, ids=lambda v: v.id)
 def test_a_renewal_never_deploys_a_damaged_pair(
     chain: Chain, variant: Variant, nginx_tests: list[list[str]], damaged_on_store
 ):
@@ -413,7 +455,7 @@ def test_a_renewal_never_deploys_a_damaged_pair(
     assert chain.failed_jobs() == []
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
+@pytest.mark.parametrize("variant", DEPLOY_VARIANTS, ids=lambda v: v.id)
 def test_a_first_certificate_damaged_before_deployment_leaves_the_http_site(
     chain: Chain, variant: Variant, nginx_tests: list[list[str]], damaged_on_store
 ):

@@ -14,10 +14,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +29,15 @@ import requests
 from django.test import override_settings
 from django.utils import timezone
 
+from modoboa_pro.testing import NginxServer, RedisServer
 from modoboa_pro.virtualhosts import conf, constants, jobs, policy, queueing, services
 from modoboa_pro.virtualhosts.adapters import probe, storage, tls, webroot, x509
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import BACKEND_BODY, REPO, Chain
-from .sudden_death import NOT_REACHED, PROVISIONING_POINTS, RENEWAL_POINTS, SETTINGS_ENV
+from ..conftest import BACKEND_BODY, REPO, Chain, stop_by_pid
+from .sudden_death import NOT_REACHED, PROVISIONING_POINTS, RENEWAL_POINTS
 
-pytestmark = pytest.mark.chain
+pytestmark = [pytest.mark.chain, pytest.mark.killed]
 
 CHILD_TIMEOUT = 60
 STEADY_TIMEOUT = 10.0
@@ -83,29 +87,77 @@ RENEWAL = {
 assert tuple(PROVISIONING) == PROVISIONING_POINTS and tuple(RENEWAL) == RENEWAL_POINTS
 
 
-def kill_at(chain: Chain, point: str, hostname: str) -> None:
+class Deaths:
+    """``sudden_death.py --serve``: Django set up once, one forked dying worker per point."""
+
+    def __init__(self, log: Path) -> None:
+        env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tests.settings_subprocess",
+               "PYTHONPATH": str(REPO)}  # fmt: skip
+        self.log = open(log, "wb")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.chain.sudden_death", "--serve"],
+            cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self.log, text=True,
+        )  # fmt: skip
+        self.answers: queue.Queue[dict] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.answers.put(json.loads(line))
+        self.answers.put({"returncode": None, "ended": self.process.wait()})
+
+    def _answer(self, timeout: float) -> dict:
+        try:
+            answer = self.answers.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no answer from the dying worker in {timeout} s") from None
+        if "ended" in answer:
+            raise AssertionError(f"the fork server ended (exit {answer['ended']}): {self.log.name}")
+        return answer
+
+    def run(self, point: str, hostname: str, overrides: dict, log: Path) -> int | None:
+        """The forked child's exit code (``-SIGKILL`` when it died at ``point``)."""
+        assert self.process.stdin is not None and self.process.poll() is None
+        request = {"point": point, "hostname": hostname, "settings": overrides, "log": str(log)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        deadline = time.monotonic() + CHILD_TIMEOUT
+        pid = self._answer(CHILD_TIMEOUT).get("pid")
+        try:
+            return self._answer(max(deadline - time.monotonic(), 0.1))["returncode"]
+        except AssertionError:
+            if pid is not None and self.process.poll() is None:
+                os.kill(pid, signal.SIGKILL)  # the child we forked, stuck
+                self._answer(10)  # its exit code: the next death starts clean
+            raise
+
+    def stop(self) -> None:
+        stop_by_pid(self.process)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def deaths(
+    tmp_path_factory: pytest.TempPathFactory, django_db_setup: None, redis_server: RedisServer,
+    nginx_server: NginxServer,
+) -> Iterator[Deaths]:
+    """Started once the test database, Redis and nginx (its commands in the environment)
+    are there."""
+    server = Deaths(tmp_path_factory.mktemp("deaths") / "serve.log")
+    yield server
+    server.stop()
+
+
+def kill_at(chain: Chain, deaths: Deaths, point: str, hostname: str) -> None:
     """Run the queued job in a child worker that SIGKILLs itself at ``point``."""
     overrides = {name: conf.get(name) for name in conf.DEFAULTS}
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings_subprocess",
-        "PYTHONPATH": str(REPO),
-        SETTINGS_ENV: json.dumps(overrides),
-    }
     log = chain.storage.parent / f"worker-{point}.log"
-    with open(log, "wb") as out:
-        child = subprocess.run(
-            [sys.executable, "-m", "tests.chain.sudden_death", point, hostname],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=CHILD_TIMEOUT,
-            check=False,
-        )
-    tail = log.read_text(errors="replace")[-3000:]
-    assert child.returncode != NOT_REACHED, f"the chain never reached {point}:\n{tail}"
-    assert child.returncode == -signal.SIGKILL, f"exit {child.returncode}:\n{tail}"
+    returncode = deaths.run(point, hostname, overrides, log)
+    tail = log.read_text(errors="replace")[-3000:] if log.exists() else "(no log)"
+    assert returncode != NOT_REACHED, f"the chain never reached {point}:\n{tail}"
+    assert returncode == -signal.SIGKILL, f"exit {returncode}:\n{tail}"
 
 
 def stored_pair(chain: Chain, hostname: str) -> str | None:
@@ -229,10 +281,10 @@ def check_recovered(chain: Chain, host: VirtualHost) -> str:
 
 
 @pytest.mark.parametrize("point", PROVISIONING_POINTS)
-def test_provisioning_killed_at(chain: Chain, point: str):
+def test_provisioning_killed_at(chain: Chain, deaths: Deaths, point: str):
     expect = PROVISIONING[point]
     host = VirtualHost.objects.create(hostname=f"{point.replace('_', '-')}.example.test")
-    kill_at(chain, point, host.hostname)
+    kill_at(chain, deaths, point, host.hostname)
     after_death = check_after_death(chain, host, point, expect, old=None)
     recover(chain, host, expect)
     serial = check_recovered(chain, host)
@@ -241,7 +293,7 @@ def test_provisioning_killed_at(chain: Chain, point: str):
 
 
 @pytest.mark.parametrize("point", RENEWAL_POINTS)
-def test_renewal_killed_at(chain: Chain, point: str):
+def test_renewal_killed_at(chain: Chain, deaths: Deaths, point: str):
     expect = RENEWAL[point]
     host = VirtualHost.objects.create(hostname=f"{point.replace('_', '-')}.renew.test")
     chain.drain()
@@ -249,7 +301,7 @@ def test_renewal_killed_at(chain: Chain, point: str):
     assert host.status == constants.STATUS_ACTIVE, host.last_error
     old = host.cert_serial
     services.renew_now(host)  # "Renew now": the renewal job is queued
-    kill_at(chain, point, host.hostname)
+    kill_at(chain, deaths, point, host.hostname)
     after_death = check_after_death(chain, host, point, expect, old=old)
     recover(chain, host, expect)
     serial = check_recovered(chain, host)

@@ -15,14 +15,13 @@ from collections.abc import Callable, Iterator
 import django_rq
 import pytest
 from django.utils import timezone
-from rq import SimpleWorker
 
 from modoboa_pro.virtualhosts import constants, jobs, queueing, retries, services
 from modoboa_pro.virtualhosts.adapters import nginx, reloader, storage, tls
 from modoboa_pro.virtualhosts.errors import PrivilegedWorkerMissing
 from modoboa_pro.virtualhosts.models import VirtualHost
 
-from ..conftest import Chain, start_privileged_worker, stop_by_pid
+from ..conftest import Chain, start_privileged_worker, stop_by_pid, work_burst
 from .test_renewal import served_serial, stand_in
 
 pytestmark = pytest.mark.chain
@@ -76,7 +75,7 @@ def wait_for(what: str, check, timeout: float = 30.0):
 def run_modoboa_queue() -> None:
     """Run the `modoboa` queue only: the privileged one is left to real workers."""
     queue = django_rq.get_queue(constants.QUEUE_DEFAULT)
-    SimpleWorker([queue], connection=queue.connection).work(burst=True)
+    work_burst(queue)
 
 
 def stored_serial(chain: Chain, hostname: str) -> str:
