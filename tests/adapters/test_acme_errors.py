@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import socket
+import threading
 
 import pytest
 import requests
@@ -143,3 +145,19 @@ def test_account_dir_is_one_per_directory_url(tmp_path) -> None:
 def test_no_email_is_a_configuration_error(tmp_path) -> None:
     with pytest.raises(ConfigurationError, match="No ACME account email"):
         acme.AcmeClient("https://ca.example/dir", storage_root=tmp_path, email="")
+
+
+def test_a_connection_dropped_mid_tls_is_named_in_a_few_words() -> None:
+    # A CA killed mid-request: the TCP connection is accepted, then closed before any TLS.
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def drop() -> None:
+            conn, _ = server.accept()
+            conn.close()
+
+        thread = threading.Thread(target=drop)
+        thread.start()
+        with pytest.raises(requests.ConnectionError) as caught:
+            requests.get(f"https://127.0.0.1:{server.getsockname()[1]}/dir", timeout=5)
+        thread.join()
+    assert acme._network_reason(caught.value) == "the connection was closed without an answer"

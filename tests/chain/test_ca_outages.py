@@ -155,10 +155,13 @@ def test_ca_killed_while_validating_a_first_order(
         host = provision_and_fail(chain, hostname)
 
     assert host.failed_step == constants.STEP_ORDER
-    assert (
+    # Killed while a poll is in flight, the CA either refuses the next connection or drops
+    # the one open (under load, mid-TLS): both are said in words.
+    assert any(
         f"The CA at {own_pebble.directory_url} stopped answering during the order for "
-        f"{hostname} (connection refused); it will be retried with back-off." in host.last_error
-    )
+        f"{hostname} ({reason}); it will be retried with back-off." in host.last_error
+        for reason in ("connection refused", "the connection was closed without an answer")
+    ), host.last_error
     assert_backing_off(host)
     assert certificate_files(chain, hostname) == []
     assert_no_token_left(chain, hostname)

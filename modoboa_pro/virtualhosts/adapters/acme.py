@@ -777,8 +777,12 @@ def _network_reason(err: BaseException) -> str:
     for cause in causes:
         if isinstance(cause, socket.gaierror):
             return "its name does not resolve"
-        if isinstance(cause, http.client.RemoteDisconnected):
+        # The CA going away mid-request: before its answer, or mid-TLS (ssl's own words,
+        # "EOF occurred in violation of protocol", mean nothing to an operator).
+        if isinstance(cause, http.client.RemoteDisconnected | ssl.SSLEOFError):
             return "the connection was closed without an answer"
         if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror[:1].lower() + cause.strerror[1:]
+            text = cause.strerror
+            # "Connection refused" reads "connection refused" mid-sentence; "EOF..." stays.
+            return text if text[1:2].isupper() else text[:1].lower() + text[1:]
     return _short(err)
