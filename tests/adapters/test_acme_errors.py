@@ -148,11 +148,13 @@ def test_no_email_is_a_configuration_error(tmp_path) -> None:
 
 
 def test_a_connection_dropped_mid_tls_is_named_in_a_few_words() -> None:
-    # A CA killed mid-request: the TCP connection is accepted, then closed before any TLS.
+    # A CA killed mid-request: the TCP connection is accepted, the client's hello read (so
+    # that closing sends a FIN, not a reset), then closed without a word of TLS.
     with socket.create_server(("127.0.0.1", 0)) as server:
 
         def drop() -> None:
             conn, _ = server.accept()
+            conn.recv(65536)
             conn.close()
 
         thread = threading.Thread(target=drop)
