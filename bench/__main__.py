@@ -18,7 +18,10 @@ REPO = HERE.parent
 RESULTS = HERE / "results"
 SCENARIOS = ("issuance", "scan", "burst", "profile", "rss")
 # The keys of results.json each scenario writes (kept by --merge).
-SCENARIO_KEYS = ("issuance", "scan", "burst", "profile_creation", "worker_rss", "runs_merged")
+SCENARIO_KEYS = (
+    "issuance", "scan", "burst", "profile_creation", "profile_creation_first_run", "worker_rss",
+    "runs_merged",
+)  # fmt: skip
 DEFAULT = ("issuance", "scan", "burst", "profile")  # "rss" takes 500 issuances: on demand
 
 
