@@ -49,11 +49,11 @@ from . import ari, files
 logger = logging.getLogger("modoboa.jobs")
 
 USER_AGENT = "modoboa-pro-acme"
-# Polling: start fast (a local CA answers in milliseconds), grow to a polite
-# interval; a server's Retry-After always wins.
-POLL_FIRST_INTERVAL = 0.1
+# Polling: start fast (a CA next door validates and issues in milliseconds), double up
+# to a polite interval (3 s after about 5 s of polling); a Retry-After the CA sends wins.
+POLL_FIRST_INTERVAL = 0.02
 POLL_MAX_INTERVAL = 3.0
-POLL_GROWTH = 1.6
+POLL_GROWTH = 2.0
 # When a CA rate-limits us without saying until when (no Retry-After header, no time
 # in its detail), wait this long.
 DEFAULT_RATE_LIMIT_WAIT = datetime.timedelta(hours=1)

@@ -1,8 +1,11 @@
 """Check what nginx really serves: the challenge path, the removal of a site, the certificate.
 
-A reload is asynchronous: old workers answer with the old configuration until
-they drain, so one lucky answer proves nothing. Every check here requires a
-streak of consistent answers, each on a fresh connection.
+A reload is asynchronous: the reload command returns once nginx's master got the
+signal, and old workers answer with the old configuration until the new ones
+have started. Every check here requires a streak of consistent answers, each on
+a fresh connection, taken back to back: the wait is for the first answer of the
+new configuration (retried every ``RETRY_INTERVAL``), the streak costs a few
+milliseconds more.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ from . import webroot
 from .x509 import CertificateFacts
 
 PREFLIGHT_TIMEOUT = 5.0
-# Consecutive fresh-connection successes that prove a reload took effect everywhere.
-STABLE_SUCCESSES = 5
-STABLE_INTERVAL = 0.02
+# Consecutive fresh-connection successes that prove a reload took effect everywhere
+# (taken back to back: any old worker still accepting would answer one of them).
+STABLE_SUCCESSES = 3
+# Pause before asking again after an answer of the old configuration (not yet switched).
+RETRY_INTERVAL = 0.01
 VERIFY_TIMEOUT = 15.0
 # Probe tokens are named apart from the CA's, for whoever reads the webroot.
 PROBE_TOKEN_PREFIX = "modoboa-pro-probe-"  # noqa: S105 - a file name prefix
@@ -60,7 +65,8 @@ def confirm_served(
             streak, seen = 0, err.message
         if streak >= STABLE_SUCCESSES and last is not None:
             return last
-        time.sleep(STABLE_INTERVAL)
+        if streak == 0:
+            time.sleep(RETRY_INTERVAL)  # not switched yet
     raise DeployNotVerified(
         f"After the reload nginx does not steadily serve the new certificate for {hostname} "
         f"on port {port} (expected serial {serial}, last saw: {seen}). Check that the "
@@ -130,7 +136,8 @@ def probe_challenge(s: Endpoint, hostname: str, *, served: bool) -> tuple[bool, 
             except requests.RequestException as err:
                 is_served, got = False, f"no answer ({err.__class__.__name__})"
             streak = streak + 1 if is_served == served else 0
-            time.sleep(STABLE_INTERVAL)
+            if streak == 0:
+                time.sleep(RETRY_INTERVAL)  # not switched yet
     finally:
         publisher.remove(token)
     return streak >= STABLE_SUCCESSES, got, url
