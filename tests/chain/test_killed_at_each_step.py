@@ -148,7 +148,7 @@ def http_answers(chain: Chain, hostname: str, status: int, body: bytes | None = 
         seen = f"HTTP {answer.status_code} {answer.content[:60]!r}"
         ok = answer.status_code == status and body in (None, answer.content)
         streak = streak + 1 if ok else 0
-        time.sleep(probe.RETRY_INTERVAL)
+        time.sleep(probe.STABLE_INTERVAL)
     assert streak >= probe.STABLE_SUCCESSES, f"nginx answers {seen} for {hostname}"
 
 

@@ -16,6 +16,7 @@ import logging
 import re
 import socket
 import ssl
+import stat
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -350,7 +351,14 @@ class AcmeClient:
     def _save_account_meta(self, uri: str) -> None:
         meta = {"uri": uri, "email": self.email, "directory_url": self.directory_url}
         path = account_dir(self.storage_root, self.directory_url) / "account.json"
-        files.atomic_write(path, json.dumps(meta, indent=2).encode(), constants.PRIVATE_FILE_MODE)
+        content = json.dumps(meta, indent=2).encode()
+        try:
+            same_mode = stat.S_IMODE(path.stat().st_mode) == constants.PRIVATE_FILE_MODE
+            if same_mode and path.read_bytes() == content:
+                return  # as every run finds it: no write (and fsync) on the way to a certificate
+        except OSError:
+            pass  # absent or unreadable: written below
+        files.atomic_write(path, content, constants.PRIVATE_FILE_MODE)
 
     # -- orders ------------------------------------------------------------
 
