@@ -42,9 +42,10 @@ def forget_the_book(client: redis.Redis) -> None:
         client.delete(key)
 
 
-def slow_reload(runs: Path, seconds: float) -> list[str]:
-    """A stand-in for `nginx -s reload` that logs each run, then lasts ``seconds``."""
-    return ["sh", "-c", f"echo run >> {runs}; sleep {seconds}"]
+def held_reload(runs: Path, release: Path) -> list[str]:
+    """A stand-in for `nginx -s reload` that logs each run, then lasts until ``release``
+    exists (the test holds the first reload until every other caller has asked)."""
+    return ["sh", "-c", f"echo run >> {runs}; while [ ! -e {release} ]; do sleep 0.01; done"]
 
 
 def run_count(runs: Path) -> int:
@@ -61,12 +62,13 @@ def wait_for(predicate: Callable[[], bool], what: str) -> None:
 
 
 def test_callers_asking_while_a_reload_runs_share_the_next_one(connection, tmp_path):
-    runs = tmp_path / "runs"
+    runs, release = tmp_path / "runs", tmp_path / "release"
     errors: list[BaseException] = []
+    book = ReloadBook(connection)
 
     def call() -> None:
         try:
-            LocalReloader(TRUE, slow_reload(runs, 0.5), connection, timeout=60)()
+            LocalReloader(TRUE, held_reload(runs, release), connection, timeout=60)()
         except BaseException as err:  # reported by the assertion below
             errors.append(err)
 
@@ -76,6 +78,9 @@ def test_callers_asking_while_a_reload_runs_share_the_next_one(connection, tmp_p
     burst = [threading.Thread(target=call) for _ in range(CALLERS)]
     for thread in burst:
         thread.start()
+    asked = 1 + CALLERS
+    wait_for(lambda: int(connection.get(book.requested) or 0) == asked, "callers never asked")
+    release.touch()  # the first reload ends; the others' must cover all of them
     for thread in [first, *burst]:
         thread.join(JOIN_TIMEOUT)
         assert not thread.is_alive()
