@@ -280,14 +280,20 @@ def start_worker(chain: Chain, settings, tmp_path: Path) -> Iterator[Callable[[s
         worker.stop()
 
 
-def wait_for(what: str, check: Callable[[], object], timeout: float, workers=()) -> object:
+def wait_for(
+    what: str,
+    check: Callable[[], object],
+    timeout: float,
+    workers=(),
+    detail: Callable[[], str] = str,
+) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := check():
             return value
         time.sleep(0.1)
     logs = "\n".join(w.log_tails() for w in workers)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{logs}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{detail()}\n{logs}")
 
 
 BURST = 20
@@ -346,8 +352,14 @@ def test_a_burst_of_provisioning_survives_a_redis_restart(chain: Chain, start_wo
             worker = start_worker(constants.QUEUE_DEFAULT)
         return burst.filter(status=constants.STATUS_ACTIVE).count() == BURST
 
+    def not_active() -> str:
+        rows = burst.exclude(status=constants.STATUS_ACTIVE).values_list(
+            "hostname", "status", "current_step", "attempts", "next_attempt_at", "last_error"
+        )
+        return "hosts not active: " + "; ".join(" ".join(map(str, row)) for row in rows)
+
     started = time.monotonic()
-    wait_for("every host to be active", all_active, 120, [worker, privileged])
+    wait_for("every host to be active", all_active, 120, [worker, privileged], detail=not_active)
     took = time.monotonic() - started
     print(f"{len(left)} hosts resumed by the sweep, all active {took:.0f} s later")
     for host in burst:
