@@ -395,3 +395,31 @@ def test_the_domain_tab_adds_the_usual_mail_names(stack, login):
         host = stack.host(name)
         assert host is not None and host["site"] in ("web", "autoconfig", "autodiscover")
         stack.api._call("DELETE", f"virtualhosts/{host['id']}/")
+
+
+@pytest.mark.mail
+def test_a_host_marked_for_mail_in_the_form_says_so_in_its_details(stack, login):
+    """The form's "Serves mail" box reaches the API; the details say so and show the mail
+    host's own step (its key, kept for DANE) by its label. This instance has no Postfix or
+    Dovecot of its own (the mail deploy is off: tests/mail runs them)."""
+    session = login()
+    session.open_virtual_hosts()
+    page = session.page
+    page.get_by_role("button", name="Add a virtual host").click()
+    dialog = page.get_by_test_id("vh-form")
+    expect(dialog.get_by_label("Hostname")).to_be_focused()
+    dialog.get_by_label("Hostname").fill("smtp.alpha.test")
+    dialog.get_by_label("Serves mail (Postfix and Dovecot)").check()
+    assert unlabelled_controls(dialog) == []
+    dialog.get_by_role("button", name="Create").click()
+    expect(dialog).to_be_hidden()
+    wait_status(session, "smtp.alpha.test", r"^Active$")
+    host = stack.host("smtp.alpha.test")
+    assert host is not None and host["serves_mail"] is True
+    details = open_details(session, "smtp.alpha.test")
+    expect(details).to_contain_text("Yes (Postfix and Dovecot)")
+    expect(details).to_contain_text("Private key chosen")
+    session.screenshot("mail-host-details")
+    close_details(session)
+    # Leave the list as the other scenarios know it.
+    stack.api._call("DELETE", f"virtualhosts/{host['id']}/")
