@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import MailConfigRejected, MailError, MailReloadFailed, UnsupportedDovecot
+from ..errors import MailConfigRejected, MailError, UnsupportedDovecot
 from . import mailfiles
 from .mailfiles import SniEntry
 
@@ -117,16 +117,10 @@ def install_include(
 
 def reload(config: Path, doveadm: Sequence[str], timeout: float = 60) -> str:
     """``doveadm reload``: Dovecot re-reads its configuration and the certificate files."""
-    code, output = mailfiles.run(
+    return mailfiles.reload(
         [*doveadm, "-c", str(config), "reload"],
         what="doveadm reload",
         setting=DOVEADM_SETTING,
+        program="Dovecot",
         timeout=timeout,
     )
-    if code != 0:
-        raise MailReloadFailed(
-            f"doveadm reload failed (exit {code}): {mailfiles.quote(output)}. Dovecot keeps "
-            "serving the previous certificates; check that it is running.",
-            output=output,
-        )
-    return output

@@ -109,6 +109,18 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         raise StorageError(f"Cannot flush {path.parent} to disk: {err.strerror}.") from err
 
 
+def put_back(path: Path, data: bytes | None, mode: int) -> None:
+    """Make ``path`` hold ``data`` atomically, or not exist (``data`` None): what a caller
+    read before changing a file, restored. Raises OSError or StorageError."""
+    path = Path(path)
+    if data is not None:
+        atomic_write(path, data, mode)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+        fsync_dir(path.parent)
+
+
 def ensure_dir(path: Path, mode: int) -> Path:
     """Create ``path`` (and its parents) and set the leaf's mode exactly."""
     path = Path(path)

@@ -7,15 +7,14 @@ checked by the service's own tool, the previous content put back when it refuses
 
 from __future__ import annotations
 
-import contextlib
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .. import constants
-from ..errors import ConfigurationError, MailError, StorageError
-from .files import atomic_write, fsync_dir, safe_hostname
+from ..errors import ConfigurationError, MailError, MailReloadFailed, StorageError
+from .files import put_back, safe_hostname
 
 # Lines of a command's output quoted in an operator's message: the end says why.
 QUOTED_LINES = 3
@@ -86,14 +85,8 @@ def read(path: Path) -> bytes | None:
 
 def install(path: Path, data: bytes | None) -> None:
     """Atomically make ``path`` hold ``data`` (None removes it)."""
-    path = Path(path)
     try:
-        if data is None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                fsync_dir(path.parent)
-        else:
-            atomic_write(path, data, constants.PUBLIC_FILE_MODE)
+        put_back(Path(path), data, constants.PUBLIC_FILE_MODE)
     except (OSError, StorageError) as err:
         raise MailError(f"Cannot write {path}: {err}. Check the directory and its rights.") from err
 
@@ -104,3 +97,15 @@ def check_dir(path: Path, setting: str, what: str) -> None:
             f"The directory {Path(path).parent} of the {what} does not exist: create it, or "
             f"fix {setting}."
         )
+
+
+def reload(argv: Sequence[str], *, what: str, setting: str, program: str, timeout: float) -> str:
+    """Run a service's reload command; a failure says the service keeps what it served."""
+    code, output = run(argv, what=what, setting=setting, timeout=timeout)
+    if code != 0:
+        raise MailReloadFailed(
+            f"{what} failed (exit {code}): {quote(output)}. {program} keeps serving the "
+            "previous certificates; check that it is running.",
+            output=output,
+        )
+    return output

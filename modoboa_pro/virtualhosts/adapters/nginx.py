@@ -7,7 +7,6 @@ reloads and rolls back; ``reloader.py`` shares reloads between runs.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import subprocess
 from pathlib import Path
@@ -20,7 +19,7 @@ from ..errors import (
     NginxReloadFailed,
     StorageError,
 )
-from .files import atomic_write, fsync_dir, longest_temp_name, safe_hostname
+from .files import atomic_write, longest_temp_name, put_back, safe_hostname
 
 CONF_DIR_SETTING = "VIRTUALHOSTS_NGINX_CONF_DIR"
 TEST_COMMAND_SETTING = "VIRTUALHOSTS_NGINX_TEST_COMMAND"
@@ -98,12 +97,7 @@ def restore_site(conf_dir: Path, hostname: str, previous: bytes | None) -> None:
     """Put back what ``write_site``/``remove_site`` returned (None removes the file)."""
     path = site_path(conf_dir, hostname)
     try:
-        if previous is None:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-                fsync_dir(path.parent)
-        else:
-            atomic_write(path, previous, constants.PUBLIC_FILE_MODE)
+        put_back(path, previous, constants.PUBLIC_FILE_MODE)
     except (OSError, StorageError) as err:
         raise NginxError(
             f"Cannot restore the nginx site file {path}: {err}. Fix it by hand before "

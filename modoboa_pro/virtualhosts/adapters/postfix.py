@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ..errors import MailConfigRejected, MailReloadFailed
+from ..errors import MailConfigRejected
 from . import mailfiles
 from .mailfiles import SniEntry
 
@@ -115,16 +115,10 @@ def install_map(
 
 def reload(config_dir: Path, postfix: Sequence[str], timeout: float = 60) -> str:
     """``postfix reload``: new smtpd processes load the rebuilt map."""
-    code, output = mailfiles.run(
+    return mailfiles.reload(
         [*postfix, "-c", str(config_dir), "reload"],
         what="postfix reload",
         setting=COMMAND_SETTING,
+        program="Postfix",
         timeout=timeout,
     )
-    if code != 0:
-        raise MailReloadFailed(
-            f"postfix reload failed (exit {code}): {mailfiles.quote(output)}. Postfix keeps "
-            "serving the previous certificates; check that it is running.",
-            output=output,
-        )
-    return output
