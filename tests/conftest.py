@@ -103,6 +103,7 @@ def nginx_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxServ
     # A privileged worker subprocess reads its commands from the environment.
     os.environ["MODOBOA_PRO_TEST_NGINX_TEST_COMMAND"] = json.dumps(server.test_command)
     os.environ["MODOBOA_PRO_TEST_NGINX_RELOAD_COMMAND"] = json.dumps(server.reload_command)
+    os.environ["MODOBOA_PRO_TEST_NGINX_PID_FILE"] = str(server.pid_path)
     yield server
     server.stop()
 
@@ -238,6 +239,7 @@ def chain(
     settings.VIRTUALHOSTS_NGINX_CONF_DIR = str(nginx_server.sites_dir)
     settings.VIRTUALHOSTS_NGINX_TEST_COMMAND = nginx_server.test_command
     settings.VIRTUALHOSTS_NGINX_RELOAD_COMMAND = nginx_server.reload_command
+    settings.VIRTUALHOSTS_NGINX_PID_FILE = str(nginx_server.pid_path)
     settings.VIRTUALHOSTS_HTTP_PORT = nginx_server.http_port
     settings.VIRTUALHOSTS_HTTPS_PORT = nginx_server.https_port
     settings.VIRTUALHOSTS_LISTEN_ADDRESS = "127.0.0.1"

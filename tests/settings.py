@@ -199,6 +199,9 @@ VIRTUALHOSTS_RELOAD_MODE = "local"
 # fixtures point it at their own instances.
 VIRTUALHOSTS_MAIL_SERVICES: list[str] = []
 
+# Never the machine's own nginx: the fixtures point reloads at theirs.
+VIRTUALHOSTS_NGINX_PID_FILE = None
+
 # Worker subprocesses (the privileged worker) get nginx's commands from the fixtures.
 if os.environ.get("MODOBOA_PRO_TEST_NGINX_TEST_COMMAND"):
     import json
@@ -207,6 +210,7 @@ if os.environ.get("MODOBOA_PRO_TEST_NGINX_TEST_COMMAND"):
     VIRTUALHOSTS_NGINX_RELOAD_COMMAND = json.loads(
         os.environ["MODOBOA_PRO_TEST_NGINX_RELOAD_COMMAND"]
     )
+    VIRTUALHOSTS_NGINX_PID_FILE = os.environ["MODOBOA_PRO_TEST_NGINX_PID_FILE"]
 
 # What Modoboa's autoconfig/autodiscover endpoints answer (its settings template's form).
 EMAIL_CLIENT_CONNECTION_SETTINGS = {

@@ -210,7 +210,7 @@ def test_nginx_serves_a_site_after_reload(tmp_path_factory: pytest.TempPathFacto
             nginx.reload()
         assert requests.get(url, headers=headers, timeout=5).status_code == 200
 
-        processes = {nginx.pid, *nginx.workers()}
+        processes = {nginx.pid, *(worker.pid for worker in nginx.workers())}
     assert all(_gone(pid) for pid in processes if pid is not None)
 
 

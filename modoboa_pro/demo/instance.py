@@ -83,6 +83,7 @@ ACME_CA_BUNDLE = {str(pebble.ca_bundle)!r}
 VIRTUALHOSTS_NGINX_CONF_DIR = {str(nginx.sites_dir)!r}
 VIRTUALHOSTS_NGINX_TEST_COMMAND = {nginx.test_command!r}
 VIRTUALHOSTS_NGINX_RELOAD_COMMAND = {nginx.reload_command!r}
+VIRTUALHOSTS_NGINX_PID_FILE = {str(nginx.pid_path)!r}
 VIRTUALHOSTS_HTTP_PORT = {nginx.http_port}
 VIRTUALHOSTS_HTTPS_PORT = {nginx.https_port}
 VIRTUALHOSTS_LISTEN_ADDRESS = "127.0.0.1"

@@ -22,6 +22,7 @@ import requests
 
 from modoboa_pro.testing import pki
 from modoboa_pro.virtualhosts.adapters import nginx as nginx_adapter
+from modoboa_pro.virtualhosts.adapters import nginx_processes
 
 # Longest path a unix socket accepts on Linux (sun_path is 108 bytes with the final NUL).
 _MAX_SOCKET_PATH = 107
@@ -543,21 +544,9 @@ http {{
 
     # -- reloads ----------------------------------------------------------------------------
 
-    def workers(self) -> set[int]:
-        """PIDs of the master's current children (its worker processes)."""
-        if self._proc is None:
-            return set()
-        master = self._proc.pid
-        children = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                # The command name may contain spaces and parentheses: split after the last ")".
-                fields = stat.read_text().rpartition(")")[2].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                children.add(int(stat.parent.name))
-        return children
+    def workers(self) -> set[nginx_processes.Worker]:
+        """The master's current children (its worker processes)."""
+        return nginx_processes.workers(self._proc.pid) if self._proc is not None else set()
 
     @contextlib.contextmanager
     def expect_reload(self, timeout: float = 10.0) -> Iterator[None]:

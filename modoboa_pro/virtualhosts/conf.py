@@ -35,6 +35,10 @@ DEFAULTS: dict[str, Any] = {
     "VIRTUALHOSTS_NGINX_CONF_DIR": "/etc/nginx/modoboa-virtualhosts",
     "VIRTUALHOSTS_NGINX_TEST_COMMAND": ["nginx", "-t"],
     "VIRTUALHOSTS_NGINX_RELOAD_COMMAND": ["nginx", "-s", "reload"],
+    # nginx's pid file (its `pid` directive; Debian's default). After the reload command a
+    # reload waits until nginx's old workers stopped accepting connections; they do ~100 ms
+    # after the command returns. None, or a file that names no nginx master: no wait.
+    "VIRTUALHOSTS_NGINX_PID_FILE": "/run/nginx.pid",
     # Ports in the rendered `listen` directives.
     "VIRTUALHOSTS_HTTP_PORT": 80,
     "VIRTUALHOSTS_HTTPS_PORT": 443,

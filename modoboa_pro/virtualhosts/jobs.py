@@ -60,6 +60,12 @@ def read_settings() -> context.Settings:
     )
 
 
+def nginx_pid_file() -> Path | None:
+    """``VIRTUALHOSTS_NGINX_PID_FILE`` as a path (None: reloads do not wait for nginx)."""
+    value = conf.get("VIRTUALHOSTS_NGINX_PID_FILE")
+    return Path(value) if value else None
+
+
 def build_reloader():
     """The configured way to apply nginx changes (coalesced through Redis)."""
     timeout = float(conf.get("VIRTUALHOSTS_RELOAD_TIMEOUT"))
@@ -68,6 +74,7 @@ def build_reloader():
             conf.get("VIRTUALHOSTS_NGINX_TEST_COMMAND"),
             conf.get("VIRTUALHOSTS_NGINX_RELOAD_COMMAND"),
             django_rq.get_connection(constants.QUEUE_DEFAULT),
+            pid_file=nginx_pid_file(),
             timeout=timeout,
         )
     queue = django_rq.get_queue(constants.QUEUE_PRIVILEGED)
@@ -203,6 +210,7 @@ def nginx_test_and_reload() -> dict:
             lambda: nginx_adapter.test_and_reload(
                 conf.get("VIRTUALHOSTS_NGINX_TEST_COMMAND"),
                 conf.get("VIRTUALHOSTS_NGINX_RELOAD_COMMAND"),
+                pid_file=nginx_pid_file(),
             )
         )
 

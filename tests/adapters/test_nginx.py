@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from modoboa_pro.testing import make_chain_pem, validity
-from modoboa_pro.virtualhosts.adapters import nginx
+from modoboa_pro.virtualhosts.adapters import nginx, nginx_processes
 from modoboa_pro.virtualhosts.errors import (
     ConfigurationError,
     InvalidHostname,
@@ -286,6 +286,77 @@ def test_reload_changes_what_nginx_serves(nginx_server):
     nginx.remove_site(nginx_server.sites, "a.test")
     nginx.test_and_reload(nginx_server.test_argv, nginx_server.reload_argv)
     nginx_server.wait_for_answer("a.test", 404)
+
+
+# -- a reload returns once it has taken over -----------------------------------------
+
+
+def answers_right_after(server: NginxServer, body: str, *, pid_file: Path | None) -> list[str]:
+    """Reload to a site answering ``body``, then ask on fresh connections at once."""
+    nginx.write_site(server.sites, "a.test", site(server.port, "a.test", body))
+    nginx.run_reload(server.reload_argv, pid_file=pid_file)
+    return [server.get("a.test")[1] for _ in range(40)]
+
+
+def test_a_reload_returns_once_no_old_worker_accepts(nginx_server):
+    """The command returns before nginx's old workers stop accepting (~100 ms later): with
+    the pid file, the reload waits for them, so the very next connections get the new site."""
+    nginx_server.start()
+    pid_file = nginx_server.prefix / "nginx.pid"
+    master = nginx_processes.read_master(pid_file)
+    assert master == nginx_server.process.pid
+
+    for generation in range(5):
+        old = nginx_processes.workers(master)
+        answers = answers_right_after(nginx_server, f"gen{generation}", pid_file=pid_file)
+        assert answers == [f"gen{generation}"] * len(answers)
+        # The workers that served before the reload have exited or are shutting down.
+        assert all(nginx_processes.is_retiring(worker) for worker in old)
+        assert nginx_processes.workers(master) - old
+
+
+def test_without_the_pid_file_old_workers_still_answer_after_the_command(nginx_server):
+    """Why the wait exists: right after the command, the old generation still accepts."""
+    nginx_server.start()
+    stale = []
+    for generation in range(5):
+        answers = answers_right_after(nginx_server, f"gen{generation}", pid_file=None)
+        stale += [a for a in answers if a != f"gen{generation}"]
+        nginx_server.wait_for_answer("a.test", 200, f"gen{generation}")
+    assert stale  # old workers answered with the previous site
+
+
+def test_a_reload_nginx_does_not_apply_is_reported(nginx_server, monkeypatch):
+    """The command succeeded, but the master refused the configuration (here a port that
+    another program holds, which only the master finds out): the old workers stay, and
+    the reload says so instead of claiming success."""
+    nginx_server.start()
+    pid_file = nginx_server.prefix / "nginx.pid"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        nginx.write_site(nginx_server.sites, "b.test", site(port, "b.test", "never"))
+        monkeypatch.setattr(nginx_processes, "TAKEOVER_TIMEOUT", 1.0)
+        with pytest.raises(NginxReloadFailed) as info:
+            nginx.run_reload(nginx_server.reload_argv, pid_file=pid_file)
+    message = str(info.value)
+    assert f"master PID {nginx_server.process.pid}" in message
+    assert "did not apply the new configuration" in message
+    assert "VIRTUALHOSTS_NGINX_PID_FILE" in message
+    assert nginx_server.get("b.test")[0] == 404  # still serving the previous configuration
+
+
+def test_a_pid_file_that_names_no_nginx_master_is_ignored(tmp_path):
+    pid_file = tmp_path / "nginx.pid"
+    assert nginx_processes.read_master(pid_file) is None  # missing
+    pid_file.write_text("garbage\n")
+    assert nginx_processes.read_master(pid_file) is None
+    pid_file.write_text(f"{os.getpid()}\n")  # a live process, but not nginx (a stale file)
+    assert nginx_processes.read_master(pid_file) is None
+    # The command alone then decides, as without a pid file.
+    with pytest.raises(NginxReloadFailed, match="exit 1"):
+        nginx.run_reload(["false"], pid_file=pid_file)
 
 
 # -- which file `nginx -t` blames ---------------------------------------------------

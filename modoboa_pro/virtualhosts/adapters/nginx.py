@@ -19,11 +19,13 @@ from ..errors import (
     NginxReloadFailed,
     StorageError,
 )
+from . import nginx_processes
 from .files import atomic_write, longest_temp_name, put_back, safe_hostname
 
 CONF_DIR_SETTING = "VIRTUALHOSTS_NGINX_CONF_DIR"
 TEST_COMMAND_SETTING = "VIRTUALHOSTS_NGINX_TEST_COMMAND"
 RELOAD_COMMAND_SETTING = "VIRTUALHOSTS_NGINX_RELOAD_COMMAND"
+PID_FILE_SETTING = "VIRTUALHOSTS_NGINX_PID_FILE"
 # Lines worth quoting to an operator: nginx prefixes its diagnostics with a level.
 _DIAGNOSTIC_LEVELS = ("[emerg]", "[alert]", "[crit]", "[error]")
 # "2026/01/02 03:04:05 [emerg] 123#123: msg" -> "[emerg] msg": the time and pid add nothing.
@@ -179,8 +181,14 @@ def run_test(argv: list[str], timeout: float = 60) -> str:
     return output
 
 
-def run_reload(argv: list[str], timeout: float = 60) -> str:
-    """Run the reload command; return its output."""
+def run_reload(argv: list[str], timeout: float = 60, pid_file: Path | None = None) -> str:
+    """Run the reload command; return its output once the reload has taken over.
+
+    With nginx's ``pid_file`` readable, wait until its old workers stopped accepting
+    (``nginx_processes``): the command returns before they do.
+    """
+    master = nginx_processes.read_master(pid_file) if pid_file else None
+    old = nginx_processes.workers(master) if master else set()
     code, output = _run(argv, timeout, RELOAD_COMMAND_SETTING, "nginx reload")
     if code != 0:
         raise NginxReloadFailed(
@@ -189,9 +197,22 @@ def run_reload(argv: list[str], timeout: float = 60) -> str:
             f"that {RELOAD_COMMAND_SETTING} works when run by hand.",
             output=output,
         )
+    if master and old and not nginx_processes.wait_for_takeover(
+        master, old, nginx_processes.TAKEOVER_TIMEOUT
+    ):
+        raise NginxReloadFailed(
+            f"The reload command succeeded, but nginx (master PID {master}) still runs its "
+            f"previous workers after {nginx_processes.TAKEOVER_TIMEOUT:.0f} s: it did not "
+            "apply the new configuration. Its error log says why (often a port it cannot "
+            "bind); nginx keeps serving the previous configuration. If the reload command "
+            f"reaches another nginx than the one {PID_FILE_SETTING} names, fix either.",
+            output=output,
+        )
     return output
 
 
-def test_and_reload(test_argv: list[str], reload_argv: list[str], timeout: float = 60) -> str:
+def test_and_reload(
+    test_argv: list[str], reload_argv: list[str], timeout: float = 60, pid_file: Path | None = None
+) -> str:
     """Reload only after the configuration test passed; return both outputs."""
-    return run_test(test_argv, timeout) + run_reload(reload_argv, timeout)
+    return run_test(test_argv, timeout) + run_reload(reload_argv, timeout, pid_file)

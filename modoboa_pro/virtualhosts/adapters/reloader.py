@@ -23,6 +23,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import redis
@@ -249,12 +250,14 @@ class LocalReloader:
         *,
         timeout: float = 120,
         min_interval: float = MIN_INTERVAL,
+        pid_file: Path | None = None,
     ) -> None:
         self.test_argv = list(test_argv)
         self.reload_argv = list(reload_argv)
         self.connection = connection
         self.timeout = timeout
         self.min_interval = min_interval
+        self.pid_file = pid_file  # nginx's: the reload waits until it has taken over
 
     # Hooks: the mail deploy (``mail.py``) coalesces the same way, under its own keys.
     prefix = KEY_PREFIX
@@ -264,7 +267,7 @@ class LocalReloader:
         return ReloadBook(self.connection, self.prefix)
 
     def _reload(self) -> str:
-        return nginx.test_and_reload(self.test_argv, self.reload_argv)
+        return nginx.test_and_reload(self.test_argv, self.reload_argv, pid_file=self.pid_file)
 
     def _outcome_of(self, func: Callable[[], str]) -> dict[str, Any]:
         return outcome_of(func)
