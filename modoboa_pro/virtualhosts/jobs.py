@@ -30,11 +30,12 @@ logger = logging.getLogger("modoboa.jobs")
 
 def read_settings() -> context.Settings:
     """Every setting and parameter, read now (they may change between runs)."""
+    params = conf.params()  # one read: each ``conf.param`` loads them all again
     return context.Settings(
-        letsencrypt=bool(conf.param("enable_letsencrypt")),
-        email=str(conf.param("acme_account_email") or ""),
-        storage_root=Path(str(conf.param("acme_account_storage_path"))),
-        threshold_days=int(conf.param("certificate_renewal_threshold")),
+        letsencrypt=bool(params["enable_letsencrypt"]),
+        email=str(params["acme_account_email"] or ""),
+        storage_root=Path(str(params["acme_account_storage_path"])),
+        threshold_days=int(params["certificate_renewal_threshold"]),
         directory_url=str(conf.get("ACME_DIRECTORY_URL")),
         ca_bundle=conf.get("ACME_CA_BUNDLE"),
         key_type=str(conf.get("ACME_KEY_TYPE")),

@@ -77,7 +77,8 @@ def enqueue_removal(host: VirtualHost) -> None:
 
 
 def _check_ready_for_letsencrypt() -> None:
-    if conf.param("enable_letsencrypt") and not conf.param("acme_account_email"):
+    params = conf.params()  # one read instead of two
+    if params["enable_letsencrypt"] and not params["acme_account_email"]:
         raise ConfigurationError(
             "Set the ACME account email in Settings > Virtual hosts before provisioning."
         )

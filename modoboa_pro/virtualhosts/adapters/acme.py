@@ -16,6 +16,7 @@ import logging
 import re
 import socket
 import ssl
+import stat
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -49,11 +50,11 @@ from . import ari, files
 logger = logging.getLogger("modoboa.jobs")
 
 USER_AGENT = "modoboa-pro-acme"
-# Polling: start fast (a local CA answers in milliseconds), grow to a polite
-# interval; a server's Retry-After always wins.
-POLL_FIRST_INTERVAL = 0.1
+# Polling: start fast (a CA next door validates and issues in milliseconds), double up
+# to a polite interval (3 s after about 5 s of polling); a Retry-After the CA sends wins.
+POLL_FIRST_INTERVAL = 0.02
 POLL_MAX_INTERVAL = 3.0
-POLL_GROWTH = 1.6
+POLL_GROWTH = 2.0
 # When a CA rate-limits us without saying until when (no Retry-After header, no time
 # in its detail), wait this long.
 DEFAULT_RATE_LIMIT_WAIT = datetime.timedelta(hours=1)
@@ -350,7 +351,14 @@ class AcmeClient:
     def _save_account_meta(self, uri: str) -> None:
         meta = {"uri": uri, "email": self.email, "directory_url": self.directory_url}
         path = account_dir(self.storage_root, self.directory_url) / "account.json"
-        files.atomic_write(path, json.dumps(meta, indent=2).encode(), constants.PRIVATE_FILE_MODE)
+        content = json.dumps(meta, indent=2).encode()
+        try:
+            same_mode = stat.S_IMODE(path.stat().st_mode) == constants.PRIVATE_FILE_MODE
+            if same_mode and path.read_bytes() == content:
+                return  # as every run finds it: no write (and fsync) on the way to a certificate
+        except OSError:
+            pass  # absent or unreadable: written below
+        files.atomic_write(path, content, constants.PRIVATE_FILE_MODE)
 
     # -- orders ------------------------------------------------------------
 

@@ -1,31 +1,43 @@
 """Check what nginx really serves: the challenge path, the removal of a site, the certificate.
 
-A reload is asynchronous: old workers answer with the old configuration until
-they drain, so one lucky answer proves nothing. Every check here requires a
-streak of consistent answers, each on a fresh connection.
+A reload is asynchronous: the reload command returns once nginx's master got the
+signal, and old workers answer with the old configuration until they have
+handled the master's order to stop: on a busy machine, an old worker not yet
+scheduled still accepts connections well after the new ones answer. Every check
+here waits for the first answer of the new configuration (asking again every
+``RETRY_INTERVAL``), then requires a streak of consistent answers spread over
+``STABLE_INTERVAL`` gaps, each on a fresh connection. Back to back, three answers
+took about 10 ms and were not enough: test_failures.py's
+test_unreachable_acme_directory then saw an old worker refuse the name right
+after the run had confirmed it (nothing nginx reports says when its old workers
+stopped accepting).
 """
 
 from __future__ import annotations
 
+import http.client
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from ..errors import DeployNotVerified, NginxError, VirtualHostError
 from . import webroot
 from .x509 import CertificateFacts
 
 PREFLIGHT_TIMEOUT = 5.0
-# Consecutive fresh-connection successes that prove a reload took effect everywhere.
+# Consecutive fresh-connection successes, STABLE_INTERVAL apart, that prove a reload took
+# effect everywhere.
 STABLE_SUCCESSES = 5
 STABLE_INTERVAL = 0.02
+# Pause before asking again after an answer of the old configuration (not yet switched).
+RETRY_INTERVAL = 0.01
 VERIFY_TIMEOUT = 15.0
 # Probe tokens are named apart from the CA's, for whoever reads the webroot.
 PROBE_TOKEN_PREFIX = "modoboa-pro-probe-"  # noqa: S105 - a file name prefix
+# A probe token's answer is 32 hex digits: more is not our token.
+PROBE_BODY_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,7 @@ def confirm_served(
             streak, seen = 0, err.message
         if streak >= STABLE_SUCCESSES and last is not None:
             return last
-        time.sleep(STABLE_INTERVAL)
+        time.sleep(STABLE_INTERVAL if streak else RETRY_INTERVAL)
     raise DeployNotVerified(
         f"After the reload nginx does not steadily serve the new certificate for {hostname} "
         f"on port {port} (expected serial {serial}, last saw: {seen}). Check that the "
@@ -117,20 +129,34 @@ def probe_challenge(s: Endpoint, hostname: str, *, served: bool) -> tuple[bool, 
     publisher = webroot.WebrootPublisher(s.webroot, webroot.TokenLedger(s.ledgers, hostname))
     publisher.publish(token, content)
     address = s.verify_address if ":" not in s.verify_address else f"[{s.verify_address}]"
-    url = f"http://{address}:{s.http_port}/.well-known/acme-challenge/{token}"
+    path = f"/.well-known/acme-challenge/{token}"
+    url = f"http://{address}:{s.http_port}{path}"
     deadline = time.monotonic() + PREFLIGHT_TIMEOUT
     streak = 0
     got = "no request made"
     try:
         while streak < STABLE_SUCCESSES and time.monotonic() < deadline:
             try:
-                response = requests.get(url, headers={"Host": hostname}, timeout=PREFLIGHT_TIMEOUT)
-                is_served = response.status_code == 200 and response.text.strip() == content
-                got = f"HTTP {response.status_code}"
-            except requests.RequestException as err:
+                status, body = _get(s.verify_address, s.http_port, hostname, path)
+                is_served = status == 200 and body.strip() == content.encode()
+                got = f"HTTP {status}"
+            except (OSError, http.client.HTTPException) as err:
                 is_served, got = False, f"no answer ({err.__class__.__name__})"
             streak = streak + 1 if is_served == served else 0
-            time.sleep(STABLE_INTERVAL)
+            if streak < STABLE_SUCCESSES:
+                time.sleep(STABLE_INTERVAL if streak else RETRY_INTERVAL)
     finally:
         publisher.remove(token)
     return streak >= STABLE_SUCCESSES, got, url
+
+
+def _get(address: str, port: int, hostname: str, path: str) -> tuple[int, bytes]:
+    """``GET path`` with ``Host: hostname`` on a fresh connection, closed after the answer
+    (plain http.client: a requests session per probe cost more than nginx's answer)."""
+    conn = http.client.HTTPConnection(address, port, timeout=PREFLIGHT_TIMEOUT)
+    try:
+        conn.request("GET", path, headers={"Host": hostname, "Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read(PROBE_BODY_MAX)
+    finally:
+        conn.close()

@@ -11,6 +11,13 @@ reload reads the counter just before running ``nginx -t``, so its outcome
 serves every caller whose bump it read: callers wait for such a covering
 reload instead of each running their own.
 
+Waiting is on events: a finished reload publishes a notice (Redis pub/sub) that
+wakes its waiters at once. Waiters still read the book every ``CHECK_INTERVAL``,
+for what no notice announces (a notice lost with a Redis restart, a queued job
+deleted, the privileged worker gone). Reloads are spaced only back to back: a
+lone reload starts at once; one requested while another runs gathers the
+requests behind it until ``MIN_INTERVAL`` after the running one started.
+
 Redis restarted without persistence forgets the book: a waiter whose request is gone
 asks again, and a waiter that loses Redis mid-wait reloads itself (local mode) or
 stops with ``ReloadInterrupted`` (privileged mode), never waiting for nothing.
@@ -39,9 +46,11 @@ from . import counters, locks, nginx
 
 logger = logging.getLogger("modoboa.jobs")
 
-POLL_INTERVAL = 0.05
-# Two reloads start at least this far apart: changes written meanwhile gather
-# behind the next one. Short enough to be invisible to one provisioning run.
+# How often a waiter reads the book itself, between the notices that wake it.
+CHECK_INTERVAL = 0.5
+# A reload requested while another runs starts at least this long after that one
+# started: the changes written meanwhile gather behind it (a burst shares reloads).
+# A lone reload (none running when requested) starts at once.
 MIN_INTERVAL = 1.0
 # Outcomes kept for callers still polling; far more than reloads in any wait.
 OUTCOMES_KEEP = 200
@@ -51,6 +60,8 @@ BOOK_TTL_SECONDS = 86400
 ABSENT_GRACE = 15.0
 # How often a waiting caller asks who listens on the privileged queue.
 LISTENERS_CHECK_INTERVAL = 1.0
+# ``queued`` holds this when the job was queued while a reload ran (back to back).
+QUEUED_BEHIND = b"behind"
 
 KEY_PREFIX = "modoboa_pro:virtualhosts:reload:"
 
@@ -103,7 +114,8 @@ class ReloadBook:
     reload job is queued and has not read the counter yet), ``running`` (a
     reload has read it and is running), ``outcomes`` (a sorted set: each
     finished reload's outcome, scored by the generation it covers), ``last``
-    (when the last reload started).
+    (when the last reload started); ``finished`` is the pub/sub channel of the
+    notices (the generation a finished reload covers).
     """
 
     def __init__(self, connection: redis.Redis, prefix: str = KEY_PREFIX) -> None:
@@ -117,6 +129,7 @@ class ReloadBook:
         self.outcomes = prefix + "outcomes"
         self.sequence = prefix + "sequence"
         self.last = prefix + "last"
+        self.finished = prefix + "finished"
 
     # -- callers --------------------------------------------------------------
 
@@ -141,8 +154,9 @@ class ReloadBook:
         return json.loads(member.partition("|")[2])
 
     def claim_queued(self, ttl: float) -> bool:
-        """Take the right to enqueue the next reload job (nobody queued one yet)."""
-        return bool(self.connection.set(self.queued, "1", nx=True, px=_ms(ttl)))
+        """Take the right to enqueue the next reload job (nobody queued one yet), noting
+        whether a reload runs now (then the job gathers behind it)."""
+        return bool(self.connection.eval(_CLAIM, 2, self.queued, self.running, _ms(ttl)))
 
     def release_queued(self) -> None:
         self.connection.delete(self.queued)
@@ -152,6 +166,14 @@ class ReloadBook:
         return bool(self.connection.exists(self.queued, self.running))
 
     # -- reloaders --------------------------------------------------------------
+
+    def notices(self) -> Notices:
+        """Subscribe to the finished reloads' notices (before reading the book)."""
+        return Notices(self.connection, self.finished)
+
+    def queued_behind(self) -> bool:
+        """Whether the queued job was queued while a reload ran (a burst is going on)."""
+        return self.connection.get(self.queued) == QUEUED_BEHIND
 
     def wait_gap(self, min_interval: float) -> None:
         """Sleep until ``min_interval`` has passed since the previous reload started."""
@@ -210,6 +232,7 @@ class ReloadBook:
             if self.counted:
                 field = counters.reload_field(counters.SERVICE_NGINX, bool(outcome.get("ok")))
                 pipe.hincrby(counters.RELOADS, field, 1)
+            pipe.publish(self.finished, covers)  # wakes the waiters
             pipe.execute()
         if token is None:
             self.connection.delete(self.running)
@@ -230,8 +253,44 @@ return 0
 """
 
 
+# Set ``queued`` (KEYS[1]) if unset, to "behind" when a reload runs (KEYS[2]).
+_CLAIM = """
+local value = "alone"
+if redis.call("exists", KEYS[2]) == 1 then
+    value = "behind"
+end
+if redis.call("set", KEYS[1], value, "NX", "PX", ARGV[1]) then
+    return 1
+end
+return 0
+"""
+
+
 def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
+
+
+class Notices:
+    """A subscription to the finished reloads' notices, closed on leaving ``with``."""
+
+    def __init__(self, connection: redis.Redis, channel: str) -> None:
+        self.pubsub = connection.pubsub(ignore_subscribe_messages=True)
+        self.channel = channel
+
+    def __enter__(self) -> Notices:
+        self.pubsub.subscribe(self.channel)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pubsub.close()
+
+    def wait(self, timeout: float) -> None:
+        """Return at the next notice, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while (left := deadline - time.monotonic()) > 0:
+            # None also answers the subscription's own confirmation: wait again.
+            if self.pubsub.get_message(timeout=left) is not None:
+                return
 
 
 class LocalReloader:
@@ -301,23 +360,32 @@ class LocalReloader:
 
     def _wait(self, book: ReloadBook, generation: int) -> str:
         deadline = time.monotonic() + self.timeout
-        while True:
-            outcome = book.covering_outcome(generation)
-            if outcome is not None:
-                return self._raise_for(outcome)
-            generation = book.still_requested(generation)
-            token = book.acquire_running(self.timeout)
-            if token is not None:
-                return self._raise_for(self._serve(book, generation, token))
-            if time.monotonic() > deadline:
-                raise NginxReloadFailed(
-                    f"Another process has been reloading nginx for over {self.timeout:.0f} s; "
-                    "nginx keeps its previous configuration. The run will be retried.",
-                    retryable=True,
-                )
-            time.sleep(POLL_INTERVAL)
+        waited = False
+        with book.notices() as notices:
+            while True:
+                outcome = book.covering_outcome(generation)
+                if outcome is not None:
+                    return self._raise_for(outcome)
+                generation = book.still_requested(generation)
+                token = book.acquire_running(self.timeout)
+                if token is not None:
+                    served = self._serve(book, generation, token, waited=waited)
+                    return self._raise_for(served)
+                waited = True  # another reload ran when this one was asked for
+                if time.monotonic() > deadline:
+                    raise NginxReloadFailed(
+                        f"Another process has been reloading nginx for over "
+                        f"{self.timeout:.0f} s; nginx keeps its previous configuration. "
+                        "The run will be retried.",
+                        retryable=True,
+                    )
+                # The running reload's notice wakes us; a holder killed before publishing
+                # is found by acquire_running at the next check.
+                notices.wait(CHECK_INTERVAL)
 
-    def _serve(self, book: ReloadBook, generation: int, token: str) -> dict[str, Any]:
+    def _serve(
+        self, book: ReloadBook, generation: int, token: str, *, waited: bool
+    ) -> dict[str, Any]:
         # A reload may have covered us between our poll and taking the lock.
         outcome = book.covering_outcome(generation)
         if outcome is not None:
@@ -325,7 +393,8 @@ class LocalReloader:
             return outcome
         covers, outcome = 0, dict(CRASHED)
         try:
-            book.wait_gap(self.min_interval)
+            if waited:
+                book.wait_gap(self.min_interval)  # back to back: gather behind the last one
             covers = book.covers_now()
             outcome = self._outcome_of(self._reload)
             return outcome
@@ -354,7 +423,8 @@ def serve_reload_requests(
         return run()
     book = ReloadBook(connection, prefix)
     try:
-        book.wait_gap(min_interval)
+        if book.queued_behind():
+            book.wait_gap(min_interval)  # back to back: gather behind the last one
         covers = book.begin(timeout)
     except redis.RedisError as err:
         logger.warning("Cannot reach Redis to coalesce nginx reloads (%s); reloading anyway", err)
@@ -442,8 +512,12 @@ class PrivilegedReloader:
             ) from err
 
     def _wait(self, book: ReloadBook, generation: int) -> str:
-        if book.covering_outcome(generation) is None:
-            self._enqueue(book)
+        with book.notices() as notices:  # subscribed before reading: no notice is missed
+            if book.covering_outcome(generation) is None:
+                self._enqueue(book)
+            return self._wait_notified(book, notices, generation)
+
+    def _wait_notified(self, book: ReloadBook, notices: Notices, generation: int) -> str:
         start = time.monotonic()
         deadline = start + self.timeout
         grace = ABSENT_GRACE if self.absent_grace is None else self.absent_grace
@@ -465,7 +539,9 @@ class PrivilegedReloader:
                     last_heard = now
                 elif now - last_heard >= grace:
                     raise self._missing(self._nobody_listens())
-            time.sleep(POLL_INTERVAL)
+            # A finished reload's notice wakes us at once; the book is read again anyway
+            # within CHECK_INTERVAL (a lost job, a Redis restart, a worker gone).
+            notices.wait(min(CHECK_INTERVAL, deadline - time.monotonic()))
         raise self._missing(self._nobody_served(seen))
 
     @property

@@ -171,7 +171,9 @@ def read_current(
 
 def _read_pair(root: Path, hostname: str, issued_serial: str, repair: bool) -> StoredCertificate:
     fullchain_path, privkey_path = certificate_paths(root, hostname)
-    read = _read_stored(root, fullchain_path)
+    # Resolved once for the pair's three reads (the scan reads thousands of pairs).
+    certs = Path(os.path.realpath(_certs_dir(root)))
+    read = _read_stored(root, fullchain_path, certs=certs)
     if read is None:
         if not issued_serial:
             return StoredCertificate(None)
@@ -183,21 +185,21 @@ def _read_pair(root: Path, hostname: str, issued_serial: str, repair: bool) -> S
         )
     chain_pem = read[0]
     chain = _about(fullchain_path, lambda: x509.load_chain(chain_pem))
-    key_read = _read_stored(root, privkey_path, repair=repair)
+    key_read = _read_stored(root, privkey_path, repair=repair, certs=certs)
     if key_read is None:
         raise StorageError(f"{privkey_path}: the private key is missing")
     key_pem, key_mode = key_read
-    exposed = _exposure(root, privkey_path, key_mode, repair)
+    exposed = _exposure(root, privkey_path, key_mode, repair, certs)
     try:
         key = _about(privkey_path, lambda: x509.load_private_key(key_pem))
         _about(fullchain_path, lambda: x509.check_order(chain, key))
         _about(
             f"{fullchain_path} and {privkey_path}", lambda: x509.check_key_matches(chain[0], key)
         )
-        _about(fullchain_path, lambda: x509.check_names(chain[0], hostname))
+        facts = x509.facts_of(chain[0])
+        _about(fullchain_path, lambda: x509.check_names(chain[0], hostname, facts))
     except StorageError as err:
         raise StorageError(f"{err.message}; also, {exposed}" if exposed else err.message) from err
-    facts = x509.facts_of(chain[0])
     if exposed:
         return StoredCertificate(
             None, f"private key exposed: {exposed}. {EXPOSED.format(serial=facts.serial)}"
@@ -213,7 +215,7 @@ def _about(where: Path | str, check: Callable[[], T]) -> T:
         raise StorageError(f"{where}: {err.message}", detail=err.detail) from err
 
 
-def _exposure(root: Path, key: Path, found_mode: int, repaired: bool) -> str:
+def _exposure(root: Path, key: Path, found_mode: int, repaired: bool, certs: Path) -> str:
     """What to tell about a private key others could read, now or before ("" if never)."""
     marker = key.parent / EXPOSED_MARKER
     if found_mode & 0o077:
@@ -221,7 +223,9 @@ def _exposure(root: Path, key: Path, found_mode: int, repaired: bool) -> str:
         if not repaired:
             return f"{said}; chmod {constants.PRIVATE_FILE_MODE:o} {key} closes it"
         atomic_write(marker, f"{said}, found {utc_stamp()}\n".encode(), constants.PRIVATE_FILE_MODE)
-    elif (recorded := _read_stored(root, marker)) is None:
+    elif not os.path.lexists(marker):
+        return ""  # the common case, in one lstat
+    elif (recorded := _read_stored(root, marker, certs=certs)) is None:
         return ""
     else:
         lines = recorded[0].decode("utf-8", "replace").strip().splitlines()
@@ -229,14 +233,18 @@ def _exposure(root: Path, key: Path, found_mode: int, repaired: bool) -> str:
     return f"{said}; its mode is now {constants.PRIVATE_FILE_MODE:04o}"
 
 
-def _read_stored(root: Path, path: Path, *, repair: bool = False) -> tuple[bytes, int] | None:
+def _read_stored(
+    root: Path, path: Path, *, repair: bool = False, certs: Path | None = None
+) -> tuple[bytes, int] | None:
     """One file of a pair and its mode as found, or None when absent.
 
     Links are followed only inside ``certs/``: a link leading elsewhere (placed by
     something else, as this module never makes one) is not read. With ``repair``,
-    a file others could read is made private before it is read.
+    a file others could read is made private before it is read. ``certs``: ``certs/``
+    resolved, when the caller already did.
     """
-    certs = Path(os.path.realpath(_certs_dir(root)))
+    if certs is None:
+        certs = Path(os.path.realpath(_certs_dir(root)))
     real = Path(os.path.realpath(path))
     if not real.is_relative_to(certs):
         raise StorageError(

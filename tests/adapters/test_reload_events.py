@@ -1,0 +1,123 @@
+"""Reload waits on events, against the test redis-server: counts of reloads, never times.
+
+A finished reload's notice wakes its waiters; callers that ask while a reload runs share
+the next one (a burst gathers behind the running reload); a lone reload runs at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from modoboa_pro.virtualhosts.adapters.reloader import (
+    KEY_PREFIX,
+    LocalReloader,
+    Notices,
+    ReloadBook,
+    serve_reload_requests,
+)
+
+pytestmark = pytest.mark.reload_events
+
+TRUE = ["true"]
+CALLERS = 6
+# A liveness bound for a thread that must finish (never a figure of speed).
+JOIN_TIMEOUT = 60
+
+
+@pytest.fixture
+def connection(redis_server) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    forget_the_book(client)
+    yield client
+    forget_the_book(client)
+
+
+def forget_the_book(client: redis.Redis) -> None:
+    for key in client.scan_iter(match=f"{KEY_PREFIX}*"):
+        client.delete(key)
+
+
+def held_reload(runs: Path, release: Path) -> list[str]:
+    """A stand-in for `nginx -s reload` that logs each run, then lasts until ``release``
+    exists (the test holds the first reload until every other caller has asked)."""
+    return ["sh", "-c", f"echo run >> {runs}; while [ ! -e {release} ]; do sleep 0.01; done"]
+
+
+def run_count(runs: Path) -> int:
+    return len(runs.read_text().splitlines()) if runs.exists() else 0
+
+
+def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    pause = threading.Event()
+    for _ in range(JOIN_TIMEOUT * 100):
+        if predicate():
+            return
+        pause.wait(0.01)
+    raise AssertionError(what)
+
+
+def test_callers_asking_while_a_reload_runs_share_the_next_one(connection, tmp_path):
+    runs, release = tmp_path / "runs", tmp_path / "release"
+    errors: list[BaseException] = []
+    book = ReloadBook(connection)
+
+    def call() -> None:
+        try:
+            LocalReloader(TRUE, held_reload(runs, release), connection, timeout=60)()
+        except BaseException as err:  # reported by the assertion below
+            errors.append(err)
+
+    first = threading.Thread(target=call)
+    first.start()
+    wait_for(lambda: run_count(runs) == 1, "the first reload never started")
+    burst = [threading.Thread(target=call) for _ in range(CALLERS)]
+    for thread in burst:
+        thread.start()
+    asked = 1 + CALLERS
+    wait_for(lambda: int(connection.get(book.requested) or 0) == asked, "callers never asked")
+    release.touch()  # the first reload ends; the others' must cover all of them
+    for thread in [first, *burst]:
+        thread.join(JOIN_TIMEOUT)
+        assert not thread.is_alive()
+    assert not errors, errors
+    # The first caller's own reload, then one for all those who asked while it ran.
+    assert run_count(runs) == 2
+
+
+def test_a_lone_privileged_reload_is_not_marked_to_gather(connection):
+    book = ReloadBook(connection)
+    assert book.claim_queued(30)
+    assert not book.queued_behind()  # nothing ran: it starts at once
+    book.release_queued()
+    connection.set(book.running, "job", px=30_000)
+    assert book.claim_queued(30)
+    assert book.queued_behind()  # asked while a reload ran: it gathers behind it
+    connection.delete(book.running, book.queued)
+
+
+def test_a_privileged_reload_wakes_its_waiter_with_a_notice(connection):
+    book = ReloadBook(connection)
+    generation = book.request()
+    woke = threading.Event()
+
+    def wait() -> None:
+        with Notices(connection, book.finished) as notices:
+            subscribed.set()
+            # Far longer than the join below: only the notice can end this wait in time.
+            notices.wait(JOIN_TIMEOUT * 10)
+        woke.set()
+
+    subscribed = threading.Event()
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    assert subscribed.wait(JOIN_TIMEOUT)
+    outcome = serve_reload_requests(connection, lambda: {"ok": True, "output": ""})
+    assert outcome["ok"]
+    waiter.join(JOIN_TIMEOUT)
+    assert woke.is_set()
+    assert book.covering_outcome(generation) == {"ok": True, "output": ""}
