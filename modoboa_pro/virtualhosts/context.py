@@ -62,6 +62,15 @@ class Settings:
     # ports' TLSA records are checked (VIRTUALHOSTS_TLSA_PORTS); see ``dane``.
     mail_keep_key: bool = True
     tlsa_ports_setting: object = (25,)  # as set: ``tlsa_ports`` checks it when a mail host asks
+    # Reloads return once nginx's old workers stopped accepting (VIRTUALHOSTS_NGINX_PID_FILE
+    # names a running master, ``adapters.nginx_processes``): one answer then tells what
+    # nginx serves. Otherwise the probes ask for a streak.
+    reloads_confirmed: bool = False
+
+    @property
+    def stable_answers(self) -> int:
+        """Consecutive consistent answers that show what nginx serves after a reload."""
+        return 1 if self.reloads_confirmed else probe.STABLE_SUCCESSES
 
     @property
     def tlsa_ports(self) -> tuple[int, ...]:
@@ -86,6 +95,7 @@ class Settings:
             self.http_port,
             self.conf_dir,
             self.ledgers,
+            self.stable_answers,
         )
 
     def site_context(self, hostname: str, site: str = constants.SITE_WEB) -> SiteContext:

@@ -14,7 +14,7 @@ import django_rq
 from redis.exceptions import RedisError
 
 from . import alarms, alerting, conf, constants, context, mail, pipeline, queueing, retries, scan
-from .adapters import acme, counters, locks, tls
+from .adapters import acme, counters, locks, nginx_processes, tls
 from .adapters import nginx as nginx_adapter
 from .adapters.reloader import (
     LocalReloader,
@@ -58,6 +58,7 @@ def read_settings() -> context.Settings:
         order_budget=conf.get("VIRTUALHOSTS_ORDER_BUDGET"),
         mail_keep_key=bool(conf.get("VIRTUALHOSTS_MAIL_KEEP_KEY")),
         tlsa_ports_setting=conf.get("VIRTUALHOSTS_TLSA_PORTS"),
+        reloads_confirmed=reloads_confirmed(),
     )
 
 
@@ -65,6 +66,12 @@ def nginx_pid_file() -> Path | None:
     """``VIRTUALHOSTS_NGINX_PID_FILE`` as a path (None: reloads do not wait for nginx)."""
     value = conf.get("VIRTUALHOSTS_NGINX_PID_FILE")
     return Path(value) if value else None
+
+
+def reloads_confirmed() -> bool:
+    """Whether reloads wait for nginx's old workers: its pid file names a running master."""
+    pid_file = nginx_pid_file()
+    return pid_file is not None and nginx_processes.read_master(pid_file) is not None
 
 
 def build_reloader():

@@ -373,7 +373,9 @@ def _verify(
                 raise _not_deployed(err, s, hostname, roll_back=False) from err
             ctx.reload()
             step.message = "nginx had not loaded the current certificate; reloaded. "
-        served = probe.confirm_served(ctx.served, hostname, serial, s.https_port)
+        served = probe.confirm_served(
+            ctx.served, hostname, serial, s.https_port, stable=s.stable_answers
+        )
         step.message += f"nginx serves serial {served.serial} issued by {served.issuer}"
 
 

@@ -10,7 +10,7 @@ import requests
 from cryptography import x509
 
 from modoboa_pro.virtualhosts import constants, services
-from modoboa_pro.virtualhosts.adapters import tls
+from modoboa_pro.virtualhosts.adapters import probe, tls
 from modoboa_pro.virtualhosts.models import VirtualHost
 
 from ..conftest import BACKEND_BODY, FIRST_ISSUANCE_STEPS, Chain, set_parameters
@@ -171,3 +171,41 @@ def test_letsencrypt_disabled_serves_http_only_then_provisions_when_enabled(chai
     chain.drain()
     host.refresh_from_db()
     assert host.status == constants.STATUS_ACTIVE, host.last_error
+
+
+def test_reloads_that_wait_for_nginx_need_one_answer_per_check(
+    chain: Chain, monkeypatch, settings
+):
+    """With nginx's pid file (the chain's, as Debian's /run/nginx.pid), a reload returns once
+    nginx's old workers stopped accepting: the challenge check and the served-certificate
+    check each need one answer, not a streak. Without it, they ask for a streak."""
+    handshakes: list[str] = []
+    fetch = tls.fetch_served_certificate
+
+    def counted(address: str, port: int, server_name: str, *args, **kwargs):
+        handshakes.append(server_name)
+        return fetch(address, port, server_name, *args, **kwargs)
+
+    monkeypatch.setattr(tls, "fetch_served_certificate", counted)
+
+    def probes(hostname: str) -> int:
+        return sum(
+            1
+            for e in chain.nginx.access_log_entries()
+            if e.host == hostname and "modoboa-pro-probe-" in e.uri
+        )
+
+    host = VirtualHost.objects.create(hostname="waited.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    assert handshakes.count("waited.example.test") == 1
+    assert probes("waited.example.test") == 1
+
+    settings.VIRTUALHOSTS_NGINX_PID_FILE = None  # unknown: the probes ask for a streak
+    other = VirtualHost.objects.create(hostname="streak.example.test")
+    chain.drain()
+    other.refresh_from_db()
+    assert other.status == constants.STATUS_ACTIVE, other.last_error
+    assert handshakes.count("streak.example.test") >= probe.STABLE_SUCCESSES
+    assert probes("streak.example.test") >= probe.STABLE_SUCCESSES

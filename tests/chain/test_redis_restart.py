@@ -542,3 +542,29 @@ def test_the_retry_sweep_stops_in_one_line_while_redis_is_down(db, redis_down, c
     assert "The next sweep retries." in report.summary()
     stops = [r for r in caplog.records if "retries stopped" in r.getMessage()]
     assert len(stops) == 1  # one line, not one per host
+
+
+def test_a_reload_that_began_before_a_restart_answers_no_request_made_after_it(chain: Chain):
+    """A reload read generation N, then Redis restarted without persistence: requests start
+    again from 1. Its outcome, published as covering N, would tell those new requests that
+    nginx was reloaded for them when it never read their files (hosts then fail their
+    challenge pre-check with a 404). It is dropped instead, and a new reload serves them."""
+    book = reloader.ReloadBook(chain.redis.client())
+    for _ in range(5):
+        book.request()
+    covers, token = book.begin(60)
+    assert covers == 5
+
+    restart_redis(chain)
+    book = reloader.ReloadBook(chain.redis.client())
+    generation = book.request()
+    assert generation == 1
+
+    assert book.finish(covers, {"ok": True, "output": ""}, token) is False
+    assert book.covering_outcome(generation) is None
+    assert not book.pending()  # so the waiter queues a reload of its own
+
+    # A reload that began after the restart answers it.
+    covers, token = book.begin(60)
+    assert book.finish(covers, {"ok": True, "output": ""}, token) is True
+    assert book.covering_outcome(generation) == {"ok": True, "output": ""}

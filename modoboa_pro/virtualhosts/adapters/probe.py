@@ -1,16 +1,13 @@
 """Check what nginx really serves: the challenge path, the removal of a site, the certificate.
 
-A reload is asynchronous: the reload command returns once nginx's master got the
-signal, and old workers answer with the old configuration until they have
-handled the master's order to stop: on a busy machine, an old worker not yet
-scheduled still accepts connections well after the new ones answer. Every check
-here waits for the first answer of the new configuration (asking again every
-``RETRY_INTERVAL``), then requires a streak of consistent answers spread over
-``STABLE_INTERVAL`` gaps, each on a fresh connection. Back to back, three answers
-took about 10 ms and were not enough: test_failures.py's
-test_unreachable_acme_directory then saw an old worker refuse the name right
-after the run had confirmed it (nothing nginx reports says when its old workers
-stopped accepting).
+A reload is asynchronous: the reload command returns once nginx's master got the signal;
+the master then starts new workers, sleeps 100 ms, and only then tells the old ones to stop
+accepting (longer on a busy machine). When the reload waited for that
+(``nginx_processes``, through VIRTUALHOSTS_NGINX_PID_FILE), one answer tells what nginx
+serves. Otherwise a check waits for the first answer of the new configuration (asking
+again every ``RETRY_INTERVAL``), then requires a streak of ``STABLE_SUCCESSES``
+consistent answers ``STABLE_INTERVAL`` apart, each on a fresh connection: still a bet,
+which is why reloads wait for the old workers when they can.
 """
 
 from __future__ import annotations
@@ -49,16 +46,19 @@ class Endpoint:
     http_port: int
     conf_dir: Path
     ledgers: Path  # the hosts' token ledgers (``webroot.TokenLedger``)
+    # Consecutive consistent answers a check requires (1 once reloads wait for nginx).
+    stable: int = STABLE_SUCCESSES
 
 
 def confirm_served(
-    served: Callable[[str], CertificateFacts], hostname: str, serial: str, port: int
+    served: Callable[[str], CertificateFacts],
+    hostname: str,
+    serial: str,
+    port: int,
+    *,
+    stable: int = STABLE_SUCCESSES,
 ) -> CertificateFacts:
-    """Wait until nginx steadily presents ``serial`` for ``hostname``.
-
-    A reload is asynchronous: old workers answer with the old configuration
-    until they drain, so one lucky handshake proves nothing. Require a streak.
-    """
+    """Wait until nginx presents ``serial`` for ``hostname`` ``stable`` times in a row."""
     deadline = time.monotonic() + VERIFY_TIMEOUT
     streak = 0
     seen = "no handshake completed"
@@ -70,7 +70,7 @@ def confirm_served(
             streak = streak + 1 if last.serial == serial else 0
         except VirtualHostError as err:
             streak, seen = 0, err.message
-        if streak >= STABLE_SUCCESSES and last is not None:
+        if streak >= stable and last is not None:
             return last
         time.sleep(STABLE_INTERVAL if streak else RETRY_INTERVAL)
     raise DeployNotVerified(
@@ -116,10 +116,9 @@ def confirm_removed(s: Endpoint, hostname: str) -> None:
 def probe_challenge(s: Endpoint, hostname: str, *, served: bool) -> tuple[bool, str, str]:
     """Publish a probe token and watch whether nginx serves it for ``hostname``.
 
-    A reload is asynchronous: old workers answer with the old configuration
-    until they drain. So require a streak of consecutive answers, each on a
-    fresh connection (the CA's validators connect several times at once).
-    Returns (the expected state was observed, the last observation, the URL).
+    Requires ``s.stable`` consecutive answers, each on a fresh connection (see the
+    module's docstring). Returns (the expected state was observed, the last
+    observation, the URL).
 
     The token goes through the host's ledger like the CA's: a run killed while probing
     never removes it, the host's next run does.
@@ -135,7 +134,7 @@ def probe_challenge(s: Endpoint, hostname: str, *, served: bool) -> tuple[bool, 
     streak = 0
     got = "no request made"
     try:
-        while streak < STABLE_SUCCESSES and time.monotonic() < deadline:
+        while streak < s.stable and time.monotonic() < deadline:
             try:
                 status, body = _get(s.verify_address, s.http_port, hostname, path)
                 is_served = status == 200 and body.strip() == content.encode()
@@ -143,11 +142,11 @@ def probe_challenge(s: Endpoint, hostname: str, *, served: bool) -> tuple[bool, 
             except (OSError, http.client.HTTPException) as err:
                 is_served, got = False, f"no answer ({err.__class__.__name__})"
             streak = streak + 1 if is_served == served else 0
-            if streak < STABLE_SUCCESSES:
+            if streak < s.stable:
                 time.sleep(STABLE_INTERVAL if streak else RETRY_INTERVAL)
     finally:
         publisher.remove(token)
-    return streak >= STABLE_SUCCESSES, got, url
+    return streak >= s.stable, got, url
 
 
 def _get(address: str, port: int, hostname: str, path: str) -> tuple[int, bytes]:

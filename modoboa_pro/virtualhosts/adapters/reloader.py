@@ -184,15 +184,18 @@ class ReloadBook:
         if remaining > 0:
             time.sleep(min(remaining, min_interval))
 
-    def begin(self, ttl: float) -> int:
-        """Atomically: leave ``queued``, mark ``running``, read the generation to cover."""
+    def begin(self, ttl: float) -> tuple[int, str]:
+        """Atomically: leave ``queued``, mark ``running``, read the generation to cover.
+
+        Returns it with the token ``finish`` needs (this job's claim on ``running``)."""
+        token = locks.holder_value(secrets.token_hex(8))
         with self.connection.pipeline(transaction=True) as pipe:
             pipe.delete(self.queued)
-            pipe.set(self.running, "job", px=_ms(ttl))
+            pipe.set(self.running, token, px=_ms(ttl))
             pipe.get(self.requested)
             pipe.set(self.last, repr(time.time()), ex=BOOK_TTL_SECONDS)
             _, _, covers, _ = pipe.execute()
-        return int(covers or 0)
+        return int(covers or 0), token
 
     def acquire_running(self, ttl: float) -> str | None:
         """Local mode: become the one process reloading now; return the token or None.
@@ -220,24 +223,39 @@ class ReloadBook:
             covers, _ = pipe.execute()
         return int(covers or 0)
 
-    def finish(self, covers: int, outcome: dict[str, Any], token: str | None = None) -> None:
-        """Publish ``outcome`` for every generation up to ``covers``; leave ``running``."""
+    def finish(self, covers: int, outcome: dict[str, Any], token: str) -> bool:
+        """Publish ``outcome`` for every generation up to ``covers`` and leave ``running``,
+        if this reload still holds it; return whether it was published.
+
+        A Redis restarted without persistence during the reload lost ``running``, and
+        started the generations again from 1: ``covers`` would then answer requests this
+        reload never read. Its outcome is dropped instead; those waiters ask again.
+        """
         sequence = int(self.connection.incr(self.sequence))
         member = f"{sequence:015d}|{json.dumps(outcome, sort_keys=True)}"
-        with self.connection.pipeline(transaction=True) as pipe:
-            pipe.zadd(self.outcomes, {member: covers})
-            pipe.zremrangebyrank(self.outcomes, 0, -(OUTCOMES_KEEP + 1))
-            pipe.expire(self.outcomes, BOOK_TTL_SECONDS)
-            # The metrics' reload count (``counters``), in the same round trip.
-            if self.counted:
-                field = counters.reload_field(counters.SERVICE_NGINX, bool(outcome.get("ok")))
-                pipe.hincrby(counters.RELOADS, field, 1)
-            pipe.publish(self.finished, covers)  # wakes the waiters
-            pipe.execute()
-        if token is None:
-            self.connection.delete(self.running)
-        else:
-            self.release(token)
+        # The metrics' reload count (``counters``) in the same script: counted once, and
+        # only for a reload whose outcome is published.
+        field = counters.reload_field(counters.SERVICE_NGINX, bool(outcome.get("ok")))
+        published = self.connection.eval(
+            _FINISH,
+            4,
+            self.running,
+            self.outcomes,
+            counters.RELOADS,
+            self.finished,
+            token,
+            member,
+            covers,
+            OUTCOMES_KEEP,
+            BOOK_TTL_SECONDS,
+            field if self.counted else "",
+        )
+        if not published:
+            logger.warning(
+                "Redis lost this reload's claim while it ran (restarted?): its outcome is not "
+                "published, and the runs waiting for it ask for another reload"
+            )
+        return bool(published)
 
     def release(self, token: str) -> None:
         """Leave ``running`` if this process still holds it."""
@@ -250,6 +268,24 @@ if redis.call("get", KEYS[1]) == ARGV[1] then
     return redis.call("del", KEYS[1])
 end
 return 0
+"""
+
+
+# Publish an outcome if this reload still holds ``running`` (KEYS[1]): add it to the
+# outcomes (KEYS[2]), count it (KEYS[3], field ARGV[6] unless empty), notify (channel KEYS[4]).
+_FINISH = """
+if redis.call("get", KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call("zadd", KEYS[2], ARGV[3], ARGV[2])
+redis.call("zremrangebyrank", KEYS[2], 0, -(tonumber(ARGV[4]) + 1))
+redis.call("expire", KEYS[2], ARGV[5])
+if ARGV[6] ~= "" then
+    redis.call("hincrby", KEYS[3], ARGV[6], 1)
+end
+redis.call("publish", KEYS[4], ARGV[3])
+redis.call("del", KEYS[1])
+return 1
 """
 
 
@@ -425,7 +461,7 @@ def serve_reload_requests(
     try:
         if book.queued_behind():
             book.wait_gap(min_interval)  # back to back: gather behind the last one
-        covers = book.begin(timeout)
+        covers, token = book.begin(timeout)
     except redis.RedisError as err:
         logger.warning("Cannot reach Redis to coalesce nginx reloads (%s); reloading anyway", err)
         return run()
@@ -435,7 +471,7 @@ def serve_reload_requests(
         return outcome
     finally:
         try:
-            book.finish(covers, outcome)
+            book.finish(covers, outcome, token)
         except redis.RedisError as err:
             logger.warning("Cannot publish the nginx reload outcome to Redis: %s", err)
 
