@@ -152,6 +152,10 @@ class Context:
     # Renewals only: queue ``finish_renewal(host_id, generation, run_id)`` behind the
     # other renewals, so that one nginx reload serves them all (None: reload inline).
     defer: Callable[[int, int, str], None] | None = None
+    # Provisioning only: a new host's site is written, and ``continue_provisioning(host_id,
+    # generation, run_id, step)`` queued behind the other new hosts, so that one reload
+    # loads them all (None: reload inline).
+    defer_step: Callable[[int, int, str, str], None] | None = None
     # Mail hosts (``mail.py``): the settings, the deploy to Postfix and Dovecot through the
     # privileged worker (coalesced like reloads), one handshake ``(service, port, hostname)``.
     mail_settings: MailSettings | None = None

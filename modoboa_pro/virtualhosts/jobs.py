@@ -174,9 +174,59 @@ def defer_finish_renewal(host_id: int, generation: int, run_id: str) -> None:
         ) from err
 
 
+def provisioning_context() -> context.Context:
+    """New hosts' sites are loaded by reloads shared with the other new hosts."""
+    ctx = build_context()
+    ctx.defer_step = defer_continue_provisioning
+    return ctx
+
+
+# The job that goes on after each step a new host's run defers.
+CONTINUATIONS = {
+    constants.STEP_HTTP_SITE: queueing.AFTER_HTTP_SITE,
+    constants.STEP_HTTPS_SITE: queueing.FINISH_PROVISIONING,
+}
+
+
+def defer_continue_provisioning(host_id: int, generation: int, run_id: str, step: str) -> None:
+    """Queue the rest of a provisioning run behind the new hosts already queued."""
+    path = CONTINUATIONS[step]
+    try:
+        queueing.queue().enqueue(
+            path,
+            host_id,
+            generation,
+            run_id,
+            job_id=queueing.job_id(path, host_id),
+            job_timeout=queueing.CHAIN_JOB_TIMEOUT,
+        )
+    except RedisError as err:
+        raise QueueUnavailable(
+            f"Cannot reach Redis to queue the rest of the provisioning ({err}). The site "
+            "file is written; the retry has nginx load it and goes on.",
+        ) from err
+
+
 def provision_virtualhost(host_id: int) -> str:
     """Provision (or resume provisioning of) one host."""
-    status = pipeline.provision(host_id, build_context())
+    status = pipeline.provision(host_id, provisioning_context())
+    _check_scan_alive()
+    return status
+
+
+def provision_after_http_site(host_id: int, generation: int, run_id: str) -> str:
+    """A new host's run, once the reload shared with other new hosts loaded its site."""
+    return _continue(host_id, generation, run_id, constants.STEP_HTTP_SITE)
+
+
+def finish_provisioning(host_id: int, generation: int, run_id: str) -> str:
+    """A new host's run, once the reload shared with other new hosts loaded its HTTPS site."""
+    return _continue(host_id, generation, run_id, constants.STEP_HTTPS_SITE)
+
+
+def _continue(host_id: int, generation: int, run_id: str, step: str) -> str:
+    ctx = provisioning_context()
+    status = pipeline.continue_provisioning(host_id, ctx, generation, run_id, step)
     _check_scan_alive()
     return status
 

@@ -42,6 +42,10 @@ from .rendering import render_http_only, render_https
 logger = logging.getLogger("modoboa.jobs")
 _T = TypeVar("_T")
 
+DEFERRED_RELOAD = "nginx reload queued with the other new hosts'"
+SHARED_RELOAD = "one nginx reload shared with the other new hosts"
+HTTP_KEPT = "nginx keeps serving the HTTP-only site"
+
 
 def provision(host_id: int, ctx: Context) -> str:
     """Provision (or resume provisioning of) one host; return its status, or gone/busy."""
@@ -89,8 +93,16 @@ def _run_chain(host_id: int, ctx: Context, *, kind: str, force_order: bool) -> s
 
 
 def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: bool) -> str:
+    if _http_site(run, ctx, host):
+        return constants.STATUS_PROVISIONING  # deferred: continue_provisioning goes on
+    return _after_http_site(host, run, ctx, force_order=force_order)
+
+
+def _after_http_site(
+    host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: bool
+) -> str:
+    """The chain once nginx serves the host's challenge path."""
     s = ctx.settings
-    _http_site(run, ctx, host.hostname, host.site)
     if not s.letsencrypt:
         recording.mark_success(
             host, None, status=constants.STATUS_HTTP_ONLY, threshold_days=s.threshold_days
@@ -116,7 +128,8 @@ def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: 
         run, ctx, host, facts.serial, new_files=renewed is not None, renewal=bool(renewed)
     )
     if reloaded is None:
-        return constants.STATUS_PROVISIONING  # deferred: finish_renewal records the outcome
+        # Deferred: finish_renewal (or continue_provisioning) records the outcome.
+        return constants.STATUS_PROVISIONING
     _verify(run, ctx, host.hostname, facts.serial, reloaded=reloaded)
     _mail(run, ctx, host, facts)
     _tlsa(run, s, host)
@@ -137,9 +150,14 @@ def _sweep_leftovers(s: Settings, hostname: str) -> None:
         )
 
 
-def _http_site(run: recording.Run, ctx: Context, hostname: str, site: str) -> None:
-    """Step 1: the HTTP-only site, seen served by nginx before the CA is asked anything."""
+def _http_site(run: recording.Run, ctx: Context, host: VirtualHost) -> bool:
+    """Step 1: the HTTP-only site, seen served by nginx before the CA is asked anything.
+
+    Returns True when a new site's reload was deferred (``Context.defer_step``): the
+    run goes on in ``continue_provisioning``, once a reload shared with the other new
+    hosts has loaded it."""
     s = ctx.settings
+    hostname, site = host.hostname, host.site
     with run.step(constants.STEP_HTTP_SITE) as step:
         # nginx's workers (an unprivileged user) traverse the root to reach the webroot.
         files.ensure_dir(s.storage_root, constants.STORAGE_ROOT_MODE)
@@ -150,9 +168,14 @@ def _http_site(run: recording.Run, ctx: Context, hostname: str, site: str) -> No
         current = _read_site(s.conf_dir, hostname)
         if current is None or "/.well-known/acme-challenge/" not in current:
             content = render_http_only(s.site_context(hostname, site))
-            apply_site(s, hostname, content, ctx.reload)
+            path = nginx.site_path(s.conf_dir, hostname)
+            # Only a new site: there is no served configuration of this host to break.
+            new = current is None
+            if _deploy_site(run, ctx, host, content, constants.STEP_HTTP_SITE, defer=new):
+                step.message = f"HTTP-only site {path} written; {DEFERRED_RELOAD}"
+                return True
             probe.preflight(s.endpoint, hostname)
-            step.message = f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served"
+            step.message = f"HTTP-only site {path} is served"
         elif probe.serves_challenge(s.endpoint, hostname):
             step.skip("the site is in place and served")
         else:
@@ -160,6 +183,7 @@ def _http_site(run: recording.Run, ctx: Context, hostname: str, site: str) -> No
             ctx.reload()
             probe.preflight(s.endpoint, hostname)
             step.message = "the site file was in place but not loaded by nginx; reloaded"
+    return False
 
 
 def _obtain(
@@ -338,7 +362,12 @@ def _https_site(
         try:
             _usable_pair(s, hostname, serial)
             if changed:
-                apply_site(s, hostname, content, ctx.reload)
+                # A first certificate: nginx serves only the HTTP-only site, which a
+                # refused reload gets back (``continue_provisioning``).
+                first = new_files and not renewal
+                if _deploy_site(run, ctx, host, content, constants.STEP_HTTPS_SITE, defer=first):
+                    step.message = f"HTTPS site written; {DEFERRED_RELOAD}"
+                    return None
                 step.message = "HTTPS site installed and nginx reloaded"
                 return True
             if ctx.defer is not None and (generation := ctx.reload.request()) is not None:
@@ -516,6 +545,71 @@ def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> 
         return constants.RESULT_BUSY
 
 
+def continue_provisioning(
+    host_id: int, ctx: Context, generation: int, run_id: str, step: str
+) -> str:
+    """The rest of a provisioning run deferred at ``step`` (a new site written): wait for
+    the shared reload covering ``generation``, check what nginx serves, go on."""
+    host = VirtualHost.objects.filter(pk=host_id).first()
+    if host is None:
+        return constants.RESULT_GONE
+    try:
+        with ctx.lock(host.hostname):
+            host = VirtualHost.objects.filter(pk=host_id).first()
+            if host is None:
+                return constants.RESULT_GONE
+            if not host.enabled:
+                return constants.STATUS_DISABLED
+            if _last_run_id(host) != run_id:
+                # Another run (a retry) took the host over meanwhile, and did the rest.
+                logger.info("virtualhost %s: a later run took over; nothing to go on", host)
+                return constants.RESULT_BUSY
+            run = recording.Run(host, run_id, constants.KIND_PROVISION)
+            with recording.outcome(run) as result:
+                result.status = _continue(host, run, ctx, generation, step)
+            return result.status
+    except LockHeld:
+        logger.info("virtualhost %s: another run is in progress; it goes on", host.hostname)
+        return constants.RESULT_BUSY
+
+
+def _continue(
+    host: VirtualHost, run: recording.Run, ctx: Context, generation: int, step: str
+) -> str:
+    s = ctx.settings
+    hostname = host.hostname
+    if step == constants.STEP_HTTP_SITE:
+        with run.step(constants.STEP_HTTP_SITE, continued=True) as record:
+            _loaded_or_restored(s, hostname, None, lambda: ctx.reload.wait(generation))
+            probe.preflight(s.endpoint, hostname)
+            record.message = (
+                f"HTTP-only site {nginx.site_path(s.conf_dir, hostname)} is served "
+                f"({SHARED_RELOAD})"
+            )
+        return _after_http_site(host, run, ctx, force_order=False)
+    # The HTTPS site of a first certificate: a refused reload gets the HTTP-only one back.
+    http_only = render_http_only(s.site_context(hostname, host.site)).encode()
+    with run.step(constants.STEP_HTTPS_SITE, continued=True) as record:
+        try:
+            # Checked again: the files may have changed while the run waited in the queue.
+            facts = _usable_pair(s, hostname, "")
+        except UnusablePair as err:
+            # The shared reload may have loaded the HTTPS site: load the HTTP-only one again.
+            apply_site(s, hostname, http_only.decode(), ctx.reload)
+            raise _not_deployed(err, s, hostname, roll_back=False, kept=HTTP_KEPT) from err
+        _loaded_or_restored(s, hostname, http_only, lambda: ctx.reload.wait(generation))
+        record.message = f"HTTPS site installed ({SHARED_RELOAD})"
+    _verify(run, ctx, hostname, facts.serial, reloaded=True)
+    _mail(run, ctx, host, facts)
+    _tlsa(run, s, host)
+    _succeed(host, facts, s, renewed=False)
+    return constants.STATUS_ACTIVE
+
+
+def _last_run_id(host: VirtualHost) -> str | None:
+    return host.events.order_by("-started_at", "-id").values_list("run_id", flat=True).first()
+
+
 def _order_reason(
     stored: storage.StoredCertificate, host: VirtualHost, s: Settings, force: bool
 ) -> str | None:
@@ -548,6 +642,36 @@ def apply_site(s: Settings, hostname: str, content: str, reload: Callable[[], st
     """Write a site, test and reload; on failure put the previous file back, unless
     nginx blames another file (ours is then not at fault, and kept for the retry)."""
     previous = nginx.write_site(s.conf_dir, hostname, content)
+    _loaded_or_restored(s, hostname, previous, reload)
+
+
+def _deploy_site(
+    run: recording.Run, ctx: Context, host: VirtualHost, content: str, step: str, *, defer: bool
+) -> bool:
+    """Write a site and have nginx load it; True when the loading is deferred.
+
+    With ``defer`` and ``Context.defer_step``, the rest of the run is queued behind the
+    reload that will load the site, so that a burst of new hosts shares reloads instead of
+    holding a worker each. Otherwise (or without Redis to coordinate) reload now."""
+    s = ctx.settings
+    if not defer or ctx.defer_step is None:
+        apply_site(s, host.hostname, content, ctx.reload)
+        return False
+    previous = nginx.write_site(s.conf_dir, host.hostname, content)
+    # Requested once the file is written: a reload that reads this generation reads it.
+    generation = ctx.reload.request()
+    if generation is None:
+        _loaded_or_restored(s, host.hostname, previous, ctx.reload)
+        return False
+    ctx.defer_step(host.pk, generation, run.run_id, step)
+    return True
+
+
+def _loaded_or_restored(
+    s: Settings, hostname: str, previous: bytes | None, reload: Callable[[], str]
+) -> None:
+    """Reload for a site just written; on failure put ``previous`` back (None: remove it),
+    unless nginx blames another file."""
     try:
         reload()
     except NginxConfigTestFailed as err:

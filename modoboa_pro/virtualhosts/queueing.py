@@ -27,6 +27,9 @@ _JOBS = "modoboa_pro.virtualhosts.jobs."
 PROVISION = _JOBS + "provision_virtualhost"
 RENEW = _JOBS + "renew_virtualhost"
 FINISH_RENEWAL = _JOBS + "finish_renewal"
+# A new host's provisioning, after the shared reload of its HTTP-only / HTTPS site.
+AFTER_HTTP_SITE = _JOBS + "provision_after_http_site"
+FINISH_PROVISIONING = _JOBS + "finish_provisioning"
 DISABLE = _JOBS + "disable_virtualhost"
 REMOVE = _JOBS + "remove_virtualhost"
 RELOAD = _JOBS + "nginx_test_and_reload"
@@ -38,11 +41,13 @@ ACTIONS = {
     PROVISION: "provision",
     RENEW: "renew",
     FINISH_RENEWAL: "finish",
+    AFTER_HTTP_SITE: "after-http-site",
+    FINISH_PROVISIONING: "finish-first",
     DISABLE: "disable",
     REMOVE: "remove",
 }
 # Jobs that mean "a run is queued or running for this host".
-RUN_JOBS = (PROVISION, RENEW, FINISH_RENEWAL)
+RUN_JOBS = (PROVISION, RENEW, FINISH_RENEWAL, AFTER_HTTP_SITE, FINISH_PROVISIONING)
 
 # One timeout for every chain job, a kill limit above any legitimate run. A run
 # waits for the CA (ACME_ORDER_TIMEOUT, 90 s by default) and for the privileged

@@ -36,10 +36,16 @@ class Run:
         self.run_id = run_id
         self.kind = kind
         self.current_step = ""
+        self.continued = False
 
     @contextmanager
-    def step(self, name: str) -> Iterator[StepResult]:
-        """Time a step, log it and store it in the host's history."""
+    def step(self, name: str, *, continued: bool = False) -> Iterator[StepResult]:
+        """Time a step, log it and store it in the host's history.
+
+        ``continued``: the step began in an earlier job of this run, which deferred its
+        end (a reload shared with other hosts): its event is completed, not repeated, and
+        its duration counts from its start."""
+        self.continued = continued
         self.current_step = name
         self._enter(name)
         result = StepResult()
@@ -101,6 +107,8 @@ class Run:
     def _event(
         self, step: str, outcome: str, started: datetime.datetime, clock: float, message: str
     ) -> None:
+        if self.continued and self._complete(step, outcome, message):
+            return
         try:
             VirtualHostEvent.objects.create(
                 virtualhost_id=self.host.pk,
@@ -114,6 +122,23 @@ class Run:
         except IntegrityError as err:  # the host row was deleted during the step
             raise DesiredStateChanged(f"{self.host.hostname} was deleted", gone=True) from err
         _prune(self.host)
+
+    def _complete(self, step: str, outcome: str, message: str) -> bool:
+        """Complete this run's event of ``step`` begun by an earlier job; False if none."""
+        begun = (
+            VirtualHostEvent.objects.filter(
+                virtualhost_id=self.host.pk, run_id=self.run_id, step=step
+            )
+            .order_by("-id")
+            .first()
+        )
+        if begun is None:
+            return False
+        duration = (timezone.now() - begun.started_at).total_seconds()
+        VirtualHostEvent.objects.filter(pk=begun.pk).update(
+            outcome=outcome, duration=round(duration, 3), message=message[:4000]
+        )
+        return True
 
 
 class StepResult:
