@@ -12,7 +12,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from django.utils import timezone
 
@@ -150,12 +150,28 @@ def _sweep_leftovers(s: Settings, hostname: str) -> None:
         )
 
 
+class Deferred(NamedTuple):
+    """A step whose site is written and whose reload is requested: the run goes on in
+    ``continue_provisioning``, queued once the step is recorded (it completes that record)."""
+
+    generation: int
+
+
 def _http_site(run: recording.Run, ctx: Context, host: VirtualHost) -> bool:
     """Step 1: the HTTP-only site, seen served by nginx before the CA is asked anything.
 
     Returns True when a new site's reload was deferred (``Context.defer_step``): the
     run goes on in ``continue_provisioning``, once a reload shared with the other new
     hosts has loaded it."""
+    deferred = _http_site_step(run, ctx, host)
+    if deferred is None:
+        return False
+    assert ctx.defer_step is not None
+    ctx.defer_step(host.pk, deferred.generation, run.run_id, constants.STEP_HTTP_SITE)
+    return True
+
+
+def _http_site_step(run: recording.Run, ctx: Context, host: VirtualHost) -> Deferred | None:
     s = ctx.settings
     hostname, site = host.hostname, host.site
     with run.step(constants.STEP_HTTP_SITE) as step:
@@ -170,10 +186,9 @@ def _http_site(run: recording.Run, ctx: Context, host: VirtualHost) -> bool:
             content = render_http_only(s.site_context(hostname, site))
             path = nginx.site_path(s.conf_dir, hostname)
             # Only a new site: there is no served configuration of this host to break.
-            new = current is None
-            if _deploy_site(run, ctx, host, content, constants.STEP_HTTP_SITE, defer=new):
+            if deferred := _deploy_site(ctx, host, content, defer=current is None):
                 step.message = f"HTTP-only site {path} written; {DEFERRED_RELOAD}"
-                return True
+                return deferred
             probe.preflight(s.endpoint, hostname)
             step.message = f"HTTP-only site {path} is served"
         elif probe.serves_challenge(s.endpoint, hostname):
@@ -183,7 +198,7 @@ def _http_site(run: recording.Run, ctx: Context, host: VirtualHost) -> bool:
             ctx.reload()
             probe.preflight(s.endpoint, hostname)
             step.message = "the site file was in place but not loaded by nginx; reloaded"
-    return False
+    return None
 
 
 def _obtain(
@@ -351,6 +366,23 @@ def _https_site(
     ``serial``: the certificate to serve. ``renewal``: new files replaced a previous
     pair, which a failed reload (or a pair found unusable) restores.
     """
+    done = _https_site_step(run, ctx, host, serial, new_files=new_files, renewal=renewal)
+    if not isinstance(done, Deferred):
+        return done
+    assert ctx.defer_step is not None
+    ctx.defer_step(host.pk, done.generation, run.run_id, constants.STEP_HTTPS_SITE)
+    return None
+
+
+def _https_site_step(
+    run: recording.Run,
+    ctx: Context,
+    host: VirtualHost,
+    serial: str,
+    *,
+    new_files: bool,
+    renewal: bool,
+) -> bool | None | Deferred:
     s = ctx.settings
     hostname = host.hostname
     with run.step(constants.STEP_HTTPS_SITE) as step:
@@ -365,9 +397,9 @@ def _https_site(
                 # A first certificate: nginx serves only the HTTP-only site, which a
                 # refused reload gets back (``continue_provisioning``).
                 first = new_files and not renewal
-                if _deploy_site(run, ctx, host, content, constants.STEP_HTTPS_SITE, defer=first):
+                if deferred := _deploy_site(ctx, host, content, defer=first):
                     step.message = f"HTTPS site written; {DEFERRED_RELOAD}"
-                    return None
+                    return deferred
                 step.message = "HTTPS site installed and nginx reloaded"
                 return True
             if ctx.defer is not None and (generation := ctx.reload.request()) is not None:
@@ -645,26 +677,22 @@ def apply_site(s: Settings, hostname: str, content: str, reload: Callable[[], st
     _loaded_or_restored(s, hostname, previous, reload)
 
 
-def _deploy_site(
-    run: recording.Run, ctx: Context, host: VirtualHost, content: str, step: str, *, defer: bool
-) -> bool:
-    """Write a site and have nginx load it; True when the loading is deferred.
-
-    With ``defer`` and ``Context.defer_step``, the rest of the run is queued behind the
-    reload that will load the site, so that a burst of new hosts shares reloads instead of
-    holding a worker each. Otherwise (or without Redis to coordinate) reload now."""
+def _deploy_site(ctx: Context, host: VirtualHost, content: str, *, defer: bool) -> Deferred | None:
+    """Write a site and have nginx load it now, or, with ``defer`` and
+    ``Context.defer_step``, only request the reload that will (``Deferred``): the rest of
+    the run then waits in the queue behind the other new hosts instead of holding a
+    worker, and a burst shares reloads. Without Redis to coordinate, reload now."""
     s = ctx.settings
     if not defer or ctx.defer_step is None:
         apply_site(s, host.hostname, content, ctx.reload)
-        return False
+        return None
     previous = nginx.write_site(s.conf_dir, host.hostname, content)
     # Requested once the file is written: a reload that reads this generation reads it.
     generation = ctx.reload.request()
     if generation is None:
         _loaded_or_restored(s, host.hostname, previous, ctx.reload)
-        return False
-    ctx.defer_step(host.pk, generation, run.run_id, step)
-    return True
+        return None
+    return Deferred(generation)
 
 
 def _loaded_or_restored(

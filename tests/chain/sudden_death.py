@@ -29,6 +29,7 @@ NOT_REACHED = 3
 # A point: what the chain has just done (or is about to do) when the process dies.
 PROVISIONING_POINTS = (
     "http_site_written",  # the HTTP-only site file is written, nginx not reloaded
+    "http_site_deferred",  # ... and the rest of the run queued behind the shared reload
     "http_site_probe",  # nginx reloaded, the preflight's probe token is in the webroot
     "http_site_served",  # the http_site step is recorded
     "order",  # the challenge token is published, the CA not yet told
@@ -37,6 +38,7 @@ PROVISIONING_POINTS = (
     "chain_written",  # both files are written, certs/<host> still points at the old pair
     "pair_swapped",  # certs/<host> points at the new pair; older versions not pruned
     "https_site_written",  # the HTTPS site file is written, nginx not tested or reloaded
+    "https_site_deferred",  # ... and the end of the run queued behind the shared reload
     "reload_tested",  # `nginx -t` passed with the HTTPS site, the reload not sent
     "reloaded",  # the reload was sent, the served certificate not yet verified
     "verified",  # nginx serves the new pair, the success not yet recorded
@@ -91,7 +93,7 @@ def after(owner: object, name: str, when: Callable[..., bool] = _always) -> None
 
 def arm(point: str, hostname: str) -> None:
     """Wrap the seam of ``point`` so that the process dies there."""
-    from modoboa_pro.virtualhosts import conf, jobs, pipeline, recording
+    from modoboa_pro.virtualhosts import conf, constants, jobs, pipeline, recording
     from modoboa_pro.virtualhosts.adapters import nginx, probe, storage, webroot
 
     def https_site_on_disk(*args: Any, **kwargs: Any) -> bool:
@@ -110,16 +112,24 @@ def arm(point: str, hostname: str) -> None:
     def is_https(conf_dir: Any, name: str, content: str) -> bool:
         return "ssl_certificate" in content
 
+    def is_step(step: str) -> Callable[..., bool]:
+        return lambda host_id, generation, run_id, deferred: deferred == step
+
+    HTTP, HTTPS = constants.STEP_HTTP_SITE, constants.STEP_HTTPS_SITE
+
     seams: dict[str, Callable[[], None]] = {
         "http_site_written": lambda: after(nginx, "write_site"),
         "http_site_probe": lambda: after(webroot, "publish_token", is_probe),
-        "http_site_served": lambda: after(pipeline, "_http_site"),
+        "http_site_deferred": lambda: after(jobs, "defer_continue_provisioning", is_step(HTTP)),
+        # Served and recorded, inline or in the follow-up job: the chain goes on from here.
+        "http_site_served": lambda: before(pipeline, "_after_http_site"),
         "order": lambda: after(webroot, "publish_token", is_challenge),
         "certificate_issued": lambda: before(storage, "write_certificate_pair"),
         "key_written": lambda: after(storage, "atomic_write", is_key),
         "chain_written": lambda: before(storage, "_point_link"),
         "pair_swapped": lambda: after(storage, "_point_link"),
         "https_site_written": lambda: after(nginx, "write_site", is_https),
+        "https_site_deferred": lambda: after(jobs, "defer_continue_provisioning", is_step(HTTPS)),
         "reload_tested": lambda: before(nginx, "run_reload", https_site_on_disk),
         "reloaded": lambda: after(nginx, "run_reload", https_site_on_disk),
         "finish_queued": lambda: after(jobs, "defer_finish_renewal"),

@@ -59,6 +59,7 @@ class After:
 
 PROVISIONING = {
     "http_site_written": After(NONE, ABSENT),
+    "http_site_deferred": After(NONE, ABSENT, job_queued=True),
     "http_site_probe": After(NONE, HTTP),
     "http_site_served": After(NONE, HTTP),
     "order": After(NONE, HTTP),
@@ -67,6 +68,7 @@ PROVISIONING = {
     "chain_written": After(NONE, HTTP),
     "pair_swapped": After(NEW, HTTP),
     "https_site_written": After(NEW, HTTP),
+    "https_site_deferred": After(NEW, HTTP, job_queued=True),
     "reload_tested": After(NEW, HTTP),
     "reloaded": After(NEW, NEW),
     "verified": After(NEW, NEW),
