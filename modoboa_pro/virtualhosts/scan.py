@@ -387,6 +387,7 @@ def _scan_host(
             report.urgent.append(host.hostname)
             if not dry_run:
                 alarms.alarm_urgent(host, stored.facts.not_after, now)
+        # The path named in the message is built only for an expired pair (few are).
         elif stored.facts.not_after <= now and (
             expired := policy.expired_problem(
                 now,
