@@ -140,3 +140,19 @@ def test_without_any_pair(tmp_path):
     os.makedirs(tmp_path / "certs" / ".pairs")
     found, _ = read(tmp_path, issued_serial="abc")
     assert "is missing although a certificate was issued" in (found.problem or "")
+
+
+def test_certs_is_resolved_once_for_many_hosts(tmp_path, monkeypatch):
+    """No path resolved per host (``read_current`` resolves two per file, 51 ``lstat`` a host)."""
+    names = [f"h{i}.example.test" for i in range(3)]
+    for name in names:
+        store(tmp_path, name)
+    resolved = []
+    real = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda *a, **k: resolved.append(a) or real(*a, **k))
+    with pair_reader.PairReader(tmp_path) as reader:
+        found = [reader.read(name) for name in names]
+    assert all(f.problem is None and f.facts is not None for f in found)
+    assert len(resolved) == 1 and reader.full_checks == 3
+    storage.read_current(tmp_path, names[0])
+    assert len(resolved) == 1 + 6  # certs/ and the file, for each of 3 reads
