@@ -179,6 +179,10 @@ class VirtualHost(models.Model):
     # {"current": key, "next": next key, "chain": [each CA certificate of the chain]}.
     # Public values: the API shows them without reading the keys.
     tlsa_keys = models.JSONField(default=dict, blank=True)
+    # Written by the renewal scan only: the files of the current pair as they were when
+    # they passed every check (``adapters.pair_reader``); the next scan skips the checks
+    # that depend on their content while they are unchanged.
+    pair_stamp = models.CharField(max_length=255, blank=True, default="", editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

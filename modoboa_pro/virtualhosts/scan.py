@@ -23,7 +23,7 @@ from typing import Any
 from django.utils import timezone
 
 from . import alarms, constants, policy, queueing, recording, renewal_info
-from .adapters import storage
+from .adapters import pair_reader, storage
 from .adapters.x509 import CertificateFacts
 from .errors import QueueUnavailable, VirtualHostError
 from .models import OBSERVED_FIELDS, RenewalScan, VirtualHost
@@ -43,8 +43,9 @@ NO_CERT_STUCK = "stuck"
 NO_CERT_FAILED = "failed"
 NO_CERT_HTTP_ONLY = "http_only"
 
-# What the scan reads of each host: identity, desired state, everything observed.
-_FIELDS = ("id", "hostname", "domain_id", "enabled", *OBSERVED_FIELDS)
+# What the scan reads of each host: identity, desired state, everything observed, and the
+# stamp of the pair files that last passed every check.
+_FIELDS = ("id", "hostname", "domain_id", "enabled", *OBSERVED_FIELDS, "pair_stamp")
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,24 @@ class ScanReport:
     expired: list[str] = field(default_factory=list)
     urgent: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    # One per host, kept only when asked (the dry run's listing): the scan's memory stays
+    # the same whatever the number of hosts.
     verdicts: list[Verdict] = field(default_factory=list)
+    keep_verdicts: bool = field(default=False, repr=False)
+    # Pairs whose content was checked, and pairs whose files were unchanged since they
+    # passed every check (the content checks skipped; see ``adapters.pair_reader``).
+    pairs_checked: int = 0
+    pairs_unchanged: int = 0
     # Due, but Redis could not be reached to queue their renewal.
     not_queued: list[str] = field(default_factory=list)
     # Queued, lost when Redis restarted during the scan, and queued again.
     requeued: list[str] = field(default_factory=list)
     # Every due host handed to ``enqueue``: what a Redis restart may have lost.
     scheduled: list[VirtualHost] = field(default_factory=list, repr=False)
+
+    def add(self, found: Verdict) -> None:
+        if self.keep_verdicts:
+            self.verdicts.append(found)
 
     def summary(self) -> str:
         no_cert = sum(len(v) for v in self.without_certificate.values())
@@ -240,6 +252,7 @@ def run(
     dry_run: bool = False,
     ari_source: Callable[[], renewal_info.RenewalInfoSource] | None = None,
     spread: datetime.timedelta = datetime.timedelta(0),
+    list_verdicts: bool | None = None,
 ) -> ScanReport:
     """Scan every host; ``enqueue(host)`` returns False when a renewal is already pending.
 
@@ -248,23 +261,34 @@ def run(
 
     ``enqueue=None`` (Let's Encrypt disabled) reports due hosts without renewing
     them. ``dry_run`` decides the same way and writes and enqueues nothing.
+    ``list_verdicts`` (the dry run's default) keeps every host's ``Verdict`` in
+    ``report.verdicts``; otherwise only the counts and the names of the hosts that
+    need attention are kept.
 
     A constant number of SQL queries whatever the number of hosts (hosts are
-    streamed), plus one UPDATE per host whose recorded state changes.
+    streamed), plus one UPDATE per host whose recorded state changes, and one per
+    ``CHUNK_SIZE`` hosts whose pair files changed since the previous scan.
     """
     now = now or timezone.now()
-    report = ScanReport(started_at=now)
+    report = ScanReport(
+        started_at=now, keep_verdicts=dry_run if list_verdicts is None else list_verdicts
+    )
     epoch = queueing.server_epoch() if enqueue is not None and not dry_run else None
     asker = _AriAsker(None if dry_run else ari_source)
+    stamps = _StampBook(dry_run)
     hosts = VirtualHost.objects.only(*_FIELDS).order_by("hostname")
-    for host in hosts.iterator(chunk_size=CHUNK_SIZE):
-        try:
-            _scan_host(
-                host, storage_root, threshold_days, enqueue, now, report, dry_run, asker, spread
-            )
-        except VirtualHostError as err:  # e.g. Redis unreachable: report, go on
-            report.errors.append(host.hostname)
-            logger.error("virtualhost %s: renewal scan failed: %s", host.hostname, err.message)
+    with pair_reader.PairReader(storage_root) as reader:
+        for host in hosts.iterator(chunk_size=CHUNK_SIZE):
+            try:
+                _scan_host(
+                    host, reader, threshold_days, enqueue, now, report, dry_run, asker, spread,
+                    stamps,
+                )  # fmt: skip
+            except VirtualHostError as err:  # e.g. Redis unreachable: report, go on
+                report.errors.append(host.hostname)
+                logger.error("virtualhost %s: renewal scan failed: %s", host.hostname, err.message)
+        stamps.flush()
+        report.pairs_checked, report.pairs_unchanged = reader.full_checks, reader.skipped_checks
     if dry_run:
         return report
     if enqueue is not None:
@@ -288,9 +312,33 @@ def run(
     return report
 
 
+class _StampBook:
+    """The pair stamps to record, written ``CHUNK_SIZE`` hosts at a time (one UPDATE each):
+    none on a day when no pair changed, and never a list as long as the hosts."""
+
+    def __init__(self, dry_run: bool) -> None:
+        self._dry_run = dry_run
+        self._pending: list[VirtualHost] = []
+
+    def note(self, host: VirtualHost, stamp: str) -> None:
+        if self._dry_run or stamp == host.pair_stamp:
+            return
+        host.pair_stamp = stamp
+        self._pending.append(host)
+        if len(self._pending) >= CHUNK_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._pending:
+            # Only this column: what a renewal records meanwhile is left alone. A stamp
+            # older than the files makes the next scan check them in full, nothing worse.
+            VirtualHost.objects.bulk_update(self._pending, ["pair_stamp"], batch_size=CHUNK_SIZE)
+            self._pending = []
+
+
 def _scan_host(
     host: VirtualHost,
-    storage_root: Path,
+    reader: pair_reader.PairReader,
     threshold_days: int,
     enqueue: Callable[[VirtualHost], bool] | None,
     now: datetime.datetime,
@@ -298,25 +346,30 @@ def _scan_host(
     dry_run: bool,
     asker: _AriAsker,
     spread: datetime.timedelta,
+    stamps: _StampBook,
 ) -> None:
     if not host.enabled:
         report.disabled += 1
-        report.verdicts.append(verdict(host, storage.StoredCertificate(None), threshold_days, now))
+        report.add(verdict(host, storage.StoredCertificate(None), threshold_days, now))
         return
     report.seen += 1
     if host.status == constants.STATUS_PAUSED:
         # Failing for days: no order, no file repair, no alarm change until an operator retries.
         report.paused.append(host.hostname)
-        report.verdicts.append(verdict(host, storage.StoredCertificate(None), threshold_days, now))
+        report.add(verdict(host, storage.StoredCertificate(None), threshold_days, now))
         return
     # A key others can read is made private at once (not in a dry run), then replaced.
-    stored = storage.read_current(
-        storage_root, host.hostname, issued_serial=host.cert_serial, repair=not dry_run
+    stored = reader.read(
+        host.hostname,
+        issued_serial=host.cert_serial,
+        repair=not dry_run,
+        verified_stamp=host.pair_stamp,
     )
+    stamps.note(host, stored.stamp)
     if stored.facts is not None and stored.problem is None:
         asker.maybe_ask(host, stored.facts, now, threshold_days)
     found = verdict(host, stored, threshold_days, now, spread)
-    report.verdicts.append(found)
+    report.add(found)
     if stored.problem is not None:
         report.unreadable.append(host.hostname)
         logger.warning("virtualhost %s: %s", host.hostname, stored.problem)
@@ -329,13 +382,19 @@ def _scan_host(
     else:
         if not dry_run:
             recording.sync_facts(host, stored.facts, threshold_days, spread)
-        fullchain = storage.certificate_paths(storage_root, host.hostname)[0]
         facts = stored.facts
         if policy.is_urgent(now, facts.not_before, facts.not_after, host.attempts):
             report.urgent.append(host.hostname)
             if not dry_run:
                 alarms.alarm_urgent(host, stored.facts.not_after, now)
-        elif expired := policy.expired_problem(now, stored.facts.not_after, fullchain):
+        # The path named in the message is built only for an expired pair (few are).
+        elif stored.facts.not_after <= now and (
+            expired := policy.expired_problem(
+                now,
+                stored.facts.not_after,
+                storage.certificate_paths(reader.storage_root, host.hostname)[0],
+            )
+        ):
             # Expired with no failing renewal to blame (a pair restored from an old
             # backup, renewals not running): the host shows it until the renewal is done.
             report.expired.append(host.hostname)

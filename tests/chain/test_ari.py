@@ -200,7 +200,12 @@ def test_an_unusable_window_falls_back_to_the_lifetime_rule(
     assert jobs.check_certificate_renewals()["enqueued"] == []
     assert ca.renewal_info_asked() == [cert_id]
     report = scan.run(
-        chain.storage, 30, nothing_enqueued, now=host.ari_recheck_at + SECOND, ari_source=_ca()
+        chain.storage,
+        30,
+        nothing_enqueued,
+        now=host.ari_recheck_at + SECOND,
+        ari_source=_ca(),
+        list_verdicts=True,
     )
     assert [v.renewal_source for v in report.verdicts] == ["lifetime"]
     assert ca.renewal_info_asked() == [cert_id, cert_id]

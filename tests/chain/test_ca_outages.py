@@ -203,7 +203,13 @@ def test_ca_killed_while_validating_a_renewal(chain: Chain, own_pebble: PebbleSe
     own_pebble.start()
     # Neither the daily scan nor the sweep tries again before the back-off says so.
     early = host.next_attempt_at - SECOND
-    report = scan.run(chain.storage, 30, lambda h: pytest.fail(f"{h} renewed early"), now=early)
+    report = scan.run(
+        chain.storage,
+        30,
+        lambda h: pytest.fail(f"{h} renewed early"),
+        now=early,
+        list_verdicts=True,
+    )
     assert [v.action for v in report.verdicts] == [policy.SKIP_BACKOFF]
     assert sweep(early) == []
     assert sweep(host.next_attempt_at) == [hostname]

@@ -75,7 +75,13 @@ def nothing_retried_before(chain: Chain, proxy: AcmeProxy, host: VirtualHost) ->
     orders = proxy.count("newOrder")
     early = host.next_attempt_at - SECOND
     assert retries.run(letsencrypt=True, now=early).retried == []
-    report = scan.run(chain.storage, 30, lambda h: pytest.fail(f"{h} retried early"), now=early)
+    report = scan.run(
+        chain.storage,
+        30,
+        lambda h: pytest.fail(f"{h} retried early"),
+        now=early,
+        list_verdicts=True,
+    )
     assert all(v.action != policy.RENEW for v in report.verdicts)
     assert jobs.check_certificate_renewals()["retried"] == []  # the real one, now
     chain.drain()

@@ -62,7 +62,7 @@ def restart_redis(chain: Chain) -> None:
 
 def during_the_scan(monkeypatch, actions: dict[int, Callable[[], None]]) -> None:
     """Fault seam: run ``actions[n]`` when the scan reaches its n-th host (1-based)."""
-    read = scan_module.storage.read_current
+    read = scan_module.pair_reader.PairReader.read  # the scan reads each host's pair with it
     seen = iter(range(1, 10_000))
 
     def reading(*args, **kwargs):
@@ -71,7 +71,7 @@ def during_the_scan(monkeypatch, actions: dict[int, Callable[[], None]]) -> None
             action()
         return read(*args, **kwargs)
 
-    monkeypatch.setattr(scan_module.storage, "read_current", reading)
+    monkeypatch.setattr(scan_module.pair_reader.PairReader, "read", reading)
 
 
 def due_hosts(chain: Chain, prefix: str, count: int) -> tuple[list[VirtualHost], dict[str, str]]:

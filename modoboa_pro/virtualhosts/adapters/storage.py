@@ -131,6 +131,8 @@ class StoredCertificate:
 
     facts: CertificateFacts | None  # None: no usable certificate
     problem: str | None = None  # why the pair on disk cannot be used, for the operator
+    # What identifies the files that passed every check (``pair_reader``), "" if not known.
+    stamp: str = ""
 
 
 # Larger than any pair this product stores (an RSA-4096 chain is ~7 KB): a file this big is
@@ -293,6 +295,11 @@ def _read_at_most(fd: int, limit: int) -> bytes:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks)
+
+
+def is_version_name(name: str) -> bool:
+    """Whether ``name`` is a version directory's name (``<sequence>-<UTC timestamp>``)."""
+    return _VERSION_RE.fullmatch(name) is not None
 
 
 def _versions(pairs: Path) -> list[Path]:

@@ -1,0 +1,158 @@
+"""The scan's pair reader: the same verdict as ``storage.read_current`` for every pair, and
+the content checks skipped only while the files are the ones that passed them."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from modoboa_pro.testing import make_chain_pem, validity
+from modoboa_pro.virtualhosts.adapters import pair_reader, storage, x509
+
+from ..chain.test_garbage_pairs import HOST, VARIANTS, Variant, key_mismatch, truncate_chain
+
+DAY = datetime.timedelta(days=1)
+# Longer than a clock tick of file times (10 ms at most): a write after this pause changes
+# them, so a short settle time stands for the real one without a two-second wait.
+TICK = 0.05
+
+
+@pytest.fixture
+def short_settle(monkeypatch):
+    monkeypatch.setattr(pair_reader, "STAMP_SETTLE_NS", int(TICK * 1e9) // 2)
+
+
+def store(root: Path, hostname: str = HOST) -> None:
+    not_before, not_after = validity(remaining=60 * DAY)
+    storage.write_certificate_pair(
+        root, hostname, *make_chain_pem([hostname], not_before=not_before, not_after=not_after)
+    )
+
+
+def read(root: Path, stamp: str = "", **kwargs) -> tuple[storage.StoredCertificate, dict]:
+    with pair_reader.PairReader(root) as reader:
+        found = reader.read(HOST, verified_stamp=stamp, **kwargs)
+    return found, {"full": reader.full_checks, "skipped": reader.skipped_checks}
+
+
+def stored_and_stamped(root: Path) -> str:
+    """A pair stored, settled, and read once: the stamp a scan records."""
+    store(root)
+    time.sleep(TICK)
+    found, counts = read(root)
+    assert found.problem is None and found.stamp and counts == {"full": 1, "skipped": 0}
+    return found.stamp
+
+
+def test_an_unchanged_pair_is_not_checked_again(tmp_path, short_settle, monkeypatch):
+    stamp = stored_and_stamped(tmp_path)
+    checked = []
+    for name in ("check_order", "load_private_key", "check_key_matches"):
+        real = getattr(x509, name)
+        monkeypatch.setattr(x509, name, lambda *a, _n=name, _f=real: checked.append(_n) or _f(*a))
+    again, counts = read(tmp_path, stamp)
+    assert counts == {"full": 0, "skipped": 1} and checked == []
+    assert again.problem is None and again.stamp == stamp
+    assert again.facts == storage.read_current(tmp_path, HOST).facts
+    # Another stamp (another pair, or none recorded): every check again.
+    checked.clear()
+    _, counts = read(tmp_path, "1:other")
+    assert counts == {"full": 1, "skipped": 0}
+    assert checked == ["load_private_key", "check_order", "check_key_matches"]
+
+
+def test_a_pair_written_moments_ago_gets_no_stamp(tmp_path):
+    """Its files may be rewritten within the same tick of the clock without a new time."""
+    store(tmp_path)
+    found, _ = read(tmp_path)
+    assert found.problem is None and found.facts is not None and found.stamp == ""
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
+def test_damage_after_a_stamp_is_found_as_read_current_finds_it(
+    tmp_path, short_settle, variant: Variant
+):
+    root = tmp_path / "acme"
+    stamp = stored_and_stamped(root)
+    time.sleep(TICK)
+    variant.damage(root, HOST)
+    expected = storage.read_current(root, HOST, issued_serial="abc")
+    found, counts = read(root, stamp, issued_serial="abc")
+    assert counts == {"full": 1, "skipped": 0}
+    assert (found.facts, found.problem) == (expected.facts, expected.problem)
+    if variant.id != "expired":  # the policy's business, not the files'
+        assert found.problem is not None and found.stamp == ""
+
+
+def test_a_key_replaced_by_one_of_the_same_size_in_place(tmp_path, short_settle):
+    stamp = stored_and_stamped(tmp_path)
+    key = storage.certificate_paths(tmp_path, HOST)[1]
+    before = key.stat()
+    time.sleep(TICK)
+    key_mismatch(tmp_path, HOST)
+    after = key.stat()
+    assert (after.st_ino, after.st_size) == (before.st_ino, before.st_size)
+    found, counts = read(tmp_path, stamp)
+    assert counts["full"] == 1
+    assert "does not match the certificate" in (found.problem or "")
+
+
+def test_a_truncated_chain_after_a_stamp(tmp_path, short_settle):
+    stamp = stored_and_stamped(tmp_path)
+    time.sleep(TICK)
+    truncate_chain(tmp_path, HOST)
+    found, _ = read(tmp_path, stamp)
+    assert "truncated" in (found.problem or "") and "certificate 2" in (found.problem or "")
+
+
+def test_the_key_mode_is_checked_whatever_the_stamp(tmp_path, short_settle):
+    """A chmod also changes the change time; the mode is checked before the stamp anyway."""
+    stamp = stored_and_stamped(tmp_path)
+    key = storage.certificate_paths(tmp_path, HOST)[1]
+    key.chmod(0o640)
+    found, _ = read(tmp_path, stamp)
+    assert "mode 0640" in (found.problem or "") and "chmod 600" in (found.problem or "")
+    repaired, _ = read(tmp_path, stamp, repair=True)
+    assert "its mode is now 0600" in (repaired.problem or "")
+    assert key.stat().st_mode & 0o777 == 0o600
+    # The marker keeps saying so on every read, stamp or not, until a new pair replaces it.
+    time.sleep(TICK)
+    again, _ = read(tmp_path, stamp)
+    assert "its mode is now 0600" in (again.problem or "")
+
+
+def test_a_rollback_to_an_older_version_is_checked(tmp_path, short_settle):
+    store(tmp_path)
+    stamp = stored_and_stamped(tmp_path)  # a second version, current
+    storage.rollback_pair(tmp_path, HOST)
+    found, counts = read(tmp_path, stamp)
+    assert found.problem is None and counts == {"full": 1, "skipped": 0}
+    assert found.stamp not in ("", stamp)
+
+
+def test_without_any_pair(tmp_path):
+    found, counts = read(tmp_path)
+    assert found == storage.StoredCertificate(None) and counts == {"full": 1, "skipped": 0}
+    os.makedirs(tmp_path / "certs" / ".pairs")
+    found, _ = read(tmp_path, issued_serial="abc")
+    assert "is missing although a certificate was issued" in (found.problem or "")
+
+
+def test_certs_is_resolved_once_for_many_hosts(tmp_path, monkeypatch):
+    """No path resolved per host (``read_current`` resolves two per file, 51 ``lstat`` a host)."""
+    names = [f"h{i}.example.test" for i in range(3)]
+    for name in names:
+        store(tmp_path, name)
+    resolved = []
+    real = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda *a, **k: resolved.append(a) or real(*a, **k))
+    with pair_reader.PairReader(tmp_path) as reader:
+        found = [reader.read(name) for name in names]
+    assert all(f.problem is None and f.facts is not None for f in found)
+    assert len(resolved) == 1 and reader.full_checks == 3
+    storage.read_current(tmp_path, names[0])
+    assert len(resolved) == 1 + 6  # certs/ and the file, for each of 3 reads
