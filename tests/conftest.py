@@ -213,6 +213,34 @@ class Chain:
                     work_burst(queue)
         raise AssertionError("queues did not drain")
 
+    def https(
+        self,
+        hostname: str,
+        path: str = "/",
+        *,
+        method: str = "GET",
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ):
+        """A request over HTTPS with SNI, as a browser makes it: the served chain verified
+        against Pebble's root, the name against the certificate (a urllib3 response)."""
+        import urllib3
+
+        with tempfile.NamedTemporaryFile(suffix=".pem") as roots:
+            roots.write(self.pebble.issuing_roots_pem())
+            roots.flush()
+            pool = urllib3.HTTPSConnectionPool(
+                "127.0.0.1",
+                self.nginx.https_port,
+                server_hostname=hostname,
+                assert_hostname=hostname,
+                cert_reqs="CERT_REQUIRED",
+                ca_certs=roots.name,
+                retries=False,
+            )
+            headers = {"Host": hostname, **(headers or {})}
+            return pool.request(method, path, body=body, headers=headers)
+
     def failed_jobs(self) -> list[str]:
         import django_rq
 

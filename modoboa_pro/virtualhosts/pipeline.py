@@ -538,43 +538,29 @@ def _succeed(
 
 def finish_renewal(host_id: int, ctx: Context, generation: int, run_id: str) -> str:
     """Second half of a deferred renewal: wait for the shared reload, verify, record."""
-    host = VirtualHost.objects.filter(pk=host_id).first()
-    if host is None:
-        return constants.RESULT_GONE
-    try:
-        with ctx.lock(host.hostname):
-            host = VirtualHost.objects.filter(pk=host_id).first()
-            if host is None:
-                return constants.RESULT_GONE
-            if not host.enabled:
-                return constants.STATUS_DISABLED
-            run = recording.Run(host, run_id, constants.KIND_RENEWAL)
-            s = ctx.settings
-            with recording.outcome(run) as result:
-                with run.step(constants.STEP_HTTPS_SITE) as step:
-                    try:
-                        # Checked again: the reload is shared, and the files may have
-                        # changed while this renewal waited in the queue.
-                        facts = _usable_pair(s, host.hostname, host.cert_serial)
-                        ctx.reload.wait(generation)
-                    except UnusablePair as err:
-                        raise _not_deployed(err, s, host.hostname, roll_back=True) from err
-                    except NginxError as err:
-                        _after_refused_reload(err, s, host.hostname, new_pair=True)
-                        raise
-                    step.message = "nginx reloaded (one reload shared by the queued renewals)"
-                _verify(run, ctx, host.hostname, facts.serial, reloaded=True)
-                _mail(run, ctx, host, facts)
-                _tlsa(run, s, host)
-                _succeed(host, facts, s, renewed=True)
-                result.status = constants.STATUS_ACTIVE
-            return result.status
-    except LockHeld:
-        # Another run holds the host: it verifies what nginx serves itself.
-        logger.info(
-            "virtualhost %s: another run is in progress; it finishes the renewal", host.hostname
-        )
-        return constants.RESULT_BUSY
+
+    def finish(host: VirtualHost, run: recording.Run) -> str:
+        s = ctx.settings
+        with run.step(constants.STEP_HTTPS_SITE) as step:
+            try:
+                # Checked again: the reload is shared, and the files may have
+                # changed while this renewal waited in the queue.
+                facts = _usable_pair(s, host.hostname, host.cert_serial)
+                ctx.reload.wait(generation)
+            except UnusablePair as err:
+                raise _not_deployed(err, s, host.hostname, roll_back=True) from err
+            except NginxError as err:
+                _after_refused_reload(err, s, host.hostname, new_pair=True)
+                raise
+            step.message = "nginx reloaded (one reload shared by the queued renewals)"
+        _verify(run, ctx, host.hostname, facts.serial, reloaded=True)
+        _mail(run, ctx, host, facts)
+        _tlsa(run, s, host)
+        _succeed(host, facts, s, renewed=True)
+        return constants.STATUS_ACTIVE
+
+    # Another run holding the host verifies what nginx serves itself.
+    return _resume(host_id, ctx, run_id, constants.KIND_RENEWAL, finish, same_run=False)
 
 
 def continue_provisioning(
@@ -582,6 +568,25 @@ def continue_provisioning(
 ) -> str:
     """The rest of a provisioning run deferred at ``step`` (a new site written): wait for
     the shared reload covering ``generation``, check what nginx serves, go on."""
+
+    def go_on(host: VirtualHost, run: recording.Run) -> str:
+        return _continue(host, run, ctx, generation, step)
+
+    return _resume(host_id, ctx, run_id, constants.KIND_PROVISION, go_on, same_run=True)
+
+
+def _resume(
+    host_id: int,
+    ctx: Context,
+    run_id: str,
+    kind: str,
+    body: Callable[[VirtualHost, recording.Run], str],
+    *,
+    same_run: bool,
+) -> str:
+    """Go on with run ``run_id`` of a host in a follow-up job: lock, re-check, record.
+
+    ``same_run``: stop if another run of the host began since (a retry did the rest)."""
     host = VirtualHost.objects.filter(pk=host_id).first()
     if host is None:
         return constants.RESULT_GONE
@@ -592,13 +597,12 @@ def continue_provisioning(
                 return constants.RESULT_GONE
             if not host.enabled:
                 return constants.STATUS_DISABLED
-            if _last_run_id(host) != run_id:
-                # Another run (a retry) took the host over meanwhile, and did the rest.
+            if same_run and _last_run_id(host) != run_id:
                 logger.info("virtualhost %s: a later run took over; nothing to go on", host)
                 return constants.RESULT_BUSY
-            run = recording.Run(host, run_id, constants.KIND_PROVISION)
+            run = recording.Run(host, run_id, kind)
             with recording.outcome(run) as result:
-                result.status = _continue(host, run, ctx, generation, step)
+                result.status = body(host, run)
             return result.status
     except LockHeld:
         logger.info("virtualhost %s: another run is in progress; it goes on", host.hostname)

@@ -7,14 +7,12 @@ Modoboa's own endpoints (served by a WSGI server) answer for a mailbox, and noth
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from collections.abc import Iterator
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import pytest
-import urllib3
 from rest_framework.test import APIClient
 
 from modoboa_pro.virtualhosts import constants
@@ -41,6 +39,9 @@ class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 class _Quiet(WSGIRequestHandler):
     def log_message(self, *args: object) -> None:
         pass
+
+
+XML = {"Content-Type": "text/xml"}
 
 
 @pytest.fixture(scope="module")
@@ -79,21 +80,8 @@ def domain_admin(domain) -> APIClient:
 
 
 def https(chain: Chain, hostname: str, method: str, path: str, body: bytes | None = None):
-    """A request over HTTPS with SNI, verifying the served chain against Pebble's root."""
-    with tempfile.NamedTemporaryFile(suffix=".pem") as roots:
-        roots.write(chain.pebble.issuing_roots_pem())
-        roots.flush()
-        pool = urllib3.HTTPSConnectionPool(
-            "127.0.0.1",
-            chain.nginx.https_port,
-            server_hostname=hostname,
-            assert_hostname=hostname,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=roots.name,
-            retries=False,
-        )
-        headers = {"Host": hostname, "Content-Type": "text/xml"}
-        return pool.request(method, path, body=body, headers=headers)
+    """The mail clients' requests: XML over verified HTTPS (``Chain.https``)."""
+    return chain.https(hostname, path, method=method, body=body, headers=XML)
 
 
 def test_the_usual_names_go_active_on_their_own_and_serve_modoboas_autoconfig(

@@ -32,28 +32,6 @@ def served_certificate(chain: Chain, hostname: str) -> x509.Certificate:
     return x509.load_der_x509_certificate(der)
 
 
-def https_get(chain: Chain, hostname: str, path: str) -> tuple[int, bytes]:
-    """GET over HTTPS with SNI, verifying the served chain against Pebble's root."""
-    import tempfile
-
-    import urllib3
-
-    with tempfile.NamedTemporaryFile(suffix=".pem") as roots:
-        roots.write(chain.pebble.issuing_roots_pem())
-        roots.flush()
-        pool = urllib3.HTTPSConnectionPool(
-            "127.0.0.1",
-            chain.nginx.https_port,
-            server_hostname=hostname,
-            assert_hostname=hostname,
-            cert_reqs="CERT_REQUIRED",
-            ca_certs=roots.name,
-            retries=False,
-        )
-        response = pool.request("GET", path, headers={"Host": hostname})
-        return response.status, response.data
-
-
 def assert_issued_by_pebble(chain: Chain, cert: x509.Certificate) -> None:
     """The served leaf chains to Pebble's (per-run) issuing intermediate."""
     intermediates = x509.load_pem_x509_certificates(chain.pebble.issuing_intermediates_pem())
@@ -97,7 +75,8 @@ def test_create_through_orm_reaches_active_https(chain: Chain, caplog):
     assert host.cert_not_after is not None and host.cert_not_after == on_disk.not_valid_after_utc
 
     # HTTPS, verified like a browser would (SNI, chain to Pebble's root), reaches the app.
-    status, body = https_get(chain, "www.example.test", "/")
+    response = chain.https("www.example.test", "/")
+    status, body = response.status, response.data
     assert (status, body) == (200, BACKEND_BODY), body[:300]
     # HTTP redirects to HTTPS.
     response = requests.get(
