@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +19,7 @@ from modoboa_pro.virtualhosts.rendering import render_http_only, render_https
 from .api_world import World
 from .conftest import set_parameters
 from .test_api import queued, snapshot
-from .test_rendering import context
+from .test_rendering import assert_nginx_accepts, context
 
 pytestmark = pytest.mark.names
 
@@ -142,18 +141,7 @@ def test_both_kinds_pass_nginx_test(tmp_path: Path) -> None:
         name = f"{site}.example.test"
         sites += render_https(context(hostname=name, http_port=18180, **values))
         sites += render_http_only(context(hostname=name, http_port=18190, **values))
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(
-        f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"
-        f"events {{}}\nhttp {{ access_log off; {sites} }}\n"
-    )
-    result = subprocess.run(
-        ["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    assert_nginx_accepts(tmp_path, sites)
 
 
 # -- the API ------------------------------------------------------------------------------

@@ -90,10 +90,15 @@ def test_rendered_sites_pass_nginx_test(tmp_path: Path) -> None:
             upstream_protocol="http",
         )
     )
+    assert_nginx_accepts(tmp_path, site)
+
+
+def assert_nginx_accepts(tmp_path: Path, sites: str) -> None:
+    """`nginx -t` (the real binary) passes on ``sites`` in an http block of their own."""
     conf = tmp_path / "nginx.conf"
     conf.write_text(
         f"pid {tmp_path}/nginx.pid; error_log {tmp_path}/error.log;\n"
-        f"events {{}}\nhttp {{ access_log off; {site} }}\n"
+        f"events {{}}\nhttp {{ access_log off; {sites} }}\n"
     )
     result = subprocess.run(
         ["nginx", "-t", "-p", str(tmp_path), "-c", str(conf), "-e", str(tmp_path / "error.log")],
