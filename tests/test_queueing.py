@@ -127,7 +127,8 @@ def test_a_job_stopped_at_its_timeout_is_recorded_and_retried(chain: Chain, monk
     assert host.failed_step == constants.STEP_ORDER
     assert "took longer than its RQ job timeout" in host.last_error
     assert host.next_attempt_at is not None  # retried by the sweep, not left stuck
-    assert chain.failed_jobs() == [queueing.job_id(queueing.PROVISION, host.pk)]
+    # The job stopped: a new host's run orders in its follow-up job (after its site's reload).
+    assert chain.failed_jobs() == [queueing.job_id(queueing.AFTER_HTTP_SITE, host.pk)]
 
     monkeypatch.setattr(jobs, "build_context", real_build_context)
     monkeypatch.setattr(queueing, "CHAIN_JOB_TIMEOUT", 600)

@@ -155,4 +155,4 @@ def test_certs_is_resolved_once_for_many_hosts(tmp_path, monkeypatch):
     assert all(f.problem is None and f.facts is not None for f in found)
     assert len(resolved) == 1 and reader.full_checks == 3
     storage.read_current(tmp_path, names[0])
-    assert len(resolved) == 1 + 6  # certs/ and the file, for each of 3 reads
+    assert len(resolved) == 1 + 3  # read_current resolves certs/ and its files for one host
