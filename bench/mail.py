@@ -54,11 +54,13 @@ def missing_binaries() -> list[str]:
 @contextmanager
 def mail_servers() -> Iterator[tuple[PostfixServer, DovecotServer]]:
     """A Postfix and a Dovecot of the test harness, stopped by PID on the way out."""
-    postfix = PostfixServer().start()
+    postfix = PostfixServer()
+    postfix.start()
     try:
-        dovecot = DovecotServer().start()
+        dovecot = DovecotServer()
+        dovecot.start()
         try:
-            yield postfix, dovecot  # type: ignore[misc]
+            yield postfix, dovecot
         finally:
             dovecot.stop()
     finally:
