@@ -49,14 +49,15 @@ def wait_all_served(
     return served
 
 
-def _create_all(stack: BenchStack, names: list[str]) -> list[int]:
+def _create_all(stack: BenchStack, names: list[str], *, serves_mail: bool = False) -> list[int]:
     api = stack.demo.api
+    body: dict[str, object] = {"serves_mail": True} if serves_mail else {}
     session = requests.Session()
     session.headers.update(api.session.headers)
 
     def create(name: str) -> int:
         url = f"{api.base_url}/api/v2/virtualhosts/"
-        return session.post(url, json={"hostname": name}, timeout=120).status_code
+        return session.post(url, json={"hostname": name, **body}, timeout=120).status_code
 
     with ThreadPoolExecutor(THREADS) as pool:
         return list(pool.map(create, names))

@@ -113,6 +113,60 @@ def scan(r: dict) -> list[str]:
     return rows
 
 
+def mail(r: dict) -> list[str]:
+    m = r["mail"]
+    n, ratios = m["hosts"], m["ratios"]
+
+    def reloads(row: dict) -> str:
+        logs, counted = row["reloads_in_logs"], row["reloads_in_metrics"]
+        agree = "" if logs == counted else f" (metrics: {counted})"
+        return f"{logs['nginx']} / {logs['postfix']} / {logs['dovecot']}{agree}"
+
+    def seconds(row: dict, key: str) -> str:
+        return f"{row[key]} s" if key in row else "-"
+
+    rows = [
+        f"| {n} hosts | nginx serves all | mail ports present all | all active again | "
+        "reloads nginx / Postfix / Dovecot | CA orders |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for key, label in (
+        ("create_mail", "mail hosts created at once"),
+        ("create_web", "web hosts created at once"),
+        ("renew_web", "web hosts renewed by one scan (baseline)"),
+        ("renew_mail", "mail hosts renewed by one scan"),
+    ):
+        row = m[key]
+        scan = f" (scan job {row['scan_job_s']} s)" if "scan_job_s" in row else ""
+        orders = f"{row['ca_orders']}" if "ca_orders" in row else "-"
+        rows.append(
+            f"| {label}{scan} | {seconds(row, 'web_served_s')} | "
+            f"{seconds(row, 'mail_presented_s')} | {seconds(row, 'all_active_s')} | "
+            f"{reloads(row)} | {orders} |"
+        )
+    if "floor_renew" in m:
+        rows.append(
+            f"| floor: {n} names reissued, sites, 1 reload, handshakes | "
+            f"{m['floor_renew']['all_served_s']} s | - | - | 1 / - / - | {n} |"
+        )
+    rows += [
+        "",
+        f"Mail renewals / web renewals, until all active: {ratios['active_over_web']}; mail "
+        f"ports presenting all / nginx serving all the web hosts: "
+        f"{ratios['presented_over_web_served']}"
+        + (
+            f"; mail renewals / floor: {ratios['active_over_floor']} (web renewals / floor: "
+            f"{ratios['web_active_over_floor']})."
+            if "active_over_floor" in ratios
+            else "."
+        ),
+        f"Postfix: {m['postfix']}; Dovecot {m['dovecot']}; ports checked: "
+        + ", ".join(m["mail_ports"])
+        + ".",
+    ]
+    return rows
+
+
 def profile_rows(title: str, entries: list[dict], limit: int = 10) -> list[str]:
     rows = [f"| {title} | seconds | share |", "| --- | --- | --- |"]
     rows += [f"| `{e['where']}` | {e['seconds']} | {e['share']:.0%} |" for e in entries[:limit]]
@@ -137,6 +191,8 @@ def main() -> None:
         out += ["### 2 and 3. Bursts", "", *burst(r), ""]
     if "scan" in r:
         out += ["### 4. The renewal scan", "", *scan(r), ""]
+    if "mail" in r:
+        out += ["### 5. Mail hosts renewed (Postfix, Dovecot)", "", *mail(r), ""]
     if "worker_rss" in r:
         out += ["### Worker memory", "", "```", json.dumps(r["worker_rss"], indent=1), "```", ""]
     if "profile_creation" in r:

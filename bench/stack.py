@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +111,13 @@ class BenchStack:
         nginx.reload()
 
 
+def _append_settings(path: Path, values: Mapping[str, object]) -> None:
+    """As an operator adds lines to settings.py (after the demo's: these win)."""
+    lines = [f"{name} = {value!r}" for name, value in values.items()]
+    with open(path, "a") as settings:
+        settings.write("\n# --- Added by the bench ---\n" + "\n".join(lines) + "\n")
+
+
 def _rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -119,8 +126,11 @@ def _rss_kib(pid: int) -> int:
 
 
 @contextmanager
-def running_stack(root: Path, *, modoboa_workers: int = 2) -> Iterator[BenchStack]:
-    """Deploy and start everything under ``root``; stop it all (by PID) on the way out."""
+def running_stack(
+    root: Path, *, modoboa_workers: int = 2, extra_settings: Mapping[str, object] | None = None
+) -> Iterator[BenchStack]:
+    """Deploy and start everything under ``root``; stop it all (by PID) on the way out.
+    ``extra_settings`` are appended to the instance's settings.py before the workers start."""
     root.mkdir(parents=True, exist_ok=True)
     log = open(root / "stack.log", "w")  # noqa: SIM115 (closed below)
     demo = Demo(Console(log, stages=7), root, hostnames=(), modoboa_workers=modoboa_workers)
@@ -128,6 +138,8 @@ def running_stack(root: Path, *, modoboa_workers: int = 2) -> Iterator[BenchStac
         began = time.monotonic()
         demo.start_services()
         demo.deploy()
+        if extra_settings:
+            _append_settings(demo.instance.settings_path, extra_settings)
         demo.start_modoboa()
         webroot = root / "bench-webroot"
         (webroot / ".well-known" / "acme-challenge").mkdir(parents=True)
