@@ -372,6 +372,39 @@ def decide_stored(
     )
 
 
+def not_due_as_planned(
+    now: datetime.datetime,
+    threshold_days: int,
+    hostname: str,
+    serial: str,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    *,
+    planned_at: datetime.datetime | None,
+    spread: datetime.timedelta = datetime.timedelta(0),
+    ari_renew_at: datetime.datetime | None = None,
+) -> bool:
+    """True when a certificate covering ``hostname``, whose host has no failed attempt, is
+    not due and ``planned_at`` (its recorded plan) is its planned renewal time: ``decide``
+    says ``SKIP_NOT_DUE`` with this ``planned_at``, and nothing is to be recorded. The
+    scan's shortcut for the usual host; False sends it through ``decide``.
+
+    ``ari_renew_at``: the stored ARI time, only when it is this certificate's.
+    """
+    if planned_at is None or now >= planned_at or not_after <= now:
+        return False
+    due_at, source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
+    if source != SOURCE_ARI:
+        due_at = planned_renewal_at(
+            threshold_days,
+            not_before,
+            not_after,
+            spread=spread,
+            share=jitter(hostname, serial),
+        )
+    return planned_at == due_at
+
+
 def expired_problem(
     now: datetime.datetime, not_after: datetime.datetime, where: object
 ) -> str | None:
