@@ -164,9 +164,14 @@ def planned_renewal_at(
     """When the renewal is planned: the due time plus ``share`` (a ``jitter``) of the
     spread window. Never later than ``latest_renewal_at``."""
     window = spread_window(spread, not_before, not_after)
-    return renewal_due_at(threshold_days, not_before, not_after) + window * min(
-        max(share, 0.0), 1.0
-    )
+    return _spread_out(renewal_due_at(threshold_days, not_before, not_after), window, share)
+
+
+def _spread_out(
+    due_at: datetime.datetime, window: datetime.timedelta, share: float
+) -> datetime.datetime:
+    """``due_at`` later by ``share`` of the spread ``window``."""
+    return due_at + window * min(max(share, 0.0), 1.0)
 
 
 def latest_renewal_at(
@@ -394,14 +399,10 @@ def not_due_as_planned(
     if planned_at is None or now >= planned_at or not_after <= now:
         return False
     due_at, source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
-    if source != SOURCE_ARI:
-        due_at = planned_renewal_at(
-            threshold_days,
-            not_before,
-            not_after,
-            spread=spread,
-            share=jitter(hostname, serial),
-        )
+    if source != SOURCE_ARI and spread:  # ``planned_renewal_at``, its due time known
+        window = spread_window(spread, not_before, not_after)
+        if window:  # a share of nothing is nothing: no hash to compute
+            due_at = _spread_out(due_at, window, jitter(hostname, serial))
     return planned_at == due_at
 
 
