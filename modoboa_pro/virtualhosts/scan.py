@@ -1,5 +1,9 @@
 """The renewal scan: read each host's certificate from disk, decide, fan out due renewals.
 
+The usual host (its pair unchanged since it passed every check, its row's facts those of
+its leaf, not due as planned) is settled from its row, neither file opened (``_Unchanged``);
+every other host is read and decided in full.
+
 Selection only: each renewal runs as its own job (``queueing.RENEW``). The
 dry run (``run(..., dry_run=True)``) takes the same decisions and writes and
 enqueues nothing, so ``virtualhosts scan --dry-run`` says what the scan does.
@@ -312,7 +316,7 @@ def run(
         shortcut = (
             None
             if report.keep_verdicts or logger.isEnabledFor(logging.DEBUG)
-            else _Unchanged(reader, fields, now, threshold_days, spread, asker.asking)
+            else _Unchanged(reader, fields, now, threshold_days, spread, asker)
         )
         for row in rows.iterator(chunk_size=CHUNK_SIZE):
             if shortcut is not None and shortcut(row):
@@ -370,14 +374,14 @@ class _Unchanged:
         now: datetime.datetime,
         threshold_days: int,
         spread: datetime.timedelta,
-        asking: bool,
+        asker: _AriAsker,
     ) -> None:
         self._reader = reader
         self._values = operator.itemgetter(*(fields.index(name) for name in _SHORTCUT_FIELDS))
         self._now = now
         self._threshold_days = threshold_days
         self._spread = spread
-        self._asking = asking
+        self._asker = asker
         self.count = 0
 
     def __call__(self, row: tuple[Any, ...]) -> bool:
@@ -403,7 +407,9 @@ class _Unchanged:
         # CA's stored answer is about it (digests compare as the ids would).
         leaf_ari, asked_about = pair_reader.stamped_ari(stamp), pair_reader.ari_digest(ari_id)
         same_ari = leaf_ari == asked_about
-        if self._asking and renewal_info.asking_due(leaf_ari, asked_about, recheck_at, self._now):
+        if self._asker.asking and renewal_info.asking_due(
+            leaf_ari, asked_about, recheck_at, self._now
+        ):
             return False
         if not policy.not_due_as_planned(
             self._now,
