@@ -261,3 +261,46 @@ def test_overdue_two_days_after_the_due_date_of_a_90_day_certificate(left, overd
 )
 def test_durations_read_in_days_then_hours(delta, text):
     assert policy.format_duration(delta) == text
+
+
+@pytest.mark.parametrize("lifetime", [6, 45, 90])
+@pytest.mark.parametrize("spread", [datetime.timedelta(0), datetime.timedelta(hours=12)])
+@pytest.mark.parametrize("ari_hours", [None, -1, 5, 24 * 200])
+def test_not_due_as_planned_says_what_decide_says(lifetime, spread, ari_hours):
+    """The scan's shortcut agrees with ``decide``: True exactly when ``decide`` says not due
+    with that planned time (a host with no failed attempt, a certificate covering it)."""
+    ari_renew_at = None if ari_hours is None else NOW + datetime.timedelta(hours=ari_hours)
+    for left in (-1, 0.5, 2, 2.9, 3.1, 5, 14, 22, 23, 29.9, 30.1, 31, 60, 89):
+        not_before, not_after = cert(lifetime, left)
+        decision = policy.decide(
+            NOW,
+            30,
+            not_before,
+            not_after,
+            spread=spread,
+            share=policy.jitter("a.example.test", "01ab"),
+            ari_renew_at=ari_renew_at,
+        )
+        for recorded in (decision.planned_at, NOW + DAY, NOW - DAY, None):
+            shortcut = policy.not_due_as_planned(
+                NOW,
+                30,
+                "a.example.test",
+                "01ab",
+                not_before,
+                not_after,
+                planned_at=recorded,
+                spread=spread,
+                ari_renew_at=ari_renew_at,
+            )
+            expected = decision.action == policy.SKIP_NOT_DUE and recorded == decision.planned_at
+            assert shortcut is expected, (left, recorded, decision)
+    # Another host's or certificate's share of the spread is another plan.
+    not_before, not_after = cert(90, 60)
+    planned = policy.decide(
+        NOW, 30, not_before, not_after, spread=DAY, share=policy.jitter("a.example.test", "01ab")
+    ).planned_at
+    for hostname, serial in (("b.example.test", "01ab"), ("a.example.test", "01ac")):
+        assert not policy.not_due_as_planned(
+            NOW, 30, hostname, serial, not_before, not_after, planned_at=planned, spread=DAY
+        )

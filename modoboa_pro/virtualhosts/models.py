@@ -180,8 +180,9 @@ class VirtualHost(models.Model):
     # Public values: the API shows them without reading the keys.
     tlsa_keys = models.JSONField(default=dict, blank=True)
     # Written by the renewal scan only: the files of the current pair as they were when
-    # they passed every check (``adapters.pair_reader``); the next scan skips the checks
-    # that depend on their content while they are unchanged.
+    # they passed every check, and digests of their leaf's facts (``adapters.pair_reader``);
+    # the next scan skips the checks that depend on their content while they are unchanged,
+    # and opens neither file while the facts recorded on the row are the leaf's.
     pair_stamp = models.CharField(max_length=255, blank=True, default="", editable=False)
 
     created_at = models.DateTimeField(auto_now_add=True)

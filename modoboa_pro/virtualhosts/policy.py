@@ -164,9 +164,14 @@ def planned_renewal_at(
     """When the renewal is planned: the due time plus ``share`` (a ``jitter``) of the
     spread window. Never later than ``latest_renewal_at``."""
     window = spread_window(spread, not_before, not_after)
-    return renewal_due_at(threshold_days, not_before, not_after) + window * min(
-        max(share, 0.0), 1.0
-    )
+    return _spread_out(renewal_due_at(threshold_days, not_before, not_after), window, share)
+
+
+def _spread_out(
+    due_at: datetime.datetime, window: datetime.timedelta, share: float
+) -> datetime.datetime:
+    """``due_at`` later by ``share`` of the spread ``window``."""
+    return due_at + window * min(max(share, 0.0), 1.0)
 
 
 def latest_renewal_at(
@@ -370,6 +375,35 @@ def decide_stored(
         share=jitter(hostname, facts.serial) if facts else 0.0,
         ari_renew_at=ari_renew_at,
     )
+
+
+def not_due_as_planned(
+    now: datetime.datetime,
+    threshold_days: int,
+    hostname: str,
+    serial: str,
+    not_before: datetime.datetime,
+    not_after: datetime.datetime,
+    *,
+    planned_at: datetime.datetime | None,
+    spread: datetime.timedelta = datetime.timedelta(0),
+    ari_renew_at: datetime.datetime | None = None,
+) -> bool:
+    """True when a certificate covering ``hostname``, whose host has no failed attempt, is
+    not due and ``planned_at`` (its recorded plan) is its planned renewal time: ``decide``
+    says ``SKIP_NOT_DUE`` with this ``planned_at``, and nothing is to be recorded. The
+    scan's shortcut for the usual host; False sends it through ``decide``.
+
+    ``ari_renew_at``: the stored ARI time, only when it is this certificate's.
+    """
+    if planned_at is None or now >= planned_at or not_after <= now:
+        return False
+    due_at, source = planned_renewal(threshold_days, not_before, not_after, ari_renew_at)
+    if source != SOURCE_ARI and spread:  # ``planned_renewal_at``, its due time known
+        window = spread_window(spread, not_before, not_after)
+        if window:  # a share of nothing is nothing: no hash to compute
+            due_at = _spread_out(due_at, window, jitter(hostname, serial))
+    return planned_at == due_at
 
 
 def expired_problem(

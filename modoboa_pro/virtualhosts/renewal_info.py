@@ -27,11 +27,22 @@ class RenewalInfoSource(Protocol):
 def needs_asking(host: VirtualHost, facts: CertificateFacts, now: datetime.datetime) -> bool:
     """True when the CA is to be asked about this certificate: never asked about it, or
     its re-ask time (the CA's Retry-After) has passed. No I/O: the scan calls it per host."""
-    if not facts.ari_id:
+    return asking_due(facts.ari_id, host.ari_cert_id, host.ari_recheck_at, now)
+
+
+def asking_due(
+    ari_id: str,
+    asked_about: str,
+    recheck_at: datetime.datetime | None,
+    now: datetime.datetime,
+) -> bool:
+    """``needs_asking`` from plain values: the certificate's ARI id, the id the stored
+    answer is about, and its re-ask time."""
+    if not ari_id:
         return False
-    if host.ari_cert_id != facts.ari_id:
+    if asked_about != ari_id:
         return True
-    return host.ari_recheck_at is None or host.ari_recheck_at <= now
+    return recheck_at is None or recheck_at <= now
 
 
 def ask(

@@ -1,5 +1,9 @@
 """The renewal scan: read each host's certificate from disk, decide, fan out due renewals.
 
+The usual host (its pair unchanged since it passed every check, its row's facts those of
+its leaf, not due as planned) is settled from its row, neither file opened (``_Unchanged``);
+every other host is read and decided in full.
+
 Selection only: each renewal runs as its own job (``queueing.RENEW``). The
 dry run (``run(..., dry_run=True)``) takes the same decisions and writes and
 enqueues nothing, so ``virtualhosts scan --dry-run`` says what the scan does.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import operator
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -46,6 +51,26 @@ NO_CERT_HTTP_ONLY = "http_only"
 # What the scan reads of each host: identity, desired state, everything observed, and the
 # stamp of the pair files that last passed every check.
 _FIELDS = ("id", "hostname", "domain_id", "enabled", *OBSERVED_FIELDS, "pair_stamp")
+# What the shortcut for unchanged hosts (``_Unchanged``) reads of a row, in this order.
+_SHORTCUT_FIELDS = (
+    "hostname",
+    "enabled",
+    "status",
+    "attempts",
+    "pair_stamp",
+    "cert_serial",
+    "cert_not_before",
+    "cert_not_after",
+    "next_attempt_at",
+    "ari_cert_id",
+    "ari_renew_at",
+    "ari_recheck_at",
+)
+
+
+def _row_fields() -> tuple[str, ...]:
+    """``_FIELDS`` in the model's order: ``VirtualHost.from_db`` takes a row's values in it."""
+    return tuple(f.attname for f in VirtualHost._meta.concrete_fields if f.attname in _FIELDS)
 
 
 @dataclass(frozen=True)
@@ -141,6 +166,8 @@ class ScanReport:
     # passed every check (the content checks skipped; see ``adapters.pair_reader``).
     pairs_checked: int = 0
     pairs_unchanged: int = 0
+    # Of those unchanged, the hosts counted as not due from their row alone (``_Unchanged``).
+    settled_from_rows: int = 0
     # Due, but Redis could not be reached to queue their renewal.
     not_queued: list[str] = field(default_factory=list)
     # Queued, lost when Redis restarted during the scan, and queued again.
@@ -214,6 +241,11 @@ class _AriAsker:
         self._ca: renewal_info.RenewalInfoSource | None = None
         self.asked = 0
 
+    @property
+    def asking(self) -> bool:
+        """Whether the CA may still be asked (not a dry run, not found unreachable)."""
+        return self._make_ca is not None
+
     def maybe_ask(
         self,
         host: VirtualHost,
@@ -276,9 +308,20 @@ def run(
     epoch = queueing.server_epoch() if enqueue is not None and not dry_run else None
     asker = _AriAsker(None if dry_run else ari_source)
     stamps = _StampBook(dry_run)
-    hosts = VirtualHost.objects.only(*_FIELDS).order_by("hostname")
+    fields = _row_fields()
+    # Rows as tuples: a host the shortcut settles costs no model instance.
+    rows = VirtualHost.objects.order_by("hostname").values_list(*fields)
     with pair_reader.PairReader(storage_root) as reader:
-        for host in hosts.iterator(chunk_size=CHUNK_SIZE):
+        # Its hosts are only counted: not when every verdict is listed or logged.
+        shortcut = (
+            None
+            if report.keep_verdicts or logger.isEnabledFor(logging.DEBUG)
+            else _Unchanged(reader, fields, now, threshold_days, spread, asker)
+        )
+        for row in rows.iterator(chunk_size=CHUNK_SIZE):
+            if shortcut is not None and shortcut(row):
+                continue
+            host = VirtualHost.from_db(rows.db, fields, row)
             try:
                 _scan_host(
                     host, reader, threshold_days, enqueue, now, report, dry_run, asker, spread,
@@ -289,6 +332,10 @@ def run(
                 logger.error("virtualhost %s: renewal scan failed: %s", host.hostname, err.message)
         stamps.flush()
         report.pairs_checked, report.pairs_unchanged = reader.full_checks, reader.skipped_checks
+    if shortcut is not None:
+        report.settled_from_rows = shortcut.count
+        report.seen += shortcut.count
+        report.skipped[policy.SKIP_NOT_DUE] += shortcut.count
     if dry_run:
         return report
     if enqueue is not None:
@@ -310,6 +357,76 @@ def run(
     _prune_scans()
     alarms.refresh_staleness_alarm()
     return report
+
+
+class _Unchanged:
+    """The scan's shortcut for the usual host: enabled, not paused, no failed attempt, its
+    pair files unchanged since they passed every check and their leaf's facts the ones
+    recorded on its row (``PairReader.unchanged``: neither file opened nor parsed), nothing
+    to ask the CA, not due and its planned time as recorded (``policy.not_due_as_planned``).
+    What the full path would do for it is count it as not due: it is counted (``count``).
+    Any other host (False) takes the full path."""
+
+    def __init__(
+        self,
+        reader: pair_reader.PairReader,
+        fields: tuple[str, ...],
+        now: datetime.datetime,
+        threshold_days: int,
+        spread: datetime.timedelta,
+        asker: _AriAsker,
+    ) -> None:
+        self._reader = reader
+        self._values = operator.itemgetter(*(fields.index(name) for name in _SHORTCUT_FIELDS))
+        self._now = now
+        self._threshold_days = threshold_days
+        self._spread = spread
+        self._asker = asker
+        self.count = 0
+
+    def __call__(self, row: tuple[Any, ...]) -> bool:
+        (
+            hostname,
+            enabled,
+            status,
+            attempts,
+            stamp,
+            serial,
+            not_before,
+            not_after,
+            planned_at,
+            ari_id,
+            ari_renew_at,
+            recheck_at,
+        ) = self._values(row)
+        if not enabled or status == constants.STATUS_PAUSED or attempts or not stamp:
+            return False
+        if not_before is None or not_after is None:
+            return False
+        # The leaf's ARI id, as far as the decision goes: whether it has one, and whether the
+        # CA's stored answer is about it (digests compare as the ids would).
+        leaf_ari, asked_about = pair_reader.stamped_ari(stamp), pair_reader.ari_digest(ari_id)
+        same_ari = leaf_ari == asked_about
+        if self._asker.asking and renewal_info.asking_due(
+            leaf_ari, asked_about, recheck_at, self._now
+        ):
+            return False
+        if not policy.not_due_as_planned(
+            self._now,
+            self._threshold_days,
+            hostname,
+            serial,
+            not_before,
+            not_after,
+            planned_at=planned_at,
+            spread=self._spread,
+            ari_renew_at=ari_renew_at if ari_id and same_ari else None,
+        ):
+            return False
+        if not self._reader.unchanged(hostname, stamp, (serial, not_before, not_after)):
+            return False
+        self.count += 1
+        return True
 
 
 class _StampBook:

@@ -12,6 +12,7 @@ import pytest
 
 from modoboa_pro.testing import make_chain_pem, validity
 from modoboa_pro.virtualhosts.adapters import pair_reader, storage, x509
+from modoboa_pro.virtualhosts.models import VirtualHost
 
 from ..chain.test_garbage_pairs import HOST, VARIANTS, Variant, key_mismatch, truncate_chain
 
@@ -156,3 +157,92 @@ def test_certs_is_resolved_once_for_many_hosts(tmp_path, monkeypatch):
     assert len(resolved) == 1 and reader.full_checks == 3
     storage.read_current(tmp_path, names[0])
     assert len(resolved) == 1 + 3  # read_current resolves certs/ and its files for one host
+
+
+def recorded(root: Path) -> tuple[str, datetime.datetime, datetime.datetime]:
+    """The leaf's facts as the scan records them on the host's row."""
+    facts = storage.read_current(root, HOST).facts
+    assert facts is not None
+    return facts.serial, facts.not_before, facts.not_after
+
+
+def unchanged(root: Path, stamp: str, facts: tuple) -> tuple[bool, dict]:
+    with pair_reader.PairReader(root) as reader:
+        found = reader.unchanged(HOST, stamp, facts)
+    return found, {"full": reader.full_checks, "skipped": reader.skipped_checks}
+
+
+@pytest.fixture
+def pair_file_reads(monkeypatch) -> dict[str, int]:
+    """Opens of a pair's files and parses of a certificate, counted."""
+    counts = {"opened": 0, "parsed": 0}
+    files = {"fullchain.pem", "privkey.pem"}
+    real_open = os.open
+
+    def counting_open(path, *args, **kwargs):  # noqa: ANN001, ANN202
+        counts["opened"] += os.path.basename(os.fspath(path)) in files
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    for name in ("load_leaf", "load_chain"):  # the stamp path's parse, the full path's
+        real = getattr(x509, name)
+        monkeypatch.setattr(
+            x509,
+            name,
+            lambda *a, _f=real: counts.__setitem__("parsed", counts["parsed"] + 1) or _f(*a),
+        )
+    return counts
+
+
+def test_an_unchanged_pair_with_its_recorded_facts_is_neither_opened_nor_parsed(
+    tmp_path, short_settle, pair_file_reads
+):
+    stamp = stored_and_stamped(tmp_path)
+    facts = recorded(tmp_path)
+    pair_file_reads.update(opened=0, parsed=0)
+    assert unchanged(tmp_path, stamp, facts) == (True, {"full": 0, "skipped": 1})
+    assert pair_file_reads == {"opened": 0, "parsed": 0}
+    # The stamp tells whether the leaf's ARI id is the one the row's ARI answer is about.
+    leaf = storage.read_current(tmp_path, HOST).facts
+    assert leaf is not None and leaf.ari_id  # the test chain's leaf names its issuer's key
+    assert pair_reader.stamped_ari(stamp) == pair_reader.ari_digest(leaf.ari_id) != ""
+    assert pair_reader.ari_digest("") == "" != pair_reader.ari_digest(leaf.ari_id + "x")
+    assert len(stamp) <= VirtualHost._meta.get_field("pair_stamp").max_length
+    # Facts on the row that are not the leaf's: no shortcut (the full read records them).
+    serial, not_before, not_after = facts
+    for other in (
+        ("ab" + serial, not_before, not_after),
+        (serial, not_before, not_after + DAY),
+        (serial, not_before - DAY, not_after),
+    ):
+        assert unchanged(tmp_path, stamp, other) == (False, {"full": 0, "skipped": 0})
+    # No stamp, another stamp, a stamp of the previous format.
+    for other_stamp in ("", "1:other", stamp.replace("2:", "1:", 1)):
+        assert unchanged(tmp_path, other_stamp, facts)[0] is False
+    # A read with that stamp still returns the leaf's facts, and the same stamp.
+    again, counts = read(tmp_path, stamp)
+    assert again.stamp == stamp and counts == {"full": 0, "skipped": 1}
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.id)
+def test_no_damage_passes_for_unchanged(tmp_path, short_settle, variant: Variant):
+    """Every damaged pair of the garbage-pair tests, done after the stamp was recorded,
+    sends the scan to the full read (which reports it, see above)."""
+    root = tmp_path / "acme"
+    stamp = stored_and_stamped(root)
+    facts = recorded(root)
+    time.sleep(TICK)
+    variant.damage(root, HOST)
+    assert unchanged(root, stamp, facts) == (False, {"full": 0, "skipped": 0})
+
+
+def test_the_key_mode_and_the_exposure_marker_are_checked_by_unchanged(tmp_path, short_settle):
+    stamp = stored_and_stamped(tmp_path)
+    facts = recorded(tmp_path)
+    key = storage.certificate_paths(tmp_path, HOST)[1]
+    key.chmod(0o640)
+    assert unchanged(tmp_path, stamp, facts)[0] is False
+    storage.read_current(tmp_path, HOST, repair=True)  # made private, the marker left
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert unchanged(tmp_path, stamp, facts)[0] is False
+    assert "its mode is now 0600" in (read(tmp_path, stamp)[0].problem or "")

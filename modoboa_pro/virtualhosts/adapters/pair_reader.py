@@ -15,15 +15,26 @@ inode, size, modification and change times (the *stamp*, recorded by the caller)
 to a file changes its change time, which no program can set back. What can change without
 touching the files is checked on every read: the key's mode, the exposure marker, the
 layout, the certificate's names.
+
+The stamp also binds the leaf's facts that the renewal decision needs: a digest of the
+hostname (a leaf passed only if it covers it), serial and validity (``facts_digest``), and
+one of its ARI id (``ari_digest``, "" without one). ``unchanged`` tells the scan that a
+host's files still have their stamp and that the facts recorded on its row are those of
+its leaf, without opening either file; ``stamped_ari`` tells whether the leaf's ARI id is
+the one the row's ARI answer is about.
 """
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 import os
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from .. import constants
 from ..errors import StorageError
@@ -35,8 +46,10 @@ from .files import safe_hostname
 # longer ago than this, so no rewrite can hide behind a stamp recorded in the same tick.
 STAMP_SETTLE_NS = 2_000_000_000
 # Recorded stamps start with it: a change of what a stamp holds changes it, and every
-# pair is checked in full once.
-STAMP_VERSION = "1"
+# pair is checked in full once. 2: the leaf's facts digest added.
+STAMP_VERSION = "2"
+
+_T = TypeVar("_T")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -103,8 +116,51 @@ class PairReader:
             self.storage_root, hostname, issued_serial=issued_serial, repair=repair
         )
 
+    def unchanged(
+        self,
+        hostname: str,
+        verified_stamp: str,
+        recorded: tuple[str, datetime.datetime, datetime.datetime],
+    ) -> bool:
+        """True when the host's pair still has ``verified_stamp`` and passes what is checked
+        on every read (layout, the key's mode, no exposure marker), and ``recorded``
+        (serial, not before, not after) are its leaf's facts: the facts the scan would
+        read, known without opening or parsing either file (its ARI id: ``stamped_ari``).
+        False: ``read`` it.
+        """
+        if not verified_stamp:
+            return False
+        try:
+            files = self._at_version(hostname, self._files_stamp)
+        except (OSError, StorageError, ValueError):
+            return False
+        if files is None:
+            return False
+        expected = f"{files}:{facts_digest(hostname, *recorded)}:{stamped_ari(verified_stamp)}"
+        if verified_stamp != expected:
+            return False
+        self.skipped_checks += 1
+        return True
+
+    def _files_stamp(self, hostname: str, version: str, version_fd: int) -> str | None:
+        key_info = self._private_key_info(version_fd)
+        if key_info is None:
+            return None
+        chain_info = os.stat(constants.FULLCHAIN_FILENAME, dir_fd=version_fd, follow_symlinks=False)
+        if not stat.S_ISREG(chain_info.st_mode) or chain_info.st_size > storage.PEM_MAX_BYTES:
+            return None
+        return _stamp(version, chain_info, key_info)
+
     def _read_plain(self, hostname: str, verified_stamp: str) -> storage.StoredCertificate | None:
         """The pair through the layout this product makes, or None to take the full path."""
+        return self._at_version(
+            hostname,
+            lambda host, version, fd: self._read_version(host, version, fd, verified_stamp),
+        )
+
+    def _at_version(self, hostname: str, then: Callable[[str, str, int], _T | None]) -> _T | None:
+        """``then(hostname, version, descriptor)`` on the host's current version directory,
+        reached through the layout this product makes; None when it is laid out otherwise."""
         if self._certs_fd is None or self._pairs_fd is None:
             return None
         name = safe_hostname(hostname)
@@ -120,26 +176,35 @@ class PairReader:
         finally:
             os.close(host_fd)
         try:
-            return self._read_version(hostname, version, version_fd, verified_stamp)
+            return then(hostname, version, version_fd)
         finally:
             os.close(version_fd)
+
+    @staticmethod
+    def _private_key_info(version_fd: int) -> os.stat_result | None:
+        """The key's status, or None when it is no private regular file or the exposure
+        marker is there (``read_current`` says so, and repairs what it may)."""
+        key_info = os.stat(constants.PRIVKEY_FILENAME, dir_fd=version_fd, follow_symlinks=False)
+        if not stat.S_ISREG(key_info.st_mode) or key_info.st_mode & 0o077:
+            return None
+        if _exists(storage.EXPOSED_MARKER, version_fd):
+            return None
+        return key_info
 
     def _read_version(
         self, hostname: str, version: str, version_fd: int, verified_stamp: str
     ) -> storage.StoredCertificate | None:
-        key_info = os.stat(constants.PRIVKEY_FILENAME, dir_fd=version_fd, follow_symlinks=False)
-        if not stat.S_ISREG(key_info.st_mode) or key_info.st_mode & 0o077:
-            return None  # read_current says so, and makes it private when repairing
-        if _exists(storage.EXPOSED_MARKER, version_fd):
-            return None  # read_current tells what the marker remembers
+        key_info = self._private_key_info(version_fd)
+        if key_info is None:
+            return None
         chain_pem, chain_info = _read(constants.FULLCHAIN_FILENAME, version_fd)
-        stamp = _stamp(version, chain_info, key_info)
-        if stamp == verified_stamp:
+        files = _stamp(version, chain_info, key_info)
+        if verified_stamp.startswith(files + ":"):
             facts = x509.parse_leaf(chain_pem)  # the chain behind it passed every check
-            if hostname not in facts.names:
+            if hostname not in facts.names or verified_stamp != _with_facts(files, hostname, facts):
                 return None
             self.skipped_checks += 1
-            return storage.StoredCertificate(facts, stamp=stamp)
+            return storage.StoredCertificate(facts, stamp=verified_stamp)
         key_pem, key_read_info = _read(constants.PRIVKEY_FILENAME, version_fd)
         if key_read_info.st_mode & 0o077:
             return None
@@ -150,7 +215,7 @@ class PairReader:
         facts = x509.facts_of(chain[0])
         if hostname not in facts.names:
             return None
-        stamp = _stamp(version, chain_info, key_read_info)
+        stamp = _with_facts(_stamp(version, chain_info, key_read_info), hostname, facts)
         settled = time.time_ns() - STAMP_SETTLE_NS
         if max(chain_info.st_ctime_ns, key_read_info.st_ctime_ns) > settled:
             stamp = ""  # changed moments ago: checked in full again next time
@@ -179,6 +244,29 @@ def _read(name: str, dir_fd: int) -> tuple[bytes, os.stat_result]:
     if len(data) != info.st_size:
         raise ValueError(name)  # changing while read
     return data, info
+
+
+def facts_digest(
+    hostname: str, serial: str, not_before: datetime.datetime, not_after: datetime.datetime
+) -> str:
+    """What the stamp binds of the leaf: equal digests, equal facts for the decision."""
+    text = f"{hostname}/{serial}/{not_before.timestamp()!r}/{not_after.timestamp()!r}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def ari_digest(ari_id: str) -> str:
+    """What the stamp keeps of the leaf's ARI id: "" for none, else a digest of it."""
+    return hashlib.blake2b(ari_id.encode(), digest_size=8).hexdigest() if ari_id else ""
+
+
+def stamped_ari(stamp: str) -> str:
+    """The ``ari_digest`` of the stamped leaf's ARI id (compare with the row's)."""
+    return stamp.rpartition(":")[2]
+
+
+def _with_facts(files: str, hostname: str, facts: x509.CertificateFacts) -> str:
+    digest = facts_digest(hostname, facts.serial, facts.not_before, facts.not_after)
+    return f"{files}:{digest}:{ari_digest(facts.ari_id)}"
 
 
 def _stamp(version: str, *infos: os.stat_result) -> str:
