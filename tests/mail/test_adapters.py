@@ -120,3 +120,36 @@ def test_the_privileged_mail_job_takes_no_argument():
     from modoboa_pro.virtualhosts import jobs
 
     assert inspect.signature(jobs.mail_deploy).parameters == {}
+
+
+# -- the ports side by side ---------------------------------------------------------------
+
+
+def test_every_port_is_asked_side_by_side_and_a_laggard_is_named(monkeypatch):
+    """All seven handshakes of a round are in flight together (a fetcher that waits for the
+    seven at a barrier would time out if they came one after the other); a service that keeps
+    presenting the old serial is named with what it showed."""
+    import datetime
+    import threading
+
+    from modoboa_pro.virtualhosts.adapters.x509 import CertificateFacts
+
+    ports = {service: 1000 + i for i, service in enumerate(mailprobe.SERVICES)}
+    barrier = threading.Barrier(len(ports), timeout=5)
+    now = datetime.datetime.now(datetime.UTC)
+
+    def fetcher(service: str, port: int, hostname: str) -> CertificateFacts:
+        barrier.wait()  # BrokenBarrierError (a test failure) unless all seven came together
+        return CertificateFacts("new", now, now, "CA", (hostname,), "00")
+
+    seen = mailprobe.confirm_all(fetcher, ports, "mail.example.test", "new")
+    assert [s.service for s in seen] == list(ports)
+
+    def imaps_lags(service: str, port: int, hostname: str) -> CertificateFacts:
+        serial = "old" if service == "imaps" else "new"
+        return CertificateFacts(serial, now, now, "CA", (hostname,), "00")
+
+    monkeypatch.setattr(mailprobe, "VERIFY_TIMEOUT", 0.3)
+    with pytest.raises(MailNotVerified, match=r"^Dovecot still not presenting .*imaps "
+                       r"\(port \d+\): serial old\."):  # fmt: skip
+        mailprobe.confirm_all(imaps_lags, ports, "mail.example.test", "new")
