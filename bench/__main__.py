@@ -72,11 +72,12 @@ def _mail(results: dict[str, object], root: Path, hosts: int) -> None:
         )
         return
     from bench.stack import running_stack
+    from modoboa_pro.testing.mail import plugin_settings
 
     print(f"scenario 5: {hosts} mail hosts renewed by one scan (Postfix, Dovecot)", flush=True)
     with (
         mail.mail_servers() as (postfix, dovecot),
-        running_stack(root / "mail", extra_settings=mail.settings_for(postfix, dovecot)) as stack,
+        running_stack(root / "mail", extra_settings=plugin_settings(postfix, dovecot)) as stack,
     ):
         results["mail"] = mail.run(stack, postfix, dovecot, hosts, root / "mail-floor")
 

@@ -67,23 +67,6 @@ def mail_servers() -> Iterator[tuple[PostfixServer, DovecotServer]]:
         postfix.stop()
 
 
-def settings_for(pf: PostfixServer, dv: DovecotServer) -> dict[str, object]:
-    """The instance's mail settings pointing at these two servers (as tests/mail does)."""
-    return {
-        "VIRTUALHOSTS_MAIL_SERVICES": ["postfix", "dovecot"],
-        "VIRTUALHOSTS_MAIL_POSTFIX_SNI_MAP": str(pf.sni_map),
-        "VIRTUALHOSTS_MAIL_POSTFIX_CONFIG_DIR": str(pf.config_dir),
-        "VIRTUALHOSTS_MAIL_POSTFIX_COMMAND": pf.postfix_command,
-        "VIRTUALHOSTS_MAIL_POSTMAP_COMMAND": pf.postmap_command,
-        "VIRTUALHOSTS_MAIL_DOVECOT_INCLUDE": str(dv.include),
-        "VIRTUALHOSTS_MAIL_DOVECOT_CONFIG": str(dv.config),
-        "VIRTUALHOSTS_MAIL_DOVECOT_COMMAND": dv.dovecot_command,
-        "VIRTUALHOSTS_MAIL_DOVECONF_COMMAND": dv.doveconf_command,
-        "VIRTUALHOSTS_MAIL_DOVEADM_COMMAND": dv.doveadm_command,
-        "VIRTUALHOSTS_MAIL_VERIFY_PORTS": {**pf.ports, **dv.ports},
-    }
-
-
 class Watch:
     """What the operator would look at, read from the outside: nginx's and the mail ports'
     certificates by handshake, the hosts' status and serial from the instance's database

@@ -230,3 +230,20 @@ service pop3-login {{
     def log_tails(self) -> str:
         tail = self.log.read_text(errors="replace").splitlines()[-30:] if self.log.exists() else []
         return f"{super().log_tails()}\n--- {self.log} ---\n" + "\n".join(tail)
+
+
+def plugin_settings(pf: PostfixServer, dv: DovecotServer) -> dict[str, object]:
+    """The plugin's ``VIRTUALHOSTS_MAIL_*`` settings pointing at these two servers."""
+    return {
+        "VIRTUALHOSTS_MAIL_SERVICES": ["postfix", "dovecot"],
+        "VIRTUALHOSTS_MAIL_POSTFIX_SNI_MAP": str(pf.sni_map),
+        "VIRTUALHOSTS_MAIL_POSTFIX_CONFIG_DIR": str(pf.config_dir),
+        "VIRTUALHOSTS_MAIL_POSTFIX_COMMAND": pf.postfix_command,
+        "VIRTUALHOSTS_MAIL_POSTMAP_COMMAND": pf.postmap_command,
+        "VIRTUALHOSTS_MAIL_DOVECOT_INCLUDE": str(dv.include),
+        "VIRTUALHOSTS_MAIL_DOVECOT_CONFIG": str(dv.config),
+        "VIRTUALHOSTS_MAIL_DOVECOT_COMMAND": dv.dovecot_command,
+        "VIRTUALHOSTS_MAIL_DOVECONF_COMMAND": dv.doveconf_command,
+        "VIRTUALHOSTS_MAIL_DOVEADM_COMMAND": dv.doveadm_command,
+        "VIRTUALHOSTS_MAIL_VERIFY_PORTS": {**pf.ports, **dv.ports},
+    }

@@ -36,7 +36,6 @@ class Run:
         self.run_id = run_id
         self.kind = kind
         self.current_step = ""
-        self.continued = False
 
     @contextmanager
     def step(self, name: str, *, continued: bool = False) -> Iterator[StepResult]:
@@ -45,7 +44,6 @@ class Run:
         ``continued``: the step began in an earlier job of this run, which deferred its
         end (a reload shared with other hosts): its event is completed, not repeated, and
         its duration counts from its start."""
-        self.continued = continued
         self.current_step = name
         self._enter(name)
         result = StepResult()
@@ -55,7 +53,7 @@ class Run:
         try:
             yield result
         except VirtualHostError as err:
-            self._event(name, constants.OUTCOME_FAILED, started, clock, err.message)
+            self._event(name, constants.OUTCOME_FAILED, started, clock, err.message, continued)
             logger.warning(
                 "virtualhost %s: %s failed after %.2fs: %s%s",
                 self.host.hostname,
@@ -69,10 +67,11 @@ class Run:
             )
             raise
         except Exception as err:
-            self._event(name, constants.OUTCOME_FAILED, started, clock, f"internal error: {err!r}")
+            message = f"internal error: {err!r}"
+            self._event(name, constants.OUTCOME_FAILED, started, clock, message, continued)
             raise
         outcome = constants.OUTCOME_SKIPPED if result.skipped else constants.OUTCOME_OK
-        self._event(name, outcome, started, clock, result.message)
+        self._event(name, outcome, started, clock, result.message, continued)
         logger.info(
             "virtualhost %s: %s %s in %.2fs%s",
             self.host.hostname,
@@ -105,9 +104,15 @@ class Run:
             raise DesiredStateChanged(f"{self.host.hostname} was disabled", gone=False)
 
     def _event(
-        self, step: str, outcome: str, started: datetime.datetime, clock: float, message: str
+        self,
+        step: str,
+        outcome: str,
+        started: datetime.datetime,
+        clock: float,
+        message: str,
+        continued: bool = False,
     ) -> None:
-        if self.continued and self._complete(step, outcome, message):
+        if continued and self._complete(step, outcome, message):
             return
         try:
             VirtualHostEvent.objects.create(

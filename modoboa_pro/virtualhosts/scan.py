@@ -504,13 +504,10 @@ def _scan_host(
             report.urgent.append(host.hostname)
             if not dry_run:
                 alarms.alarm_urgent(host, stored.facts.not_after, now)
-        # The path named in the message is built only for an expired pair (few are).
-        elif stored.facts.not_after <= now and (
-            expired := policy.expired_problem(
-                now,
-                stored.facts.not_after,
-                storage.certificate_paths(reader.storage_root, host.hostname)[0],
-            )
+        elif expired := policy.expired_problem(
+            now,
+            stored.facts.not_after,
+            storage.certificate_paths(reader.storage_root, host.hostname)[0],
         ):
             # Expired with no failing renewal to blame (a pair restored from an old
             # backup, renewals not running): the host shows it until the renewal is done.

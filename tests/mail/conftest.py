@@ -18,7 +18,7 @@ from typing import Any
 import django_rq
 import pytest
 
-from modoboa_pro.testing.mail import DovecotServer, PostfixServer
+from modoboa_pro.testing.mail import DovecotServer, PostfixServer, plugin_settings
 from modoboa_pro.virtualhosts import constants, queueing
 from modoboa_pro.virtualhosts.adapters import dovecot, postfix
 
@@ -42,21 +42,8 @@ def dovecot_server() -> Iterator[DovecotServer]:
 
 
 def mail_settings(pf: PostfixServer, dv: DovecotServer) -> dict[str, Any]:
-    """The plugin's mail settings pointing at these two servers."""
-    return {
-        "VIRTUALHOSTS_MAIL_SERVICES": ["postfix", "dovecot"],
-        "VIRTUALHOSTS_MAIL_POSTFIX_SNI_MAP": str(pf.sni_map),
-        "VIRTUALHOSTS_MAIL_POSTFIX_CONFIG_DIR": str(pf.config_dir),
-        "VIRTUALHOSTS_MAIL_POSTFIX_COMMAND": pf.postfix_command,
-        "VIRTUALHOSTS_MAIL_POSTMAP_COMMAND": pf.postmap_command,
-        "VIRTUALHOSTS_MAIL_DOVECOT_INCLUDE": str(dv.include),
-        "VIRTUALHOSTS_MAIL_DOVECOT_CONFIG": str(dv.config),
-        "VIRTUALHOSTS_MAIL_DOVECOT_COMMAND": dv.dovecot_command,
-        "VIRTUALHOSTS_MAIL_DOVECONF_COMMAND": dv.doveconf_command,
-        "VIRTUALHOSTS_MAIL_DOVEADM_COMMAND": dv.doveadm_command,
-        "VIRTUALHOSTS_MAIL_VERIFY_PORTS": {**pf.ports, **dv.ports},
-        "VIRTUALHOSTS_RELOAD_TIMEOUT": 30,
-    }
+    """The plugin's mail settings pointing at these two servers, reloads waited for 30 s."""
+    return {**plugin_settings(pf, dv), "VIRTUALHOSTS_RELOAD_TIMEOUT": 30}
 
 
 @pytest.fixture(scope="module")

@@ -21,15 +21,21 @@ from .conftest import PHONE, PROVISION_TIMEOUT_MS, Session
 pytestmark = pytest.mark.ui
 
 
-def add_host(session: Session, hostname: str, domain: str | None = None) -> None:
-    page = session.page
-    page.get_by_role("button", name="Add a virtual host").click()
-    dialog = page.get_by_test_id("vh-form")
+def open_form(session: Session, hostname: str):
+    """The "Add a virtual host" dialog, its hostname typed in."""
+    session.page.get_by_role("button", name="Add a virtual host").click()
+    dialog = session.page.get_by_test_id("vh-form")
     field = dialog.get_by_label("Hostname")
     # The field takes focus once the dialog has opened; typing before that lets the late
-    # autofocus pull focus back, and the Enter below would then submit the form.
+    # autofocus pull focus back, and an Enter would then submit the form.
     expect(field).to_be_focused()
     field.fill(hostname)
+    return dialog
+
+
+def add_host(session: Session, hostname: str, domain: str | None = None) -> None:
+    page = session.page
+    dialog = open_form(session, hostname)
     if domain:
         # By keyboard, as the controls must allow: focus the select, open it, pick.
         select = dialog.get_by_label("Domain")
@@ -334,11 +340,7 @@ def test_an_acme_profile_is_chosen_in_the_form_and_checked_against_the_ca(stack,
     the details change it (or refuse a malformed one, saying why)."""
     session = login()
     session.open_virtual_hosts()
-    page = session.page
-    page.get_by_role("button", name="Add a virtual host").click()
-    dialog = page.get_by_test_id("vh-form")
-    expect(dialog.get_by_label("Hostname")).to_be_focused()
-    dialog.get_by_label("Hostname").fill("profiled.alpha.test")
+    dialog = open_form(session, "profiled.alpha.test")
     profile = dialog.get_by_label("ACME profile (optional)")
     profile.fill("short lived")
     dialog.get_by_role("button", name="Create").click()
@@ -404,11 +406,7 @@ def test_a_host_marked_for_mail_in_the_form_says_so_in_its_details(stack, login)
     Dovecot of its own (the mail deploy is off: tests/mail runs them)."""
     session = login()
     session.open_virtual_hosts()
-    page = session.page
-    page.get_by_role("button", name="Add a virtual host").click()
-    dialog = page.get_by_test_id("vh-form")
-    expect(dialog.get_by_label("Hostname")).to_be_focused()
-    dialog.get_by_label("Hostname").fill("smtp.alpha.test")
+    dialog = open_form(session, "smtp.alpha.test")
     dialog.get_by_label("Serves mail (Postfix and Dovecot)").check()
     assert unlabelled_controls(dialog) == []
     dialog.get_by_role("button", name="Create").click()
