@@ -133,7 +133,11 @@ def test_a_killed_privileged_worker_keeps_the_renewed_pair_for_the_next_reload(
     # The next successful reload serves it: here the reload job still queued, run by
     # the restarted worker, before any retry.
     start_worker()
-    wait_for("nginx to serve the new pair", lambda: served_serial(chain, host.hostname) == new)
+    # Done once the job has returned: nginx's old workers (on the old pair) stop accepting
+    # only then, about 100 ms after a new one already answers with the new pair.
+    finished = privileged_queue().finished_job_registry
+    wait_for("the queued reload to run", lambda: len(finished.get_job_ids()) == 1)
+    assert served_serial(chain, host.hostname) == new
 
     # The retry sweep (no operator), once the back-off has passed, records it and does
     # not order again: the kept pair is valid.
