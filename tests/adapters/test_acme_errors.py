@@ -163,3 +163,26 @@ def test_a_connection_dropped_mid_tls_is_named_in_a_few_words() -> None:
             requests.get(f"https://127.0.0.1:{server.getsockname()[1]}/dir", timeout=5)
         thread.join()
     assert acme._network_reason(caught.value) == "the connection was closed without an answer"
+
+
+def test_a_connection_dropped_before_the_answer_is_named_in_a_few_words() -> None:
+    # The CA killed after reading a request, before answering: urllib3 2.x reports it as a
+    # ConnectionResetError without an errno, "Remote end closed connection without response".
+    with socket.create_server(("127.0.0.1", 0)) as server:
+
+        def drop() -> None:
+            conn, _ = server.accept()
+            conn.recv(65536)
+            conn.close()
+
+        thread = threading.Thread(target=drop)
+        thread.start()
+        with pytest.raises(requests.ConnectionError) as caught:
+            requests.get(f"http://127.0.0.1:{server.getsockname()[1]}/dir", timeout=5)
+        thread.join()
+    assert acme._network_reason(caught.value) == "the connection was closed without an answer"
+
+
+def test_a_reset_connection_keeps_its_own_words() -> None:
+    err = requests.ConnectionError(ConnectionResetError(104, "Connection reset by peer"))
+    assert acme._network_reason(err) == "connection reset by peer"

@@ -786,8 +786,12 @@ def _network_reason(err: BaseException) -> str:
         if isinstance(cause, socket.gaierror):
             return "its name does not resolve"
         # The CA going away mid-request: before its answer, or mid-TLS (ssl's own words,
-        # "EOF occurred in violation of protocol", mean nothing to an operator).
-        if isinstance(cause, http.client.RemoteDisconnected | ssl.SSLEOFError):
+        # "EOF occurred in violation of protocol", mean nothing to an operator). urllib3 2.x
+        # turns http.client's RemoteDisconnected into a bare ConnectionResetError (no errno),
+        # a real reset keeps its errno and its own words.
+        if isinstance(cause, http.client.RemoteDisconnected | ssl.SSLEOFError) or (
+            isinstance(cause, ConnectionResetError) and cause.errno is None
+        ):
             return "the connection was closed without an answer"
         if isinstance(cause, OSError) and cause.strerror:
             text = cause.strerror
