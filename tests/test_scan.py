@@ -232,3 +232,26 @@ def test_a_host_whose_renewal_information_is_to_be_asked_again_is_asked(root):
     VirtualHost.objects.filter(hostname=names[1]).update(ari_recheck_at=now - DAY)
     report = scan.run(root, 30, None, ari_source=unreachable_ca)
     assert (report.settled_from_rows, asked) == (2, [1])
+
+
+def test_rows_from_the_driver_convert_as_values_list_would(root):
+    """The scan streams rows unconverted; a host it cannot settle from them gets the row
+    Django would have returned, every datetime aware."""
+    add_hosts(root, 0, 2)
+    now = timezone.now().replace(microsecond=123456)
+    VirtualHost.objects.filter(hostname__startswith="h000").update(
+        cert_not_before=now - DAY, cert_not_after=now + DAY, next_attempt_at=now,
+        failing_since=now, ari_renew_at=now, ari_recheck_at=now, last_success_at=now,
+        enabled=False, attempts=3,
+    )  # fmt: skip
+    fields = scan._row_fields()
+    expected = list(VirtualHost.objects.order_by("hostname").values_list(*fields))
+    rows = scan._Rows(fields)
+    got = [rows.converted(row) for row in rows]
+    assert got == expected and got[0][fields.index("enabled")] is False
+    converted = [v for v in got[0] if isinstance(v, datetime.datetime)]
+    assert len(converted) == 8 and all(v.tzinfo is not None for v in converted)
+    assert scan._aware(None, datetime.UTC) is None
+    assert scan._aware("2026-11-29 10:00:00.5", datetime.UTC) == datetime.datetime(
+        2026, 11, 29, 10, 0, 0, 500000, tzinfo=datetime.UTC
+    )

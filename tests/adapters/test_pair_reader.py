@@ -217,7 +217,7 @@ def test_an_unchanged_pair_with_its_recorded_facts_is_neither_opened_nor_parsed(
     ):
         assert unchanged(tmp_path, stamp, other) == (False, {"full": 0, "skipped": 0})
     # No stamp, another stamp, a stamp of the previous format.
-    for other_stamp in ("", "1:other", stamp.replace("2:", "1:", 1)):
+    for other_stamp in ("", "1:other", stamp.replace("3:", "2:", 1)):
         assert unchanged(tmp_path, other_stamp, facts)[0] is False
     # A read with that stamp still returns the leaf's facts, and the same stamp.
     again, counts = read(tmp_path, stamp)
@@ -246,3 +246,20 @@ def test_the_key_mode_and_the_exposure_marker_are_checked_by_unchanged(tmp_path,
     assert key.stat().st_mode & 0o777 == 0o600
     assert unchanged(tmp_path, stamp, facts)[0] is False
     assert "its mode is now 0600" in (read(tmp_path, stamp)[0].problem or "")
+
+
+
+def test_the_product_never_writes_the_exposure_marker_alone(tmp_path, short_settle):
+    """``unchanged`` does not look for the marker: what writes it also makes the key
+    private, and that chmod moves the key's change time, which the stamp holds."""
+    stamp = stored_and_stamped(tmp_path)
+    facts = recorded(tmp_path)
+    key = storage.certificate_paths(tmp_path, HOST)[1]
+    key.chmod(0o644)
+    exposed = key.stat()
+    time.sleep(TICK)
+    found = storage.read_current(tmp_path, HOST, repair=True)
+    assert "its mode is now 0600" in (found.problem or "")
+    assert (key.parent / storage.EXPOSED_MARKER).exists()
+    assert key.stat().st_ctime_ns != exposed.st_ctime_ns  # the repair's chmod
+    assert unchanged(tmp_path, stamp, facts) == (False, {"full": 0, "skipped": 0})

@@ -10,18 +10,20 @@ which says what is wrong in its own words: this module only makes the usual case
 
 The pair checks that depend only on the files' content (the chain's order and signatures,
 the key's type and its match with the certificate) are skipped when the files are those
-that passed them before: same version directory, and for both files the same device,
-inode, size, modification and change times (the *stamp*, recorded by the caller). Any write
-to a file changes its change time, which no program can set back. What can change without
-touching the files is checked on every read: the key's mode, the exposure marker, the
-layout, the certificate's names.
+that passed them before: for both files the same device, inode, size, modification and
+change times (the *stamp*, recorded by the caller). Any write to a file changes its change
+time, which no program can set back, and so does a chmod. What can change without touching
+the files is checked by every full read: the layout, the key's mode, the exposure marker,
+the certificate's names. The marker needs no check of its own in ``unchanged``: a stamped
+pair has none, and this product writes one only when it makes an exposed key private,
+whose chmod moves the key's change time.
 
 The stamp also binds the leaf's facts that the renewal decision needs: a digest of the
 hostname (a leaf passed only if it covers it), serial and validity (``facts_digest``), and
 one of its ARI id (``ari_digest``, "" without one). ``unchanged`` tells the scan that a
 host's files still have their stamp and that the facts recorded on its row are those of
-its leaf, without opening either file; ``stamped_ari`` tells whether the leaf's ARI id is
-the one the row's ARI answer is about.
+its leaf, with two ``stat`` calls and without opening either file; ``stamped_ari`` tells
+whether the leaf's ARI id is the one the row's ARI answer is about.
 """
 
 from __future__ import annotations
@@ -46,8 +48,9 @@ from .files import safe_hostname
 # longer ago than this, so no rewrite can hide behind a stamp recorded in the same tick.
 STAMP_SETTLE_NS = 2_000_000_000
 # Recorded stamps start with it: a change of what a stamp holds changes it, and every
-# pair is checked in full once. 2: the leaf's facts digest added.
-STAMP_VERSION = "2"
+# pair is checked in full once. 2: the leaf's facts digest added. 3: the version
+# directory's name left out (files are named by device and inode).
+STAMP_VERSION = "3"
 
 _T = TypeVar("_T")
 
@@ -122,44 +125,42 @@ class PairReader:
         verified_stamp: str,
         recorded: tuple[str, datetime.datetime, datetime.datetime],
     ) -> bool:
-        """True when the host's pair still has ``verified_stamp`` and passes what is checked
-        on every read (layout, the key's mode, no exposure marker), and ``recorded``
-        (serial, not before, not after) are its leaf's facts: the facts the scan would
-        read, known without opening or parsing either file (its ARI id: ``stamped_ari``).
-        False: ``read`` it.
+        """True when the host's pair still has ``verified_stamp`` and ``recorded`` (serial,
+        not before, not after) are its leaf's facts: the facts the scan would read, known
+        without opening or parsing either file (its ARI id: ``stamped_ari``). False:
+        ``read`` it.
+
+        Both files are looked at as nginx reaches them, through ``certs/<hostname>``: a
+        stamp names files by device and inode, so the same stamp is the same files that
+        passed every check, however they are reached. A chmod changes the key's change
+        time, and the mode is checked here too.
         """
-        if not verified_stamp:
+        if not verified_stamp or self._certs_fd is None:
             return False
         try:
-            files = self._at_version(hostname, self._files_stamp)
+            name = safe_hostname(hostname)
+            chain_info = os.stat(f"{name}/{constants.FULLCHAIN_FILENAME}", dir_fd=self._certs_fd)
+            key_info = os.stat(f"{name}/{constants.PRIVKEY_FILENAME}", dir_fd=self._certs_fd)
         except (OSError, StorageError, ValueError):
             return False
-        if files is None:
+        if not stat.S_ISREG(key_info.st_mode) or key_info.st_mode & 0o077:
             return False
+        files = _stamp(chain_info, key_info)
         expected = f"{files}:{facts_digest(hostname, *recorded)}:{stamped_ari(verified_stamp)}"
         if verified_stamp != expected:
             return False
         self.skipped_checks += 1
         return True
 
-    def _files_stamp(self, hostname: str, version: str, version_fd: int) -> str | None:
-        key_info = self._private_key_info(version_fd)
-        if key_info is None:
-            return None
-        chain_info = os.stat(constants.FULLCHAIN_FILENAME, dir_fd=version_fd, follow_symlinks=False)
-        if not stat.S_ISREG(chain_info.st_mode) or chain_info.st_size > storage.PEM_MAX_BYTES:
-            return None
-        return _stamp(version, chain_info, key_info)
-
     def _read_plain(self, hostname: str, verified_stamp: str) -> storage.StoredCertificate | None:
         """The pair through the layout this product makes, or None to take the full path."""
         return self._at_version(
             hostname,
-            lambda host, version, fd: self._read_version(host, version, fd, verified_stamp),
+            lambda host, fd: self._read_version(host, fd, verified_stamp),
         )
 
-    def _at_version(self, hostname: str, then: Callable[[str, str, int], _T | None]) -> _T | None:
-        """``then(hostname, version, descriptor)`` on the host's current version directory,
+    def _at_version(self, hostname: str, then: Callable[[str, int], _T | None]) -> _T | None:
+        """``then(hostname, descriptor)`` on the host's current version directory,
         reached through the layout this product makes; None when it is laid out otherwise."""
         if self._certs_fd is None or self._pairs_fd is None:
             return None
@@ -176,7 +177,7 @@ class PairReader:
         finally:
             os.close(host_fd)
         try:
-            return then(hostname, version, version_fd)
+            return then(hostname, version_fd)
         finally:
             os.close(version_fd)
 
@@ -192,13 +193,13 @@ class PairReader:
         return key_info
 
     def _read_version(
-        self, hostname: str, version: str, version_fd: int, verified_stamp: str
+        self, hostname: str, version_fd: int, verified_stamp: str
     ) -> storage.StoredCertificate | None:
         key_info = self._private_key_info(version_fd)
         if key_info is None:
             return None
         chain_pem, chain_info = _read(constants.FULLCHAIN_FILENAME, version_fd)
-        files = _stamp(version, chain_info, key_info)
+        files = _stamp(chain_info, key_info)
         if verified_stamp.startswith(files + ":"):
             facts = x509.parse_leaf(chain_pem)  # the chain behind it passed every check
             if hostname not in facts.names or verified_stamp != _with_facts(files, hostname, facts):
@@ -215,7 +216,7 @@ class PairReader:
         facts = x509.facts_of(chain[0])
         if hostname not in facts.names:
             return None
-        stamp = _with_facts(_stamp(version, chain_info, key_read_info), hostname, facts)
+        stamp = _with_facts(_stamp(chain_info, key_read_info), hostname, facts)
         settled = time.time_ns() - STAMP_SETTLE_NS
         if max(chain_info.st_ctime_ns, key_read_info.st_ctime_ns) > settled:
             stamp = ""  # changed moments ago: checked in full again next time
@@ -269,9 +270,9 @@ def _with_facts(files: str, hostname: str, facts: x509.CertificateFacts) -> str:
     return f"{files}:{digest}:{ari_digest(facts.ari_id)}"
 
 
-def _stamp(version: str, *infos: os.stat_result) -> str:
-    files = ":".join(
+def _stamp(*files: os.stat_result) -> str:
+    held = ":".join(
         f"{i.st_dev:x}.{i.st_ino:x}.{i.st_size:x}.{i.st_mtime_ns:x}.{i.st_ctime_ns:x}"
-        for i in infos
+        for i in files
     )
-    return f"{STAMP_VERSION}:{version}:{files}"
+    return f"{STAMP_VERSION}:{held}"
