@@ -191,13 +191,15 @@ def _http_site_step(run: recording.Run, ctx: Context, host: VirtualHost) -> Defe
                 return deferred
             probe.preflight(s.endpoint, hostname)
             step.message = f"HTTP-only site {path} is served"
-        elif probe.serves_challenge(s.endpoint, hostname):
+            return None
+        ctx.reload.settle()  # one answer tells only once no reload hands over (``_verify``)
+        if probe.serves_challenge(s.endpoint, hostname):
             step.skip("the site is in place and served")
-        else:
-            # Written but never loaded (a run stopped before its reload): load it now.
-            ctx.reload()
-            probe.preflight(s.endpoint, hostname)
-            step.message = "the site file was in place but not loaded by nginx; reloaded"
+            return None
+        # Written but never loaded (a run stopped before its reload): load it now.
+        ctx.reload()
+        probe.preflight(s.endpoint, hostname)
+        step.message = "the site file was in place but not loaded by nginx; reloaded"
     return None
 
 
@@ -425,6 +427,10 @@ def _verify(
 ) -> None:
     s = ctx.settings
     with run.step(constants.STEP_VERIFY) as step:
+        if not reloaded:
+            # One answer shows what every nginx worker serves only once no reload is
+            # handing over: one requested by an earlier run of this host may still be.
+            ctx.reload.settle()
         if not reloaded and _served_serial(ctx, hostname) != serial:
             # nginx predates the files on disk (e.g. a run stopped between storing
             # the pair and reloading): reload before judging.

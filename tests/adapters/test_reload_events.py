@@ -121,3 +121,34 @@ def test_a_privileged_reload_wakes_its_waiter_with_a_notice(connection):
     waiter.join(JOIN_TIMEOUT)
     assert woke.is_set()
     assert book.covering_outcome(generation) == {"ok": True, "output": ""}
+
+
+def test_settle_returns_once_the_running_reload_is_done(connection, tmp_path):
+    """A caller that did not reload (its files were already served) judges nginx with one
+    answer: it first waits for a reload another caller started, still handing over."""
+    runs, release = tmp_path / "runs", tmp_path / "release"
+    reloader = LocalReloader(TRUE, held_reload(runs, release), connection, timeout=60)
+    reloader.settle()  # nothing runs: at once
+    reloading = threading.Thread(target=reloader)
+    reloading.start()
+    wait_for(lambda: run_count(runs) == 1, "the reload never started")
+    settled = threading.Event()
+    settling = threading.Thread(target=lambda: (reloader.settle(), settled.set()))
+    settling.start()
+    # Far longer than it takes to ask Redis: it is waiting for the reload, not finished.
+    assert not settled.wait(0.5)
+    release.touch()
+    for thread in (reloading, settling):
+        thread.join(JOIN_TIMEOUT)
+        assert not thread.is_alive()
+    assert settled.is_set() and run_count(runs) == 1
+    assert not connection.exists(ReloadBook(connection).running)
+
+
+def test_settle_gives_up_on_a_reload_held_past_the_timeout(connection):
+    book = ReloadBook(connection)
+    connection.set(book.running, "killed-holder", px=60_000)
+    assert book.wait_idle(0.2) is False
+    LocalReloader(TRUE, TRUE, connection, timeout=0.2).settle()  # logs, and returns
+    connection.delete(book.running)
+    assert book.wait_idle(0.2) is True

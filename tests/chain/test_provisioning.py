@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import ssl
 
@@ -188,3 +189,51 @@ def test_reloads_that_wait_for_nginx_need_one_answer_per_check(
     assert other.status == constants.STATUS_ACTIVE, other.last_error
     assert handshakes.count("streak.example.test") >= probe.STABLE_SUCCESSES
     assert probes("streak.example.test") >= probe.STABLE_SUCCESSES
+
+
+def test_a_run_that_reloads_nothing_judges_nginx_once_a_running_reload_is_done(chain: Chain):
+    """A retry whose files nginx already serves takes one answer as proof: it first waits
+    for a reload another process started (nginx's old workers may still answer then)."""
+    import threading
+    import time
+
+    from django.utils import timezone
+
+    from modoboa_pro.virtualhosts.adapters.reloader import ReloadBook
+
+    host = VirtualHost.objects.create(hostname="settle.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    client = chain.redis.client()
+    book = ReloadBook(client)
+    client.set(book.running, "another-process", px=120_000)
+    released: list = []
+
+    def release_later() -> None:
+        # Long after the retry reached its first check (it does in well under this).
+        time.sleep(1.5)
+        released.append(timezone.now())
+        client.delete(book.running)
+        client.publish(book.finished, "0")
+
+    releaser = threading.Thread(target=release_later)
+    services.retry_provisioning(host)
+    releaser.start()
+    chain.drain()
+    releaser.join(30)
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    retry_run = host.events.order_by("-started_at", "-id").first().run_id
+    steps = {
+        e.step: e
+        for e in host.events.filter(run_id=retry_run)
+        if e.outcome in (constants.OUTCOME_OK, constants.OUTCOME_SKIPPED)
+    }
+    # Nothing was reloaded by the retry; each check that judges nginx with one answer
+    # ended after the other reload did.
+    for step in (constants.STEP_HTTP_SITE, constants.STEP_VERIFY):
+        event = steps[step]
+        ended = event.started_at + datetime.timedelta(seconds=event.duration)
+        assert ended >= released[0], (step, ended, released)
+    assert "nginx serves serial" in steps[constants.STEP_VERIFY].message

@@ -81,6 +81,10 @@ class Reloader(Protocol):
     generation a reload must cover (None when changes cannot be tracked, then
     call the reloader directly); ``wait(generation)`` returns once a reload
     covering it has run, reloading if none is coming.
+
+    ``settle()`` returns once no reload is running (one started by another run may still
+    be handing over from nginx's old workers): what a caller that did not reload sees
+    with one answer is then what every worker serves.
     """
 
     def __call__(self) -> str: ...
@@ -88,6 +92,8 @@ class Reloader(Protocol):
     def request(self) -> int | None: ...
 
     def wait(self, generation: int) -> str: ...
+
+    def settle(self) -> None: ...
 
 
 def outcome_of(func: Callable[[], str]) -> dict[str, Any]:
@@ -164,6 +170,20 @@ class ReloadBook:
     def pending(self) -> bool:
         """Whether a reload is queued or running (so it will publish an outcome)."""
         return bool(self.connection.exists(self.queued, self.running))
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Return True once no reload is running, False if one still is after ``timeout``
+        (a holder killed mid-reload keeps ``running`` until its expiry)."""
+        if not self.connection.exists(self.running):
+            return True  # the usual case: one round trip
+        deadline = time.monotonic() + timeout
+        with self.notices() as notices:
+            while self.connection.exists(self.running):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                notices.wait(min(left, CHECK_INTERVAL))
+        return True
 
     # -- reloaders --------------------------------------------------------------
 
@@ -306,6 +326,17 @@ def _ms(seconds: float) -> int:
     return max(int(seconds * 1000), 1)
 
 
+def _settle(book: ReloadBook, timeout: float) -> None:
+    """``Reloader.settle`` for reloads coordinated by ``book``. Without Redis, or with a
+    reload that outlives ``timeout``, what is served is judged as it is: the check that
+    follows still asks nginx, and says what it sees."""
+    try:
+        if not book.wait_idle(timeout):
+            logger.warning("An nginx reload still runs after %.0f s; checking anyway", timeout)
+    except redis.RedisError as err:
+        logger.warning("Cannot reach Redis to see whether an nginx reload runs (%s)", err)
+
+
 class Notices:
     """A subscription to the finished reloads' notices, closed on leaving ``with``."""
 
@@ -363,6 +394,10 @@ class LocalReloader:
 
     def _reload(self) -> str:
         return nginx.test_and_reload(self.test_argv, self.reload_argv, pid_file=self.pid_file)
+
+    def settle(self) -> None:
+        if self.connection is not None:
+            _settle(self._book(), self.timeout)
 
     def _outcome_of(self, func: Callable[[], str]) -> dict[str, Any]:
         return outcome_of(func)
@@ -509,6 +544,9 @@ class PrivilegedReloader:
 
     def _raise_for(self, outcome: dict[str, Any]) -> str:
         return raise_for_outcome(outcome)
+
+    def settle(self) -> None:
+        _settle(self._book(), self.timeout)
 
     def _missing(self, message: str) -> Exception:
         return PrivilegedWorkerMissing(message, retryable=True)
