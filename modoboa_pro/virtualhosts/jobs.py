@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import django_rq
+from redis import Redis
 from redis.exceptions import RedisError
 
 from . import alarms, alerting, conf, constants, context, mail, pipeline, queueing, retries, scan
@@ -74,14 +75,15 @@ def reloads_confirmed() -> bool:
     return pid_file is not None and nginx_processes.read_master(pid_file) is not None
 
 
-def build_reloader():
-    """The configured way to apply nginx changes (coalesced through Redis)."""
+def build_reloader(connection: Redis | None = None):
+    """The configured way to apply nginx changes (coalesced through Redis); ``connection``:
+    the default queue's, when the caller has one already."""
     timeout = float(conf.get("VIRTUALHOSTS_RELOAD_TIMEOUT"))
     if conf.get("VIRTUALHOSTS_RELOAD_MODE") == "local":
         return LocalReloader(
             conf.get("VIRTUALHOSTS_NGINX_TEST_COMMAND"),
             conf.get("VIRTUALHOSTS_NGINX_RELOAD_COMMAND"),
-            django_rq.get_connection(constants.QUEUE_DEFAULT),
+            connection or django_rq.get_connection(constants.QUEUE_DEFAULT),
             pid_file=nginx_pid_file(),
             timeout=timeout,
         )
@@ -91,12 +93,12 @@ def build_reloader():
     )
 
 
-def build_mail_deployer():
+def build_mail_deployer(connection: Redis | None = None):
     """The configured way to deploy to the mail services (as reloads: local or privileged)."""
     timeout = float(conf.get("VIRTUALHOSTS_RELOAD_TIMEOUT"))
     if conf.get("VIRTUALHOSTS_RELOAD_MODE") == "local":
         return mail.LocalMailDeployer(
-            django_rq.get_connection(constants.QUEUE_DEFAULT), timeout=timeout
+            connection or django_rq.get_connection(constants.QUEUE_DEFAULT), timeout=timeout
         )
     queue = django_rq.get_queue(constants.QUEUE_PRIVILEGED)
     return mail.PrivilegedMailDeployer(
@@ -104,21 +106,24 @@ def build_mail_deployer():
     )
 
 
-def make_acme(s: context.Settings) -> acme.AcmeClient:
+def make_acme(s: context.Settings, connection: Redis | None = None) -> acme.AcmeClient:
+    """The CA's client; its requests are counted through ``connection`` (the default
+    queue's): django_rq opens a new Redis connection on every call for one."""
+    counted = connection or django_rq.get_connection(constants.QUEUE_DEFAULT)
     return acme.AcmeClient(
         s.directory_url,
         storage_root=s.storage_root,
         email=s.email,
         ca_bundle=s.ca_bundle,
         order_timeout=s.order_timeout,
-        observer=count_acme_request,
+        observer=lambda request: count_acme_request(counted, request),
     )
 
 
-def count_acme_request(request: acme.AcmeRequest) -> None:
+def count_acme_request(connection: Redis, request: acme.AcmeRequest) -> None:
     """The metrics' ACME request counters (``metrics``), in Redis for every worker."""
     counters.count_acme_request(
-        django_rq.get_connection(constants.QUEUE_DEFAULT),
+        connection,
         request.host,
         request.method,
         request.action,
@@ -129,6 +134,7 @@ def count_acme_request(request: acme.AcmeRequest) -> None:
 
 def build_context() -> context.Context:
     settings = read_settings()
+    # One connection for the run's own Redis work (locks, reload book, counters).
     connection = django_rq.get_connection(constants.QUEUE_DEFAULT)
 
     def lock(hostname: str, *, wait: datetime.timedelta = datetime.timedelta(0)):
@@ -139,12 +145,12 @@ def build_context() -> context.Context:
 
     return context.Context(
         settings=settings,
-        reload=build_reloader(),
-        acme=make_acme,
+        reload=build_reloader(connection),
+        acme=lambda s: make_acme(s, connection),
         lock=lock,
         served=served,
         mail_settings=mail.read_settings(),
-        mail=build_mail_deployer(),
+        mail=build_mail_deployer(connection),
         mail_served=mail.fetch(settings.verify_address),
     )
 

@@ -7,6 +7,8 @@ memory, so once restarted it knows neither the account nor the order.
 from __future__ import annotations
 
 import datetime
+import json
+import logging
 import os
 import threading
 import time
@@ -16,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from modoboa_pro.testing import PebbleServer
-from modoboa_pro.virtualhosts import constants, jobs, policy, retries, scan
-from modoboa_pro.virtualhosts.adapters import storage, tls, webroot
+from modoboa_pro.virtualhosts import constants, jobs, policy, retries, scan, services
+from modoboa_pro.virtualhosts.adapters import acme, counters, storage, tls, webroot
 from modoboa_pro.virtualhosts.models import VirtualHost
 
 from ..conftest import Chain
@@ -218,3 +220,44 @@ def test_ca_killed_while_validating_a_renewal(chain: Chain, own_pebble: PebbleSe
     assert host.status == constants.STATUS_ACTIVE, host.last_error
     assert host.cert_serial != old_serial
     assert_pair_served(chain, host)
+
+
+def account_registrations(chain: Chain) -> int:
+    """newAccount requests the workers sent, from the metrics' counters."""
+    snapshot = counters.read(chain.redis.client())
+    return sum(n for labels, n in snapshot.acme_requests.items() if labels[2] == "newAccount")
+
+
+def test_the_account_is_remembered_and_registered_again_when_the_ca_forgot_it(
+    chain: Chain, own_pebble: PebbleServer, caplog
+):
+    """Runs use the account this storage remembers, without asking the CA; a CA that no
+    longer knows it (restarted, its records gone) gets it registered again by the order."""
+    caplog.set_level(logging.INFO, logger="modoboa.jobs")
+    host = VirtualHost.objects.create(hostname="remembered.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    meta = acme.account_dir(chain.storage, own_pebble.directory_url) / "account.json"
+    first_account = json.loads(meta.read_text())["uri"]
+    assert account_registrations(chain) == 1
+
+    def renew() -> str:
+        services.enqueue_renewal(host, force=True)
+        chain.drain()
+        host.refresh_from_db()
+        assert host.status == constants.STATUS_ACTIVE, host.last_error
+        assert served_serial(chain, host.hostname) == host.cert_serial
+        return host.cert_serial
+
+    first = host.cert_serial
+    second = renew()
+    assert second != first and account_registrations(chain) == 1  # remembered
+
+    own_pebble.stop()
+    own_pebble.start()  # Pebble keeps accounts in memory: this one is gone
+    third = renew()
+    assert third not in (first, second)
+    assert account_registrations(chain) == 2
+    assert "no longer knows the ACME account" in caplog.text
+    assert json.loads(meta.read_text())["uri"] != first_account

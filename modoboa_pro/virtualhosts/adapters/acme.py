@@ -51,8 +51,9 @@ logger = logging.getLogger("modoboa.jobs")
 
 USER_AGENT = "modoboa-pro-acme"
 # Polling: start fast (a CA next door validates and issues in milliseconds), double up
-# to a polite interval (3 s after about 5 s of polling); a Retry-After the CA sends wins.
-POLL_FIRST_INTERVAL = 0.02
+# to a polite interval (3 s after about 5 s of polling, 10 looks); a Retry-After the CA
+# sends wins.
+POLL_FIRST_INTERVAL = 0.005
 POLL_MAX_INTERVAL = 3.0
 POLL_GROWTH = 2.0
 # When a CA rate-limits us without saying until when (no Retry-After header, no time
@@ -224,6 +225,10 @@ class _NewOrder(messages.NewOrder):
     replaces: str | None = jose.field("replaces", omitempty=True)
 
 
+# The problem a CA answers for a request signed by an account it does not know (RFC 8555 6.7).
+ACCOUNT_UNKNOWN = "accountDoesNotExist"
+
+
 def _problem_type(err: messages.Error) -> str:
     """The last part of a problem type (``alreadyReplaced``), known to the library or not."""
     return str(err.typ).rsplit(":", 1)[-1]
@@ -258,6 +263,8 @@ class AcmeClient:
         self._client: client.ClientV2 | None = None
         self._net: RetryAfterNetwork | None = None
         self._key: jose.JWK | None = None
+        self._key_created = False  # by this client: no account remembered for it
+        self._remembered = False  # the account in use was remembered, not asked for
 
     # -- account -----------------------------------------------------------
 
@@ -277,6 +284,7 @@ class AcmeClient:
         files.ensure_dir(directory, constants.PRIVATE_DIR_MODE)
         key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
         files.atomic_write(key_path, key.json_dumps().encode(), constants.PRIVATE_FILE_MODE)
+        self._key_created = True
         return key
 
     def _connect(self) -> client.ClientV2:
@@ -319,15 +327,45 @@ class AcmeClient:
         return self._net.last_retry_after if self._net is not None else None
 
     def ensure_account(self) -> Account:
-        """Register the account on first use, or find the existing one.
+        """The account of this key and email: the one registered before, as this storage
+        remembers it (``account.json``, no request to the CA), or registered now.
 
-        Sending newAccount with a known key returns the existing account, so
-        this also recovers when the CA forgot us (a test CA restarted).
+        A CA that no longer knows the remembered account (a test CA restarted) says so on
+        the next order, which registers again (``obtain_certificate``): sending newAccount
+        with a known key returns the existing account, or creates it.
         """
         acme = self._connect()
-        registration = messages.NewRegistration.from_data(
-            email=self.email, terms_of_service_agreed=True
-        )
+        if (uri := self._remembered_uri()) is not None:
+            acme.net.account = messages.RegistrationResource(uri=uri, body=self._registration())
+            self._remembered = True
+            return Account(uri=uri, email=self.email, directory_url=self.directory_url)
+        return self._register(acme)
+
+    def _registration(self) -> messages.NewRegistration:
+        return messages.NewRegistration.from_data(email=self.email, terms_of_service_agreed=True)
+
+    def _remembered_uri(self) -> str | None:
+        """The account URL saved for this key, directory and email; None to register."""
+        if self._key_created:
+            return None
+        path = account_dir(self.storage_root, self.directory_url) / "account.json"
+        try:
+            meta = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None  # absent or damaged: registering again rewrites it
+        if not isinstance(meta, dict) or (meta.get("email"), meta.get("directory_url")) != (
+            self.email,
+            self.directory_url,
+        ):
+            return None
+        uri = meta.get("uri")
+        return uri if isinstance(uri, str) and uri.startswith("https://") else None
+
+    def _register(self, acme: client.ClientV2) -> Account:
+        """newAccount with this key: the existing account, or a new one."""
+        self._remembered = False
+        registration = self._registration()
+        acme.net.account = None  # newAccount is signed with the key itself, not an account URL
         try:
             regr = _signed(acme.new_account, registration)
             uri = regr.uri
@@ -435,11 +473,7 @@ class AcmeClient:
         if profile is not None:
             check_profile(profile.name, _offered_profiles(acme), self.directory_url)
         try:
-            order = new_order_with_profile(
-                lambda name: self._new_order(acme, csr_pem, hostname, replaces, name),
-                hostname,
-                profile,
-            )
+            order = self._place_order(acme, csr_pem, hostname, replaces, profile)
             published: list[str] = []
             try:
                 for authzr in order.authorizations:
@@ -473,6 +507,35 @@ class AcmeClient:
                 f"{hostname} ({_network_reason(err)}); it will be retried with back-off.",
                 detail=str(err),
             ) from err
+
+    def _place_order(
+        self,
+        acme: client.ClientV2,
+        csr_pem: bytes,
+        hostname: str,
+        replaces: str,
+        profile: ProfileChoice | None,
+    ) -> messages.OrderResource:
+        def place() -> messages.OrderResource:
+            return new_order_with_profile(
+                lambda name: self._new_order(acme, csr_pem, hostname, replaces, name),
+                hostname,
+                profile,
+            )
+
+        try:
+            return place()
+        except messages.Error as err:
+            if not self._remembered or _problem_type(err) != ACCOUNT_UNKNOWN:
+                raise
+        # The CA forgot the remembered account (its records reset): register, once.
+        logger.info(
+            "The CA at %s no longer knows the ACME account %s; registering it again",
+            self.directory_url,
+            acme.net.account.uri if acme.net.account is not None else "",
+        )
+        self._register(acme)
+        return place()
 
     def _new_order(
         self,
