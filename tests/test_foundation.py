@@ -175,3 +175,28 @@ def test_privileged_job_takes_no_argument():
     import inspect
 
     assert inspect.signature(vh_jobs.nginx_test_and_reload).parameters == {}
+
+
+def test_the_app_parameters_read_as_modoboa_gives_them(modoboa):
+    """``conf.params`` reads the stored row without building a LocalConfig: the same values
+    as Modoboa's own reader, stored or defaulted."""
+    from modoboa.core.models import LocalConfig
+    from modoboa.parameters import tools as param_tools
+
+    from modoboa_pro.virtualhosts import conf
+
+    from .conftest import set_parameters
+
+    def modoboas() -> dict:
+        return dict(param_tools.get_global_parameters(conf.PARAMETERS_APP))
+
+    assert conf.params() == modoboas()
+    set_parameters(acme_account_email="ops@example.org", certificate_renewal_threshold=12)
+    assert conf.params() == modoboas()
+    assert conf.params()["certificate_renewal_threshold"] == 12
+    # A stored set without some parameter (saved by an older version): its default.
+    config = LocalConfig.objects.first()
+    del config._parameters[conf.PARAMETERS_APP]["enable_alert_emails"]
+    config.save()
+    assert conf.params() == modoboas()
+    assert conf.params()["enable_alert_emails"] is True
