@@ -184,11 +184,16 @@ def test_the_app_parameters_read_as_modoboa_gives_them(modoboa):
     from modoboa.parameters import tools as param_tools
 
     from modoboa_pro.virtualhosts import conf
+    from modoboa_pro.virtualhosts.parameters import VirtualHostsSettingsSerializer
 
     from .conftest import set_parameters
 
     def modoboas() -> dict:
         return dict(param_tools.get_global_parameters(conf.PARAMETERS_APP))
+
+    # The Settings page's fields are the parameters, with the same defaults.
+    fields = VirtualHostsSettingsSerializer().fields
+    assert {name: f.default for name, f in fields.items()} == conf.PARAMETER_DEFAULTS
 
     assert conf.params() == modoboas()
     set_parameters(acme_account_email="ops@example.org", certificate_renewal_threshold=12)

@@ -11,7 +11,6 @@ import datetime
 from typing import Any
 
 from django.conf import settings
-from rest_framework.fields import empty
 
 from .errors import ConfigurationError
 
@@ -189,6 +188,15 @@ DOCS_FALLBACK = "https://pypi.org/project/modoboa-pro/"
 
 # The app name Modoboa files the parameters of ``parameters.py`` under.
 PARAMETERS_APP = "virtualhosts"
+# Their documented defaults (docs/configuration.md), the Settings page's fields' too.
+PARAMETER_DEFAULTS: dict[str, Any] = {
+    "enable_letsencrypt": False,
+    "acme_account_email": "",
+    "acme_account_storage_path": "/var/lib/modoboa/acme",
+    "certificate_renewal_threshold": 30,
+    "enable_alert_emails": True,
+    "alert_recipients": "",
+}
 
 
 def param(name: str) -> Any:
@@ -201,7 +209,7 @@ def param(name: str) -> Any:
 def params() -> dict[str, Any]:
     """Every global parameter of the app at once (one read instead of one per ``param``: the
     retry sweep runs every 5 minutes), as Modoboa gives them: the stored values over the
-    serializer's defaults.
+    defaults (``PARAMETER_DEFAULTS``).
 
     Read from the ``LocalConfig`` row itself: Modoboa's way builds a ``LocalConfig``, which
     builds every app's parameter defaults (Modoboa's own run ``doveadm pw -l``), 5 to 15 ms
@@ -209,12 +217,6 @@ def params() -> dict[str, Any]:
     """
     from modoboa.core.models import LocalConfig
 
-    from .parameters import VirtualHostsSettingsSerializer
-
-    fields = VirtualHostsSettingsSerializer().fields
     stored = LocalConfig.objects.order_by("pk").values_list("_parameters", flat=True).first()
     ours = (stored or {}).get(PARAMETERS_APP) or {}
-    return {
-        name: ours.get(name, None if field.default is empty else field.default)
-        for name, field in fields.items()
-    }
+    return {name: ours.get(name, default) for name, default in PARAMETER_DEFAULTS.items()}

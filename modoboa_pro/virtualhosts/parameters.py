@@ -8,10 +8,8 @@ import os
 from django.utils.translation import gettext_lazy as _
 from rest_framework import serializers
 
+from .conf import PARAMETER_DEFAULTS as DEFAULTS
 from .conf import PARAMETERS_APP as APP
-
-DEFAULT_STORAGE_PATH = "/var/lib/modoboa/acme"
-DEFAULT_RENEWAL_THRESHOLD_DAYS = 30
 
 STRUCT = collections.OrderedDict(
     [
@@ -160,17 +158,23 @@ def validate_storage_path(value: str) -> str:
 class VirtualHostsSettingsSerializer(serializers.Serializer):
     """Global parameters of the app; field defaults are the documented defaults."""
 
-    enable_letsencrypt = serializers.BooleanField(default=False)
-    acme_account_email = serializers.EmailField(default="", allow_blank=True)
-    acme_account_storage_path = serializers.CharField(default=DEFAULT_STORAGE_PATH)
+    enable_letsencrypt = serializers.BooleanField(default=DEFAULTS["enable_letsencrypt"])
+    acme_account_email = serializers.EmailField(
+        default=DEFAULTS["acme_account_email"], allow_blank=True
+    )
+    acme_account_storage_path = serializers.CharField(
+        default=DEFAULTS["acme_account_storage_path"]
+    )
     certificate_renewal_threshold = serializers.IntegerField(
-        default=DEFAULT_RENEWAL_THRESHOLD_DAYS,
+        default=DEFAULTS["certificate_renewal_threshold"],
         min_value=1,
         error_messages={"min_value": _("Renew at least 1 day before expiry (30 is recommended).")},
     )
 
-    enable_alert_emails = serializers.BooleanField(default=True)
-    alert_recipients = serializers.CharField(default="", allow_blank=True, max_length=2000)
+    enable_alert_emails = serializers.BooleanField(default=DEFAULTS["enable_alert_emails"])
+    alert_recipients = serializers.CharField(
+        default=DEFAULTS["alert_recipients"], allow_blank=True, max_length=2000
+    )
 
     def validate_alert_recipients(self, value: str) -> str:
         return validate_recipients(value)
