@@ -315,6 +315,18 @@ def test_a_reload_returns_once_no_old_worker_accepts(nginx_server):
         assert nginx_processes.workers(master) - old
 
 
+def test_the_workers_are_the_same_without_the_kernels_children_lists(nginx_server, monkeypatch):
+    """Read from the master's children lists where the kernel keeps them, from every
+    process's status otherwise: the same workers either way."""
+    nginx_server.start()
+    master = nginx_processes.read_master(nginx_server.prefix / "nginx.pid")
+    assert master is not None
+    listed = nginx_processes.workers(master)
+    assert listed and nginx_processes._children(master) == {w.pid for w in listed}
+    monkeypatch.setattr(nginx_processes, "_children", lambda master: None)
+    assert nginx_processes.workers(master) == listed
+
+
 def test_without_the_pid_file_old_workers_still_answer_after_the_command(nginx_server):
     """Why the wait exists: right after the command, the old generation still accepts."""
     nginx_server.start()

@@ -21,7 +21,8 @@ PROC = Path("/proc")
 # of sites with their certificates take a few seconds; a master that refused the new
 # configuration (a port it cannot bind) never replaces them.
 TAKEOVER_TIMEOUT = 30.0
-POLL_INTERVAL = 0.01
+# Each look reads the master's children list and their status: a few system calls.
+POLL_INTERVAL = 0.005
 _MASTER_TITLE = b"nginx: master process"
 _RETIRING_TITLE = b"is shutting down"
 
@@ -48,8 +49,10 @@ def read_master(pid_file: Path) -> int | None:
 
 def workers(master: int) -> set[Worker]:
     """The master's children: its workers (and cache processes, if any)."""
+    pids = _children(master)
+    candidates = (PROC / str(pid) / "stat" for pid in pids) if pids is not None else None
     children = set()
-    for stat in PROC.glob("[0-9]*/stat"):
+    for stat in candidates if candidates is not None else PROC.glob("[0-9]*/stat"):
         try:
             # The command name may hold spaces and parentheses: split after the last ")".
             fields = stat.read_text().rpartition(")")[2].split()
@@ -59,6 +62,21 @@ def workers(master: int) -> set[Worker]:
         if len(fields) > 19 and fields[1] == str(master):
             children.add(Worker(int(stat.parent.name), int(fields[19])))
     return children
+
+
+def _children(master: int) -> set[int] | None:
+    """The master's children as its threads list them (``/proc/PID/task/TID/children``), or
+    None where the kernel keeps no such lists (then every process is looked at)."""
+    task = PROC / str(master) / "task"
+    if not (task / str(master) / "children").exists():
+        return None
+    pids: set[int] = set()
+    try:
+        for listing in task.glob("*/children"):
+            pids.update(int(pid) for pid in listing.read_text().split())
+    except (OSError, ValueError):
+        return None
+    return pids
 
 
 def is_retiring(worker: Worker) -> bool:
