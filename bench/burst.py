@@ -17,7 +17,7 @@ import requests
 from rq import Queue
 
 from bench.issuance import Floor
-from bench.probe import served_serial
+from bench.probe import POLL_SECONDS, Rounds, served_serial
 from bench.stack import BenchStack
 
 THREADS = 20
@@ -31,21 +31,25 @@ TARGETS = {
 
 
 def wait_all_served(
-    port: int, names: list[str], old: dict[str, int] | None = None, timeout: float = 900.0
+    stack: BenchStack, names: list[str], old: dict[str, int] | None = None, timeout: float = 900.0
 ) -> dict[str, int]:
-    """Handshake round after round until every name serves a certificate not in ``old``."""
+    """Handshake round after round until every name serves a certificate not in ``old``:
+    rounds around each change of nginx's workers (``probe.Rounds``), as for the floor."""
+    port = stack.nginx.https_port
     deadline = time.monotonic() + timeout
     pending, served = set(names), {}
+    rounds = Rounds(stack.nginx.workers)
     while pending:
-        for name in sorted(pending):
-            serial = served_serial(port, name)
-            if serial is not None and serial != (old or {}).get(name):
-                served[name] = serial
-                pending.discard(name)
+        if rounds.due():
+            for name in sorted(pending):
+                serial = served_serial(port, name)
+                if serial is not None and serial != (old or {}).get(name):
+                    served[name] = serial
+                    pending.discard(name)
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} hosts not served after {timeout:.0f}s")
         if pending:
-            time.sleep(0.05)
+            time.sleep(POLL_SECONDS)
     return served
 
 
@@ -120,12 +124,11 @@ def _floor_burst(
             for name, fullchain, key in batch:
                 stack.write_https_site(name, fullchain, key)
     stack.reload_nginx()
-    wait_all_served(stack.nginx.https_port, names, {n: s for n, s in old.items() if s})
+    wait_all_served(stack, names, {n: s for n, s in old.items() if s})
     return time.monotonic() - began
 
 
 def run(stack: BenchStack, count: int, root: Path) -> dict:
-    port = stack.nginx.https_port
     names = [f"{PREFIX}{i:03d}.ours.bench.test" for i in range(count)]
     floor_names = [f"{PREFIX}{i:03d}.floor.bench.test" for i in range(count)]
     out: dict[str, object] = {"hosts": count, "threads": THREADS, "modoboa_workers": 2}
@@ -136,7 +139,7 @@ def run(stack: BenchStack, count: int, root: Path) -> dict:
     began = time.monotonic()
     statuses = _create_all(stack, names)
     answered = time.monotonic() - began
-    first = wait_all_served(port, names)
+    first = wait_all_served(stack, names)
     took = time.monotonic() - began
     orders = stack.orders_per_host(PREFIX)
     out["create"] = {
@@ -172,7 +175,7 @@ def run(stack: BenchStack, count: int, root: Path) -> dict:
     while job.get_status(refresh=True) not in ("finished", "failed"):
         time.sleep(0.01)
     scanned = time.monotonic() - began
-    wait_all_served(port, names, first)
+    wait_all_served(stack, names, first)
     took = time.monotonic() - began
     orders = stack.orders_per_host(PREFIX)
     out["renew"] = {
@@ -219,7 +222,6 @@ def rss_growth(stack: BenchStack, first: int, last: int, batch: int = 50) -> dic
     """Workers' resident memory after ``first`` and after ``last`` issuances (creations in
     batches of ``batch`` at once). RQ runs each job in a fork of the worker, so this is
     what the long-lived processes keep, not a job's own peak."""
-    port = stack.nginx.https_port
     done, out = 0, {"batch": batch}
     rss: dict[int, dict[str, int]] = {}
     began = time.monotonic()
@@ -229,7 +231,7 @@ def rss_growth(stack: BenchStack, first: int, last: int, batch: int = 50) -> dic
             statuses = _create_all(stack, names)
             if any(s != 201 for s in statuses):
                 raise RuntimeError(f"creations answered {sorted(set(statuses))}")
-            wait_all_served(port, names)
+            wait_all_served(stack, names)
             done += len(names)
         rss[mark] = stack.worker_rss_kib()
         print(f"  worker RSS after {mark} issuances: {rss[mark]}", flush=True)

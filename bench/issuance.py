@@ -47,7 +47,7 @@ def ours_once(stack: BenchStack, hostname: str) -> tuple[float, float]:
     """POST the host, handshake until served; (seconds to served, seconds to API 'active')."""
     began = time.monotonic()
     host = stack.demo.api.create_virtualhost(hostname)
-    _, served_at = wait_served(stack.nginx.https_port, hostname)
+    _, served_at = wait_served(stack.nginx.https_port, hostname, workers=stack.nginx.workers)
     while stack.demo.api.virtualhost(host["id"])["status"] != "active":
         time.sleep(0.01)
     return served_at - began, time.monotonic() - began
@@ -102,7 +102,7 @@ def certbot_once(certbot: Certbot, hostname: str) -> float:
     certbot.certonly(hostname)
     stack.write_https_site(hostname, *certbot.live(hostname))
     stack.reload_nginx()
-    _, served_at = wait_served(stack.nginx.https_port, hostname)
+    _, served_at = wait_served(stack.nginx.https_port, hostname, workers=stack.nginx.workers)
     return served_at - began
 
 
@@ -178,7 +178,7 @@ def floor_once(floor: Floor, hostname: str) -> float:
     began = time.monotonic()
     stack.write_https_site(hostname, *floor.issue(hostname))
     stack.reload_nginx()
-    _, served_at = wait_served(stack.nginx.https_port, hostname)
+    _, served_at = wait_served(stack.nginx.https_port, hostname, workers=stack.nginx.workers)
     return served_at - began
 
 
