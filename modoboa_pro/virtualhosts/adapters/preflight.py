@@ -189,7 +189,7 @@ def _fetch_canary(hostname: str, address: str, port: int, token: str, content: s
 
 
 def _refused(err: BaseException) -> bool:
-    """Whether ECONNREFUSED is among the causes requests and urllib3 nest."""
+    """Whether ECONNREFUSED is among the causes of ``err`` (itself, or nested by a library)."""
     pending: list[object] = [err]
     seen: set[int] = set()
     while pending:
