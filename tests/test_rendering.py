@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from modoboa_pro.virtualhosts import rendering
 from modoboa_pro.virtualhosts.errors import ConfigurationError
 from modoboa_pro.virtualhosts.rendering import SiteContext, render_http_only, render_https
 
@@ -107,3 +108,19 @@ def assert_nginx_accepts(tmp_path: Path, sites: str) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_loading_the_templates_when_a_worker_starts_never_stops_it(settings, tmp_path):
+    """A broken template of the operator's is reported by the run that renders it, not by
+    a worker that cannot start."""
+    from django.template import TemplateSyntaxError
+    from django.template.loader import get_template
+
+    override = tmp_path / "virtualhosts" / "nginx"
+    override.mkdir(parents=True)
+    (override / "https.conf").write_text("{% if %}\n")
+    settings.TEMPLATES = [dict(engine, DIRS=[str(tmp_path)]) for engine in settings.TEMPLATES]
+    rendering.load_templates()
+    with pytest.raises(TemplateSyntaxError):
+        get_template(rendering.HTTPS_TEMPLATE)
+    assert "server_name" in get_template(rendering.HTTP_ONLY_TEMPLATE).render({})
