@@ -109,6 +109,10 @@ def main() -> int:
         "--venv", type=Path, default=REPO / ".venv-bench",
         help="the virtualenv holding certbot and py-spy (make bench creates it)",
     )  # fmt: skip
+    parser.add_argument(
+        "--database", choices=("sqlite", "postgresql"), default="sqlite",
+        help="the instance's database for scenarios 1 to 3 (default: SQLite, as make demo)",
+    )  # fmt: skip
     parser.add_argument("--cache", type=Path, default=REPO / ".bench-cache")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
@@ -130,6 +134,7 @@ def main() -> int:
         **{k: v for k, v in previous.items() if k in SCENARIO_KEYS},
         "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "make bench",
+        "database": args.database,
         "machine": machine(),
         "certbot": _version([str(certbot), "--version"]) if certbot.exists() else "absent",
     }
@@ -147,7 +152,7 @@ def main() -> int:
         if only & {"issuance", "burst", "profile", "rss"} or need_lineages:
             from bench.stack import running_stack
 
-            with running_stack(root / "stack") as stack:
+            with running_stack(root / "stack", postgres=args.database == "postgresql") as stack:
                 if "issuance" in only:
                     from bench import issuance
 

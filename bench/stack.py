@@ -1,6 +1,7 @@
 """The deployed instance the bench measures: ``make demo``'s stages, kept running.
 
-A Modoboa deployed with ``modoboa-admin.py deploy`` (SQLite), the plugin, two
+A Modoboa deployed with ``modoboa-admin.py deploy`` (SQLite; PostgreSQL with
+``--database postgresql``), the plugin, two
 ``rqworker modoboa`` processes, the privileged worker, Redis, nginx, Pebble
 (``PEBBLE_VA_NOSLEEP=1``, no authz reuse, no bad nonces: see PebbleServer) and the DNS stub,
 all on loopback and stopped by PID at the end.
@@ -8,6 +9,7 @@ all on loopback and stopped by PID at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 
 from modoboa_pro.demo.console import Console
 from modoboa_pro.demo.run import Demo
+from modoboa_pro.testing.servers import PostgresServer
 
 # Where Certbot and the protocol floor put their HTTP-01 answers; one catch-all HTTP site
 # serves it for their names (written once, outside the timed part: this favours them).
@@ -127,13 +130,36 @@ def _rss_kib(pid: int) -> int:
 
 @contextmanager
 def running_stack(
-    root: Path, *, modoboa_workers: int = 2, extra_settings: Mapping[str, object] | None = None
+    root: Path,
+    *,
+    modoboa_workers: int = 2,
+    extra_settings: Mapping[str, object] | None = None,
+    postgres: bool = False,
 ) -> Iterator[BenchStack]:
     """Deploy and start everything under ``root``; stop it all (by PID) on the way out.
-    ``extra_settings`` are appended to the instance's settings.py before the workers start."""
+    ``extra_settings`` are appended to the instance's settings.py before the workers start.
+    ``postgres``: the instance on a PostgreSQL cluster of its own instead of SQLite."""
     root.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack_of:
+        url = None
+        if postgres:
+            database = PostgresServer(root / "postgres")
+            stack_of.callback(database.stop)
+            url = database.start().create_database("modoboa")
+        yield from _running(root, modoboa_workers, extra_settings, url)
+
+
+def _running(
+    root: Path,
+    modoboa_workers: int,
+    extra_settings: Mapping[str, object] | None,
+    database_url: str | None,
+) -> Iterator[BenchStack]:
     log = open(root / "stack.log", "w")  # noqa: SIM115 (closed below)
-    demo = Demo(Console(log, stages=7), root, hostnames=(), modoboa_workers=modoboa_workers)
+    demo = Demo(
+        Console(log, stages=7), root, hostnames=(), modoboa_workers=modoboa_workers,
+        database_url=database_url,
+    )  # fmt: skip
     try:
         began = time.monotonic()
         demo.start_services()
