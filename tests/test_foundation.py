@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 from django.core import checks
@@ -36,6 +38,77 @@ def test_acme_account_registration_against_pebble(chain: Chain):
         ca_bundle=str(chain.pebble.ca_bundle),
     ).ensure_account()
     assert again.uri == account.uri
+
+
+def test_the_remembered_account_is_that_of_the_key_in_use(chain: Chain):
+    """A run uses the account URL saved for its key without asking the CA; a key that is
+    not the one the URL was registered with (replaced, or created by another run at the
+    same moment) registers instead of signing for another key's account."""
+    actions: list[str] = []
+
+    def client() -> acme.AcmeClient:
+        return acme.AcmeClient(
+            chain.pebble.directory_url,
+            storage_root=chain.storage,
+            email="hostmaster@example.org",
+            ca_bundle=str(chain.pebble.ca_bundle),
+            observer=lambda request: actions.append(request.action),
+        )
+
+    first = client().ensure_account()
+    assert actions.count("newAccount") == 1
+    assert client().ensure_account() == first and actions.count("newAccount") == 1
+    key = acme.account_dir(chain.storage, chain.pebble.directory_url) / "private_key.json"
+    other = acme.AcmeClient(
+        chain.pebble.directory_url, storage_root=chain.storage / "other",
+        email="hostmaster@example.org", ca_bundle=str(chain.pebble.ca_bundle),
+    )  # fmt: skip
+    other.ensure_account()
+    key.write_bytes(
+        (acme.account_dir(other.storage_root, chain.pebble.directory_url) / "private_key.json")
+        .read_bytes()
+    )
+    again = client().ensure_account()
+    assert actions.count("newAccount") == 2 and again.uri != first.uri
+
+
+def test_the_first_runs_of_a_burst_share_one_account_key(chain: Chain, monkeypatch):
+    """Runs that start together on a fresh storage each make a key: one of them is kept,
+    and every run signs with it (another key's account URL would fail every order with
+    "JWS verification error", as a burst on a new instance once did)."""
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    runs = 6
+    made = threading.Barrier(runs)
+    real = ec.generate_private_key
+
+    def together(*args, **kwargs):  # every run has made its key before any writes one
+        key = real(*args, **kwargs)
+        made.wait(timeout=30)
+        return key
+
+    monkeypatch.setattr(ec, "generate_private_key", together)
+    clients = [
+        acme.AcmeClient(
+            chain.pebble.directory_url, storage_root=chain.storage,
+            email="hostmaster@example.org", ca_bundle=str(chain.pebble.ca_bundle),
+        )  # fmt: skip
+        for _ in range(runs)
+    ]
+    threads = [threading.Thread(target=c.ensure_account) for c in clients]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    directory = acme.account_dir(chain.storage, chain.pebble.directory_url)
+    kept = acme.jose.JWK.json_loads((directory / "private_key.json").read_text())
+    thumbprint = acme.jose.b64encode(kept.thumbprint()).decode()
+    assert {c._key_thumbprint() for c in clients} == {thumbprint}
+    uris = {c._connect().net.account.uri for c in clients}
+    assert len(uris) == 1
+    assert json.loads((directory / "account.json").read_text())["uri"] in uris
 
 
 def test_acme_directory_not_trusted_without_bundle(chain: Chain):

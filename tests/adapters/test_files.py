@@ -119,3 +119,11 @@ def test_temporary_names_are_hidden_unique_and_of_one_length():
     assert files.temp_name("x", ".link").endswith(".link")
     # What hostnames.py measures is what atomic_write creates.
     assert len(first) == len(files.longest_temp_name("a.example.conf"))
+
+
+def test_create_exclusive_never_replaces_what_another_process_created(tmp_path):
+    path = tmp_path / "private_key.json"
+    assert files.create_exclusive(path, b"first", 0o600) is True
+    assert files.create_exclusive(path, b"second", 0o600) is False
+    assert path.read_bytes() == b"first" and path.stat().st_mode & 0o777 == 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["private_key.json"]  # no temp left

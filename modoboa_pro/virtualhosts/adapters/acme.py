@@ -229,6 +229,16 @@ class _NewOrder(messages.NewOrder):
 ACCOUNT_UNKNOWN = "accountDoesNotExist"
 
 
+def _read_key(key_path: Path) -> jose.JWK:
+    try:
+        return jose.JWK.json_loads(key_path.read_text())
+    except (ValueError, jose.errors.DeserializationError) as err:
+        raise AcmeAccountError(
+            f"The ACME account key {key_path} is unreadable; move it aside to "
+            "register a new account.",
+        ) from err
+
+
 def _problem_type(err: messages.Error) -> str:
     """The last part of a problem type (``alreadyReplaced``), known to the library or not."""
     return str(err.typ).rsplit(":", 1)[-1]
@@ -272,20 +282,21 @@ class AcmeClient:
         directory = account_dir(self.storage_root, self.directory_url)
         key_path = directory / "private_key.json"
         if key_path.exists():
-            try:
-                return jose.JWK.json_loads(key_path.read_text())
-            except (ValueError, jose.errors.DeserializationError) as err:
-                raise AcmeAccountError(
-                    f"The ACME account key {key_path} is unreadable; move it aside to "
-                    "register a new account.",
-                ) from err
+            return _read_key(key_path)
         # accounts/ and each account directory: only the Modoboa user may look inside.
         files.ensure_dir(directory.parent, constants.PRIVATE_DIR_MODE)
         files.ensure_dir(directory, constants.PRIVATE_DIR_MODE)
         key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
-        files.atomic_write(key_path, key.json_dumps().encode(), constants.PRIVATE_FILE_MODE)
-        self._key_created = True
-        return key
+        if files.create_exclusive(key_path, key.json_dumps().encode(), constants.PRIVATE_FILE_MODE):
+            self._key_created = True
+            return key
+        # The first runs of a burst create it at the same moment: one key (and one account)
+        # for all of them, whichever was first.
+        return _read_key(key_path)
+
+    def _key_thumbprint(self) -> str:
+        assert self._key is not None
+        return jose.b64encode(self._key.thumbprint()).decode()
 
     def _connect(self) -> client.ClientV2:
         if self._client is not None:
@@ -353,10 +364,12 @@ class AcmeClient:
             meta = json.loads(path.read_bytes())
         except (OSError, ValueError):
             return None  # absent or damaged: registering again rewrites it
-        if not isinstance(meta, dict) or (meta.get("email"), meta.get("directory_url")) != (
-            self.email,
-            self.directory_url,
-        ):
+        wanted = (self.email, self.directory_url, self._key_thumbprint())
+        if not isinstance(meta, dict) or (
+            meta.get("email"),
+            meta.get("directory_url"),
+            meta.get("key_thumbprint"),  # the URL is this key's account, not another's
+        ) != wanted:
             return None
         uri = meta.get("uri")
         return uri if isinstance(uri, str) and uri.startswith("https://") else None
@@ -387,7 +400,12 @@ class AcmeClient:
         return Account(uri=uri, email=self.email, directory_url=self.directory_url)
 
     def _save_account_meta(self, uri: str) -> None:
-        meta = {"uri": uri, "email": self.email, "directory_url": self.directory_url}
+        meta = {
+            "uri": uri,
+            "email": self.email,
+            "directory_url": self.directory_url,
+            "key_thumbprint": self._key_thumbprint(),
+        }
         path = account_dir(self.storage_root, self.directory_url) / "account.json"
         content = json.dumps(meta, indent=2).encode()
         try:

@@ -109,6 +109,33 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         raise StorageError(f"Cannot flush {path.parent} to disk: {err.strerror}.") from err
 
 
+def create_exclusive(path: Path, data: bytes, mode: int) -> bool:
+    """Create ``path`` holding ``data``, whole, unless it exists: False then, and the file
+    already there is left as it is (another process created it first)."""
+    path = Path(path)
+    tmp = path.parent / temp_name(path.name)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)  # unlike a rename, never replaces what is there
+        except FileExistsError:
+            return False
+        fsync_dir(path.parent)
+        return True
+    except OSError as err:
+        raise StorageError(
+            f"Cannot write {path}: {err.strerror}. Check free space and permissions."
+        ) from err
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
 def put_back(path: Path, data: bytes | None, mode: int) -> None:
     """Make ``path`` hold ``data`` atomically, or not exist (``data`` None): what a caller
     read before changing a file, restored. Raises OSError or StorageError."""
