@@ -147,9 +147,19 @@ def test_no_email_is_a_configuration_error(tmp_path) -> None:
         acme.AcmeClient("https://ca.example/dir", storage_root=tmp_path, email="")
 
 
-def test_a_connection_dropped_mid_tls_is_named_in_a_few_words() -> None:
-    # A CA killed mid-request: the TCP connection is accepted, the client's hello read (so
-    # that closing sends a FIN, not a reset), then closed without a word of TLS.
+@pytest.mark.parametrize(
+    "scheme",
+    [
+        # Mid-TLS: the client's hello read (so that closing sends a FIN, not a reset), then
+        # closed without a word of TLS.
+        "https",
+        # Before the answer: the request read, then closed; urllib3 2.x reports it as a
+        # ConnectionResetError without an errno, "Remote end closed connection without
+        # response".
+        "http",
+    ],
+)
+def test_a_connection_dropped_by_a_killed_ca_is_named_in_a_few_words(scheme: str) -> None:
     with socket.create_server(("127.0.0.1", 0)) as server:
 
         def drop() -> None:
@@ -160,25 +170,7 @@ def test_a_connection_dropped_mid_tls_is_named_in_a_few_words() -> None:
         thread = threading.Thread(target=drop)
         thread.start()
         with pytest.raises(requests.ConnectionError) as caught:
-            requests.get(f"https://127.0.0.1:{server.getsockname()[1]}/dir", timeout=5)
-        thread.join()
-    assert acme._network_reason(caught.value) == "the connection was closed without an answer"
-
-
-def test_a_connection_dropped_before_the_answer_is_named_in_a_few_words() -> None:
-    # The CA killed after reading a request, before answering: urllib3 2.x reports it as a
-    # ConnectionResetError without an errno, "Remote end closed connection without response".
-    with socket.create_server(("127.0.0.1", 0)) as server:
-
-        def drop() -> None:
-            conn, _ = server.accept()
-            conn.recv(65536)
-            conn.close()
-
-        thread = threading.Thread(target=drop)
-        thread.start()
-        with pytest.raises(requests.ConnectionError) as caught:
-            requests.get(f"http://127.0.0.1:{server.getsockname()[1]}/dir", timeout=5)
+            requests.get(f"{scheme}://127.0.0.1:{server.getsockname()[1]}/dir", timeout=5)
         thread.join()
     assert acme._network_reason(caught.value) == "the connection was closed without an answer"
 
