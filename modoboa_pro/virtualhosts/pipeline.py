@@ -93,8 +93,9 @@ def _run_chain(host_id: int, ctx: Context, *, kind: str, force_order: bool) -> s
 
 
 def _chain(host: VirtualHost, run: recording.Run, ctx: Context, *, force_order: bool) -> str:
-    if _http_site(run, ctx, host):
-        return constants.STATUS_PROVISIONING  # deferred: continue_provisioning goes on
+    if (deferred := _http_site(run, ctx, host)) is not None:
+        _queue_follow_up(run, ctx, host, constants.STEP_HTTP_SITE, deferred)
+        return constants.STATUS_PROVISIONING  # continue_provisioning goes on
     return _after_http_site(host, run, ctx, force_order=force_order)
 
 
@@ -127,7 +128,9 @@ def _after_http_site(
     reloaded = _https_site(
         run, ctx, host, facts.serial, new_files=renewed is not None, renewal=bool(renewed)
     )
-    if reloaded is None:
+    if isinstance(reloaded, Deferred):
+        _queue_follow_up(run, ctx, host, constants.STEP_HTTPS_SITE, reloaded)
+    if reloaded is None or isinstance(reloaded, Deferred):
         # Deferred: finish_renewal (or continue_provisioning) records the outcome.
         return constants.STATUS_PROVISIONING
     _verify(run, ctx, host.hostname, facts.serial, reloaded=reloaded)
@@ -157,21 +160,19 @@ class Deferred(NamedTuple):
     generation: int
 
 
-def _http_site(run: recording.Run, ctx: Context, host: VirtualHost) -> bool:
-    """Step 1: the HTTP-only site, seen served by nginx before the CA is asked anything.
-
-    Returns True when a new site's reload was deferred (``Context.defer_step``): the
-    run goes on in ``continue_provisioning``, once a reload shared with the other new
-    hosts has loaded it."""
-    deferred = _http_site_step(run, ctx, host)
-    if deferred is None:
-        return False
+def _queue_follow_up(
+    run: recording.Run, ctx: Context, host: VirtualHost, step: str, deferred: Deferred
+) -> None:
+    """Queue the rest of the run behind the other new hosts (``Context.defer_step``): it goes
+    on in ``continue_provisioning`` once a shared reload has loaded ``step``'s site. Called
+    only once the step is recorded: a run killed before that queues nothing."""
     assert ctx.defer_step is not None
-    ctx.defer_step(host.pk, deferred.generation, run.run_id, constants.STEP_HTTP_SITE)
-    return True
+    ctx.defer_step(host.pk, deferred.generation, run.run_id, step)
 
 
-def _http_site_step(run: recording.Run, ctx: Context, host: VirtualHost) -> Deferred | None:
+def _http_site(run: recording.Run, ctx: Context, host: VirtualHost) -> Deferred | None:
+    """Step 1: the HTTP-only site, seen served by nginx before the CA is asked anything.
+    ``Deferred`` when a new site's reload is shared with the other new hosts."""
     s = ctx.settings
     hostname, site = host.hostname, host.site
     with run.step(constants.STEP_HTTP_SITE) as step:
@@ -362,29 +363,14 @@ def _https_site(
     *,
     new_files: bool,
     renewal: bool,
-) -> bool | None:
-    """Step 5: the HTTPS site; whether nginx was reloaded, None when the reload is deferred.
+) -> bool | None | Deferred:
+    """Step 5: the HTTPS site; whether nginx was reloaded. None when a renewal's reload is
+    left to ``finish_renewal``, ``Deferred`` when a first site's is shared with the other
+    new hosts.
 
     ``serial``: the certificate to serve. ``renewal``: new files replaced a previous
     pair, which a failed reload (or a pair found unusable) restores.
     """
-    done = _https_site_step(run, ctx, host, serial, new_files=new_files, renewal=renewal)
-    if not isinstance(done, Deferred):
-        return done
-    assert ctx.defer_step is not None
-    ctx.defer_step(host.pk, done.generation, run.run_id, constants.STEP_HTTPS_SITE)
-    return None
-
-
-def _https_site_step(
-    run: recording.Run,
-    ctx: Context,
-    host: VirtualHost,
-    serial: str,
-    *,
-    new_files: bool,
-    renewal: bool,
-) -> bool | None | Deferred:
     s = ctx.settings
     hostname = host.hostname
     with run.step(constants.STEP_HTTPS_SITE) as step:

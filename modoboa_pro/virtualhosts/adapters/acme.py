@@ -273,7 +273,6 @@ class AcmeClient:
         self._client: client.ClientV2 | None = None
         self._net: RetryAfterNetwork | None = None
         self._key: jose.JWK | None = None
-        self._key_created = False  # by this client: no account remembered for it
         self._remembered = False  # the account in use was remembered, not asked for
 
     # -- account -----------------------------------------------------------
@@ -288,7 +287,6 @@ class AcmeClient:
         files.ensure_dir(directory, constants.PRIVATE_DIR_MODE)
         key = jose.JWKEC(key=ec.generate_private_key(ec.SECP256R1()))
         if files.create_exclusive(key_path, key.json_dumps().encode(), constants.PRIVATE_FILE_MODE):
-            self._key_created = True
             return key
         # The first runs of a burst create it at the same moment: one key (and one account)
         # for all of them, whichever was first.
@@ -356,9 +354,8 @@ class AcmeClient:
         return messages.NewRegistration.from_data(email=self.email, terms_of_service_agreed=True)
 
     def _remembered_uri(self) -> str | None:
-        """The account URL saved for this key, directory and email; None to register."""
-        if self._key_created:
-            return None
+        """The account URL saved for this key (a new key has none), directory and email;
+        None to register."""
         path = account_dir(self.storage_root, self.directory_url) / "account.json"
         try:
             meta = json.loads(path.read_bytes())

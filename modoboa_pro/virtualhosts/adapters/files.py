@@ -88,11 +88,7 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
             "directory exists and that the worker may write to it.",
         ) from err
     try:
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)  # os.open's mode is filtered by the umask
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _fill(fd, data, mode)
         os.replace(tmp, path)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
@@ -109,18 +105,22 @@ def atomic_write(path: Path, data: bytes, mode: int) -> None:
         raise StorageError(f"Cannot flush {path.parent} to disk: {err.strerror}.") from err
 
 
+def _fill(fd: int, data: bytes, mode: int) -> None:
+    """Give a new temporary file its mode, then ``data``, flushed to disk; close it."""
+    with os.fdopen(fd, "wb") as handle:
+        os.fchmod(handle.fileno(), mode)  # os.open's mode is filtered by the umask
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
 def create_exclusive(path: Path, data: bytes, mode: int) -> bool:
     """Create ``path`` holding ``data``, whole, unless it exists: False then, and the file
     already there is left as it is (another process created it first)."""
     path = Path(path)
     tmp = path.parent / temp_name(path.name)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), mode)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        _fill(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode), data, mode)
         try:
             os.link(tmp, path)  # unlike a rename, never replaces what is there
         except FileExistsError:
