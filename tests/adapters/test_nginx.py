@@ -96,6 +96,17 @@ class NginxServer:
         with open(self.prefix / "master.log", "wb") as log:
             self.process = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT)
         wait_for_port(self.port)
+        # The listening socket opens before the master writes its pid file and starts its
+        # worker: wait for both, as a running nginx is found (CI once read no pid file yet).
+        deadline = time.monotonic() + 10
+        master = self.process.pid
+        while not (
+            nginx_processes.read_master(self.prefix / "nginx.pid") == master
+            and nginx_processes.workers(master)
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("nginx wrote no pid file or started no worker within 10 s")
+            time.sleep(0.01)
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
