@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -161,3 +161,10 @@ class Context:
     mail_settings: MailSettings | None = None
     mail: Reloader | None = None
     mail_served: Callable[[str, int, str], CertificateFacts] | None = None
+    _ca: CertificateAuthority | None = field(default=None, init=False, repr=False)
+
+    def ca(self) -> CertificateAuthority:
+        """The run's CA client, made once: one reached early keeps its connection and account."""
+        if self._ca is None:
+            self._ca = self.acme(self.settings)
+        return self._ca

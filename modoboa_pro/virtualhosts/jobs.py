@@ -89,7 +89,11 @@ def build_reloader(connection: Redis | None = None):
         )
     queue = django_rq.get_queue(constants.QUEUE_PRIVILEGED)
     return PrivilegedReloader(
-        queue, queueing.RELOAD, timeout, listeners=lambda: queueing.listening_workers(queue)
+        queue,
+        queueing.RELOAD,
+        timeout,
+        listeners=lambda: queueing.listening_workers(queue),
+        runs_queued=lambda: queueing.runs_queued(connection),
     )
 
 
@@ -102,7 +106,11 @@ def build_mail_deployer(connection: Redis | None = None):
         )
     queue = django_rq.get_queue(constants.QUEUE_PRIVILEGED)
     return mail.PrivilegedMailDeployer(
-        queue, queueing.MAIL_DEPLOY, timeout, listeners=lambda: queueing.listening_workers(queue)
+        queue,
+        queueing.MAIL_DEPLOY,
+        timeout,
+        listeners=lambda: queueing.listening_workers(queue),
+        runs_queued=lambda: queueing.runs_queued(connection),
     )
 
 

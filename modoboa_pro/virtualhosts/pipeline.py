@@ -224,7 +224,7 @@ def _obtain(
         if reason is None:
             step.skip("no order needed")
         else:
-            ca = ctx.acme(s)
+            ca = ctx.ca()
             account = ca.ensure_account()
             step.message = f"account {getattr(account, 'uri', '')} ({s.email})"
 
@@ -608,6 +608,7 @@ def _continue(
     hostname = host.hostname
     if step == constants.STEP_HTTP_SITE:
         with run.step(constants.STEP_HTTP_SITE, continued=True) as record:
+            _reach_ca_early(ctx, hostname)
             _loaded_or_restored(s, hostname, None, lambda: ctx.reload.wait(generation))
             probe.preflight(s.endpoint, hostname)
             record.message = (
@@ -632,6 +633,24 @@ def _continue(
     _tlsa(run, s, host)
     _succeed(host, facts, s, renewed=False)
     return constants.STATUS_ACTIVE
+
+
+def _reach_ca_early(ctx: Context, hostname: str) -> None:
+    """While nginx loads a new host's HTTP-only site (its old workers leave 0.1 s after the
+    new ones start), connect to the CA and find the account, which the order needs next.
+    Nothing is ordered before the site is seen served. Best effort: the account step
+    asks again, and records what fails."""
+    if not ctx.settings.letsencrypt:
+        return
+    try:
+        ctx.ca().ensure_account()
+    except VirtualHostError as err:
+        logger.info(
+            "virtualhost %s: the CA did not answer while nginx reloaded (%s); the account "
+            "step asks again",
+            hostname,
+            err.message,
+        )
 
 
 def _last_run_id(host: VirtualHost) -> str | None:

@@ -12,6 +12,7 @@ import datetime
 import logging
 
 import django_rq
+from redis import Redis
 from redis.exceptions import RedisError
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
@@ -69,6 +70,13 @@ ENQUEUE_LOCK_TTL = datetime.timedelta(seconds=30)
 
 def queue():
     return django_rq.get_queue(constants.QUEUE_DEFAULT)
+
+
+def runs_queued(connection: Redis | None = None) -> bool:
+    """Whether jobs wait in the default queue (``connection``: the caller's to Redis): a
+    burst, whose runs' changes will share the next nginx reload."""
+    q = django_rq.get_queue(constants.QUEUE_DEFAULT, connection=connection)
+    return q.count > 0
 
 
 def ensure_reachable() -> None:

@@ -17,6 +17,7 @@ from modoboa_pro.virtualhosts.adapters.reloader import (
     KEY_PREFIX,
     LocalReloader,
     Notices,
+    PrivilegedReloader,
     ReloadBook,
     serve_reload_requests,
 )
@@ -152,3 +153,68 @@ def test_settle_gives_up_on_a_reload_held_past_the_timeout(connection):
     LocalReloader(TRUE, TRUE, connection, timeout=0.2).settle()  # logs, and returns
     connection.delete(book.running)
     assert book.wait_idle(0.2) is True
+
+
+class RecordingQueue:
+    """The privileged queue's seam: the reload jobs enqueued, by function path."""
+
+    name = "privileged"
+
+    def __init__(self) -> None:
+        self.jobs: list[str] = []
+
+    def enqueue(self, func: str, **kwargs: object) -> None:
+        self.jobs.append(func)
+
+
+def test_a_lone_change_queues_its_reload_at_once_and_a_burst_gathers(connection):
+    book = ReloadBook(connection)
+    queue = RecordingQueue()
+    reloader = PrivilegedReloader(queue, "reload", 30, connection=connection)
+    first = reloader.request()
+    assert queue.jobs == ["reload"]  # alone: queued with the request, not by a waiter
+    reloader.request()  # asked while that job waits: it covers this one too
+    assert queue.jobs == ["reload"]
+    serve_reload_requests(connection, lambda: {"ok": True, "output": ""})
+    assert book.covering_outcome(first + 1) is not None
+    lone = reloader.request()  # everything before is covered: alone again
+    assert queue.jobs == ["reload", "reload"]
+    serve_reload_requests(connection, lambda: {"ok": True, "output": ""})
+    connection.set(book.running, "job", px=30_000)
+    reloader.request()  # a reload runs: the change gathers behind it
+    connection.delete(book.running)
+    reloader.request()  # one change before it is not covered yet: it gathers with it
+    assert queue.jobs == ["reload", "reload"]
+    assert lone == first + 2
+
+
+def test_a_waiter_covered_by_the_running_reload_queues_no_other(connection):
+    book = ReloadBook(connection)
+    queue = RecordingQueue()
+    reloader = PrivilegedReloader(queue, "reload", 30, connection=connection)
+    generation = reloader.request()  # alone: its job is queued now
+    covers, token = book.begin(30)  # ... and has started: it read our generation
+    assert covers == generation
+    answers: list[str] = []
+    waiter = threading.Thread(target=lambda: answers.append(reloader.wait(generation)))
+    waiter.start()
+    wait_for(lambda: connection.pubsub_numsub(book.finished)[0][1] == 1, "no waiter subscribed")
+    book.finish(covers, {"ok": True, "output": "reloaded"}, token)
+    waiter.join(JOIN_TIMEOUT)
+    assert answers == ["reloaded"]
+    # Without the running reload's generation, the waiter queued a second job, which
+    # gathers behind the first for MIN_INTERVAL and delays the next lone change's reload.
+    assert queue.jobs == ["reload"]
+    assert not connection.exists(book.queued)
+
+
+def test_a_lone_change_with_runs_queued_behind_it_leaves_the_reload_to_them(connection):
+    # Eight hosts created together: the first one's change is alone in the book, but seven
+    # runs wait in the queue; their follow-ups' first reload loads every site at once.
+    queue = RecordingQueue()
+    reloader = PrivilegedReloader(
+        queue, "reload", 30, connection=connection, runs_queued=lambda: True
+    )
+    reloader.request()
+    assert queue.jobs == []
+    assert ReloadBook(connection).request_alone()[1] is False  # nor is the next one alone

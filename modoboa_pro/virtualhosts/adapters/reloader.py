@@ -15,7 +15,8 @@ Waiting is on events: a finished reload publishes a notice (Redis pub/sub) that
 wakes its waiters at once. Waiters still read the book every ``CHECK_INTERVAL``,
 for what no notice announces (a notice lost with a Redis restart, a queued job
 deleted, the privileged worker gone). Reloads are spaced only back to back: a
-lone reload starts at once; one requested while another runs gathers the
+lone reload starts at once (a change that is alone has its privileged job queued
+with the request, not by its waiter); one requested while another runs gathers the
 requests behind it until ``MIN_INTERVAL`` after the running one started.
 
 Redis restarted without persistence forgets the book: a waiter whose request is gone
@@ -135,6 +136,7 @@ class ReloadBook:
         self.outcomes = prefix + "outcomes"
         self.sequence = prefix + "sequence"
         self.last = prefix + "last"
+        self.covering = prefix + "covering"  # the generation the running reload read
         self.finished = prefix + "finished"
 
     # -- callers --------------------------------------------------------------
@@ -142,6 +144,15 @@ class ReloadBook:
     def request(self) -> int:
         """Record that files changed; return the generation a reload must cover."""
         return int(self.connection.incr(self.requested))
+
+    def request_alone(self) -> tuple[int, bool]:
+        """``request``, and whether it is alone: no reload queued or running, and every
+        earlier generation covered by a finished reload. Nothing would gather behind a
+        reload started for it (a burst's first change is alone, the others are not)."""
+        generation, alone = self.connection.eval(
+            _REQUEST, 4, self.requested, self.queued, self.running, self.outcomes
+        )
+        return int(generation), bool(alone)
 
     def still_requested(self, generation: int) -> int:
         """``generation``, or a new request when Redis lost it: restarted without
@@ -209,13 +220,28 @@ class ReloadBook:
 
         Returns it with the token ``finish`` needs (this job's claim on ``running``)."""
         token = locks.holder_value(secrets.token_hex(8))
-        with self.connection.pipeline(transaction=True) as pipe:
-            pipe.delete(self.queued)
-            pipe.set(self.running, token, px=_ms(ttl))
-            pipe.get(self.requested)
-            pipe.set(self.last, repr(time.time()), ex=BOOK_TTL_SECONDS)
-            _, _, covers, _ = pipe.execute()
+        covers = self.connection.eval(
+            _BEGIN,
+            5,
+            self.queued,
+            self.running,
+            self.requested,
+            self.last,
+            self.covering,
+            token,
+            _ms(ttl),
+            repr(time.time()),
+            BOOK_TTL_SECONDS,
+        )
         return int(covers or 0), token
+
+    def covered_by_running(self, generation: int) -> bool:
+        """Whether the privileged reload running now read ``generation`` (it will cover it)."""
+        with self.connection.pipeline(transaction=True) as pipe:
+            pipe.exists(self.running)
+            pipe.get(self.covering)
+            running, covering = pipe.execute()
+        return bool(running) and int(covering or 0) >= generation
 
     def acquire_running(self, ttl: float) -> str | None:
         """Local mode: become the one process reloading now; return the token or None.
@@ -282,6 +308,19 @@ class ReloadBook:
         self.connection.eval(_RELEASE, 1, self.running, token)
 
 
+# A privileged reload begins: leave ``queued`` (KEYS[1]), hold ``running`` (KEYS[2]) with
+# token ARGV[1] for ARGV[2] ms, read ``requested`` (KEYS[3], returned), note the start in
+# ``last`` (KEYS[4]) and the generation read in ``covering`` (KEYS[5]).
+_BEGIN = """
+redis.call("del", KEYS[1])
+redis.call("set", KEYS[2], ARGV[1], "PX", ARGV[2])
+local covers = redis.call("get", KEYS[3]) or "0"
+redis.call("set", KEYS[4], ARGV[3], "EX", ARGV[4])
+redis.call("set", KEYS[5], covers, "PX", ARGV[2])
+return covers
+"""
+
+
 # Delete ``running`` only if this process still holds it.
 _RELEASE = """
 if redis.call("get", KEYS[1]) == ARGV[1] then
@@ -306,6 +345,25 @@ end
 redis.call("publish", KEYS[4], ARGV[3])
 redis.call("del", KEYS[1])
 return 1
+"""
+
+
+# Bump ``requested`` (KEYS[1]); alone (1) when nothing is ``queued`` (KEYS[2]) or
+# ``running`` (KEYS[3]) and the highest generation an outcome (KEYS[4]) covers is the one before.
+_REQUEST = """
+local generation = redis.call("incr", KEYS[1])
+if redis.call("exists", KEYS[2], KEYS[3]) > 0 then
+    return {generation, 0}
+end
+local last = redis.call("zrevrange", KEYS[4], 0, 0, "withscores")
+local covered = 0
+if last[2] then
+    covered = tonumber(last[2])
+end
+if generation - covered == 1 then
+    return {generation, 1}
+end
+return {generation, 0}
 """
 
 
@@ -528,6 +586,7 @@ class PrivilegedReloader:
         connection: redis.Redis | None = None,
         listeners: Callable[[], list[str]] | None = None,
         absent_grace: float | None = None,  # ABSENT_GRACE
+        runs_queued: Callable[[], bool] | None = None,
     ) -> None:
         self.queue = queue
         self.job_func = job_func
@@ -535,6 +594,8 @@ class PrivilegedReloader:
         self.connection = connection if connection is not None else queue.connection
         self.listeners = listeners
         self.absent_grace = absent_grace
+        # Whether other runs wait in their queue: their changes will gather with ours.
+        self.runs_queued = runs_queued
 
     # Hooks: the mail deploy (``mail.py``) waits the same way, under its own keys.
     prefix = KEY_PREFIX
@@ -564,8 +625,15 @@ class PrivilegedReloader:
         return self.wait(self.request())
 
     def request(self) -> int:
+        """Record our change. One that is alone, with no other run queued (``runs_queued``),
+        has its reload job queued now, one job hop before its waiter would (a new host's or
+        a renewal's follow-up): nothing would gather with it."""
         try:
-            return self._book().request()
+            book = self._book()
+            generation, alone = book.request_alone()
+            if alone and not (self.runs_queued is not None and self.runs_queued()):
+                self._enqueue(book)
+            return generation
         except redis.RedisError as err:
             raise ReloadInterrupted(
                 f"Cannot reach Redis to ask Modoboa's privileged worker for an nginx reload "
@@ -587,7 +655,11 @@ class PrivilegedReloader:
 
     def _wait(self, book: ReloadBook, generation: int) -> str:
         with book.notices() as notices:  # subscribed before reading: no notice is missed
-            if book.covering_outcome(generation) is None:
+            # Covered by the reload running now (one queued for a lone change may already
+            # have read it): a job queued now would only gather behind it for nothing.
+            if book.covering_outcome(generation) is None and not book.covered_by_running(
+                generation
+            ):
                 self._enqueue(book)
             return self._wait_notified(book, notices, generation)
 
