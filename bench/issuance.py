@@ -19,8 +19,9 @@ from acme import challenges, client, crypto_util, messages
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bench.probe import wait_served
+from bench.probe import POLL_SECONDS, wait_served
 from bench.stack import BenchStack
+from modoboa_pro.virtualhosts.adapters import nginx_processes
 
 ACME_TIMEOUT = datetime.timedelta(seconds=60)
 # The floor's poll interval: as tight as a careful client would go on loopback.
@@ -184,6 +185,29 @@ def floor_once(floor: Floor, hostname: str) -> float:
 
 # -- the scenario ---------------------------------------------------------------------------
 
+# The bench's nginx runs one worker (``worker_processes 1``): more children, a reload hands over.
+NGINX_WORKERS = 1
+IDLE_TIMEOUT = 30.0
+
+
+def idle_nginx(stack: BenchStack) -> None:
+    """Wait until the previous sample's reload has handed over: one worker, none retiring.
+
+    A sample ends when a handshake sees its certificate, from nginx's new worker, while the
+    master still sleeps its 100 ms before stopping the old one; a reload signalled meanwhile
+    waits for that: no sample pays for the previous one's reload.
+    """
+    deadline = time.monotonic() + IDLE_TIMEOUT
+    while True:
+        workers = stack.nginx.workers()
+        if len(workers) == NGINX_WORKERS and not any(
+            nginx_processes.is_retiring(w) for w in workers
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nginx still hands over after {IDLE_TIMEOUT:.0f}s: {workers}")
+        time.sleep(POLL_SECONDS)
+
 
 def run(stack: BenchStack, runs: int, certbot_binary: Path | None, root: Path) -> dict:
     """``runs`` samples of each, interleaved so that load drifts hit all three alike."""
@@ -199,11 +223,14 @@ def run(stack: BenchStack, runs: int, certbot_binary: Path | None, root: Path) -
         certbot_once(certbot, "warm.certbot.bench.test")
     floor.protocol_seconds.clear()
     for i in range(runs):
+        idle_nginx(stack)
         served, active = ours_once(stack, f"s1-{i}.ours.bench.test")
         ours.seconds.append(served)
         ours_active.seconds.append(active)
+        idle_nginx(stack)
         floor_s.seconds.append(floor_once(floor, f"s1-{i}.floor.bench.test"))
         if certbot:
+            idle_nginx(stack)
             certbot_s.seconds.append(certbot_once(certbot, f"s1-{i}.certbot.bench.test"))
         print(
             f"  run {i + 1}/{runs}: ours {served:.3f}s (active {active:.3f}s), "

@@ -50,7 +50,7 @@ class BenchStack:
         """Reloads nginx handled since ``offset`` of its error log (one line each)."""
         with open(self.nginx.error_log_path, "rb") as log:
             log.seek(offset)
-            return log.read().count(b"signal process started")
+            return log.read().count(b"(SIGHUP) received")
 
     def worker_rss_kib(self) -> dict[str, int]:
         """Resident memory of each RQ worker's main process (a job runs in a fork of it)."""

@@ -370,6 +370,62 @@ def test_a_reload_nginx_does_not_apply_is_reported(nginx_server, monkeypatch):
     assert nginx_server.get("b.test")[0] == 404  # still serving the previous configuration
 
 
+def test_nginx_own_reload_is_a_sighup_to_the_master_it_watches(nginx_server):
+    """``nginx -s reload`` reads the whole configuration only to find the master: with the
+    master known from the pid file, SIGHUP goes to it directly, and the reload is the same."""
+    nginx_server.start()
+    pid_file = nginx_server.prefix / "nginx.pid"
+    log = nginx_server.prefix / "error.log"
+    offset = log.stat().st_size
+    answers = answers_right_after(nginx_server, "signalled", pid_file=pid_file)
+    assert answers == ["signalled"] * len(answers)
+    with open(log, "rb") as lines:
+        lines.seek(offset)
+        logged = lines.read()
+    assert logged.count(b"(SIGHUP) received") == 1
+    assert b"signal process started" not in logged  # no `nginx -s` process ran
+
+
+@pytest.mark.parametrize(
+    ("argv", "signalled"),
+    [
+        (["nginx", "-s", "reload"], True),
+        (
+            ["/usr/sbin/nginx", "-p", "/srv/nginx", "-c", "/srv/nginx/nginx.conf", "-s", "reload"],
+            True,
+        ),
+        (["/usr/bin/systemctl", "reload", "nginx"], False),  # systemd's own way: run as given
+        (["sudo", "nginx", "-s", "reload"], False),
+        (["nginx", "-s", "reopen"], False),
+        (["/usr/local/bin/reload-nginx-everywhere"], False),
+    ],
+)
+def test_only_nginx_own_reload_command_is_replaced_by_the_signal(argv, signalled):
+    assert nginx.signals_master(argv) is signalled
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [
+        (ProcessLookupError(3, "No such process"), "exited just before it was told to reload"),
+        (PermissionError(1, "Operation not permitted"), "Run the privileged worker as root"),
+    ],
+)
+def test_a_master_that_cannot_be_signalled_fails_the_reload_saying_why(
+    nginx_server, monkeypatch, error, says
+):
+    nginx_server.start()
+
+    def refuse(pid: int, signum: int) -> None:
+        raise error
+
+    # Only around the reload: the fixture stops nginx with os.kill.
+    with monkeypatch.context() as patched, pytest.raises(NginxReloadFailed, match=says) as info:
+        patched.setattr(os, "kill", refuse)
+        nginx.run_reload(nginx_server.reload_argv, pid_file=nginx_server.prefix / "nginx.pid")
+    assert str(nginx_server.process.pid) in str(info.value)
+
+
 def test_a_pid_file_that_names_no_nginx_master_is_ignored(tmp_path):
     pid_file = tmp_path / "nginx.pid"
     assert nginx_processes.read_master(pid_file) is None  # missing

@@ -298,10 +298,10 @@ def test_stale_scan_warns_through_a_system_check_and_an_alarm(chain: Chain):
 
 
 def reload_count(chain: Chain, offset: int) -> int:
-    """`nginx -s reload` runs since ``offset`` of nginx's error log (each logs this line)."""
+    """Reloads since ``offset`` of nginx's error log: the master logs each SIGHUP it gets."""
     with open(chain.nginx.error_log_path, "rb") as log:
         log.seek(offset)
-        return log.read().count(b"signal process started")
+        return log.read().count(b"(SIGHUP) received")
 
 
 RENEWED_TOGETHER = 10

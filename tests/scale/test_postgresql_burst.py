@@ -33,10 +33,10 @@ ARTEFACTS = Path(__file__).resolve().parents[2] / "test-artefacts"
 
 
 def reloads_since(stack: Stack, offset: int) -> int:
-    """`nginx -s reload` runs since ``offset`` of nginx's error log (each logs this line)."""
+    """Reloads since ``offset`` of nginx's error log: the master logs each SIGHUP it gets."""
     with open(stack.nginx.error_log_path, "rb") as log:
         log.seek(offset)
-        return log.read().count(b"signal process started")
+        return log.read().count(b"(SIGHUP) received")
 
 
 def log_offset(stack: Stack) -> int:
