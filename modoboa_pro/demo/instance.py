@@ -110,9 +110,12 @@ LOGGING["loggers"]["modoboa.jobs"] = {{
 # SQLite and concurrent writers (the workers record each step while a user logs in): a
 # transaction that reads, then writes, fails at once with "database is locked" when another
 # process writes meanwhile. IMMEDIATE transactions take the write lock first and wait for it.
+# In WAL mode readers never wait for the writer, and a commit only appends to the log.
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"].setdefault("OPTIONS", {{}}).update(
-        transaction_mode="IMMEDIATE", timeout=20
+        transaction_mode="IMMEDIATE",
+        timeout=20,
+        init_command="PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL",
     )
 
 # Server errors with their traceback in the application's log (runserver.log).
