@@ -644,12 +644,12 @@ def _reach_ca_early(ctx: Context, hostname: str) -> None:
         return
     try:
         ctx.ca().ensure_account()
-    except VirtualHostError as err:
+    except Exception as err:  # whatever it is, the account step meets it again and records it
         logger.info(
-            "virtualhost %s: the CA did not answer while nginx reloaded (%s); the account "
-            "step asks again",
+            "virtualhost %s: reaching the CA while nginx reloads failed (%s); the account "
+            "step tries again",
             hostname,
-            err.message,
+            err.message if isinstance(err, VirtualHostError) else repr(err),
         )
 
 

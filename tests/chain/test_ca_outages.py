@@ -228,6 +228,38 @@ def account_registrations(chain: Chain) -> int:
     return sum(n for labels, n in snapshot.acme_requests.items() if labels[2] == "newAccount")
 
 
+def directory_fetches(chain: Chain) -> int:
+    """Requests for the ACME directory the workers sent: one per CA client a job made."""
+    snapshot = counters.read(chain.redis.client())
+    return sum(n for labels, n in snapshot.acme_requests.items() if labels[2] == "directory")
+
+
+def test_a_new_hosts_run_meets_the_ca_while_nginx_loads_its_site_and_orders_with_it(
+    chain: Chain, monkeypatch
+):
+    """The follow-up that waits for the HTTP-only site's reload connects to the CA meanwhile
+    (``pipeline._reach_ca_early``), and orders with that same client: one directory fetch for
+    the whole run, made while the run still stood at its HTTP-only site."""
+    connect = acme.AcmeClient._connect
+    steps_at_connect: list[str] = []
+
+    def spied(self: acme.AcmeClient):
+        if self._client is None:  # a connection made now, not the client kept
+            row = VirtualHost.objects.filter(hostname="early.example.test").first()
+            steps_at_connect.append(row.current_step if row else "")
+        return connect(self)
+
+    monkeypatch.setattr(acme.AcmeClient, "_connect", spied)
+    before = directory_fetches(chain)
+    host = VirtualHost.objects.create(hostname="early.example.test")
+    chain.drain()
+    host.refresh_from_db()
+    assert host.status == constants.STATUS_ACTIVE, host.last_error
+    assert steps_at_connect == [constants.STEP_HTTP_SITE]
+    assert directory_fetches(chain) - before == 1
+    assert dict(last_run_steps(host))[constants.STEP_ACCOUNT] == constants.OUTCOME_OK
+
+
 def test_the_account_is_remembered_and_registered_again_when_the_ca_forgot_it(
     chain: Chain, own_pebble: PebbleServer, caplog
 ):
