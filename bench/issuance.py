@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench.probe import POLL_SECONDS, wait_served
 from bench.stack import BenchStack
+from modoboa_pro.testing.servers import WORKER_PROCESSES
 from modoboa_pro.virtualhosts.adapters import nginx_processes
 
 ACME_TIMEOUT = datetime.timedelta(seconds=60)
@@ -185,8 +186,6 @@ def floor_once(floor: Floor, hostname: str) -> float:
 
 # -- the scenario ---------------------------------------------------------------------------
 
-# The bench's nginx runs one worker (``worker_processes 1``): more children, a reload hands over.
-NGINX_WORKERS = 1
 IDLE_TIMEOUT = 30.0
 
 
@@ -200,7 +199,7 @@ def idle_nginx(stack: BenchStack) -> None:
     deadline = time.monotonic() + IDLE_TIMEOUT
     while True:
         workers = stack.nginx.workers()
-        if len(workers) == NGINX_WORKERS and not any(
+        if len(workers) == WORKER_PROCESSES and not any(
             nginx_processes.is_retiring(w) for w in workers
         ):
             return

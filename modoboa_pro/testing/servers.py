@@ -427,6 +427,10 @@ _LOG_FORMAT = "$host\\t$request_method\\t$request_uri\\t$status\\t$http_user_age
 _FATAL_LINE = re.compile(rb"\[emerg\][^\n]*")
 
 
+# nginx's worker processes in every harness nginx: more children mean a reload hands over.
+WORKER_PROCESSES = 1
+
+
 class NginxServer(ManagedProcess):
     """nginx with its own prefix, pid file and logs, serving ``sites_dir/*.conf``.
 
@@ -487,7 +491,7 @@ class NginxServer(ManagedProcess):
             f"""# Written by modoboa_pro.testing.NginxServer
 {user}daemon off;
 master_process on;
-worker_processes 1;
+worker_processes {WORKER_PROCESSES};
 pid {self.pid_path};
 error_log {self.error_log_path} info;
 events {{

@@ -35,6 +35,7 @@ from .errors import (
     ReloadInterrupted,
     UnusablePair,
     VirtualHostError,
+    redact_for_log,
 )
 from .models import VirtualHost
 from .rendering import render_http_only, render_https
@@ -649,7 +650,7 @@ def _reach_ca_early(ctx: Context, hostname: str) -> None:
             "virtualhost %s: reaching the CA while nginx reloads failed (%s); the account "
             "step tries again",
             hostname,
-            err.message if isinstance(err, VirtualHostError) else repr(err),
+            redact_for_log(err.message if isinstance(err, VirtualHostError) else repr(err)),
         )
 
 

@@ -218,3 +218,16 @@ def test_a_lone_change_with_runs_queued_behind_it_leaves_the_reload_to_them(conn
     reloader.request()
     assert queue.jobs == []
     assert ReloadBook(connection).request_alone()[1] is False  # nor is the next one alone
+
+
+def test_a_change_after_a_quiet_day_is_alone(connection):
+    """The outcomes expire with the book (BOOK_TTL_SECONDS) while the generation counter
+    stays: the first change after a day without reloads is alone all the same."""
+    book = ReloadBook(connection)
+    queue = RecordingQueue()
+    reloader = PrivilegedReloader(queue, "reload", 30, connection=connection)
+    reloader.request()
+    serve_reload_requests(connection, lambda: {"ok": True, "output": ""})
+    connection.delete(book.outcomes)  # a day later, expired
+    reloader.request()
+    assert queue.jobs == ["reload", "reload"]

@@ -137,6 +137,9 @@ class ReloadBook:
         self.sequence = prefix + "sequence"
         self.last = prefix + "last"
         self.covering = prefix + "covering"  # the generation the running reload read
+        # The highest generation a finished reload covered: kept as long as ``requested``
+        # (the outcomes expire after a quiet day).
+        self.covered = prefix + "covered"
         self.finished = prefix + "finished"
 
     # -- callers --------------------------------------------------------------
@@ -150,7 +153,7 @@ class ReloadBook:
         earlier generation covered by a finished reload. Nothing would gather behind a
         reload started for it (a burst's first change is alone, the others are not)."""
         generation, alone = self.connection.eval(
-            _REQUEST, 4, self.requested, self.queued, self.running, self.outcomes
+            _REQUEST, 4, self.requested, self.queued, self.running, self.covered
         )
         return int(generation), bool(alone)
 
@@ -284,11 +287,12 @@ class ReloadBook:
         field = counters.reload_field(counters.SERVICE_NGINX, bool(outcome.get("ok")))
         published = self.connection.eval(
             _FINISH,
-            4,
+            5,
             self.running,
             self.outcomes,
             counters.RELOADS,
             self.finished,
+            self.covered,
             token,
             member,
             covers,
@@ -331,10 +335,14 @@ return 0
 
 
 # Publish an outcome if this reload still holds ``running`` (KEYS[1]): add it to the
-# outcomes (KEYS[2]), count it (KEYS[3], field ARGV[6] unless empty), notify (channel KEYS[4]).
+# outcomes (KEYS[2]), count it (KEYS[3], field ARGV[6] unless empty), notify (channel KEYS[4]),
+# raise ``covered`` (KEYS[5]) to the generation it covers.
 _FINISH = """
 if redis.call("get", KEYS[1]) ~= ARGV[1] then
     return 0
+end
+if tonumber(redis.call("get", KEYS[5]) or "0") < tonumber(ARGV[3]) then
+    redis.call("set", KEYS[5], ARGV[3])
 end
 redis.call("zadd", KEYS[2], ARGV[3], ARGV[2])
 redis.call("zremrangebyrank", KEYS[2], 0, -(tonumber(ARGV[4]) + 1))
@@ -349,18 +357,13 @@ return 1
 
 
 # Bump ``requested`` (KEYS[1]); alone (1) when nothing is ``queued`` (KEYS[2]) or
-# ``running`` (KEYS[3]) and the highest generation an outcome (KEYS[4]) covers is the one before.
+# ``running`` (KEYS[3]) and ``covered`` (KEYS[4]) is the generation before.
 _REQUEST = """
 local generation = redis.call("incr", KEYS[1])
 if redis.call("exists", KEYS[2], KEYS[3]) > 0 then
     return {generation, 0}
 end
-local last = redis.call("zrevrange", KEYS[4], 0, 0, "withscores")
-local covered = 0
-if last[2] then
-    covered = tonumber(last[2])
-end
-if generation - covered == 1 then
+if generation - tonumber(redis.call("get", KEYS[4]) or "0") == 1 then
     return {generation, 1}
 end
 return {generation, 0}
