@@ -6,9 +6,11 @@ until Ctrl-C, so one deploy checks both README commands' promises.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import sqlite3
 import ssl
 import subprocess
 import sys
@@ -113,3 +115,8 @@ def test_make_demo_serves_both_hosts_over_https_then_the_web_ui(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+    # The instance's SQLite database in WAL mode, as docs/installation.md recommends (the
+    # mode is kept in the file).
+    (database,) = (tmp_path / "demo").rglob("modoboa.sqlite3")
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
