@@ -498,6 +498,18 @@ def reload_job_queued() -> bool:
     return django_rq.get_queue(constants.QUEUE_PRIVILEGED).count > 0
 
 
+def waiting_for_its_reload(chain: Chain) -> Callable[[], bool]:
+    """A run waits for its reload: its job is queued and the run listens for the notice (a
+    lone change queues the job with its request, before the run reaches its wait)."""
+    client = chain.redis.client()
+    channel = reloader.ReloadBook(client).finished
+
+    def waiting() -> bool:
+        return reload_job_queued() and client.pubsub_numsub(channel)[0][1] > 0
+
+    return waiting
+
+
 def test_a_reload_request_redis_forgot_is_asked_again(chain: Chain, start_worker, settings):
     """Redis forgets the reload book while a run waits (a restart its client retried through
     unnoticed, here FLUSHDB): the run asks again instead of waiting for a reload that would
@@ -505,7 +517,7 @@ def test_a_reload_request_redis_forgot_is_asked_again(chain: Chain, start_worker
     settings.VIRTUALHOSTS_RELOAD_TIMEOUT = 30
     reload = jobs.build_reloader()
     thread, out = in_thread(reload)
-    wait_for("the reload job", reload_job_queued, 10)
+    wait_for("the run waiting for its reload", waiting_for_its_reload(chain), 10)
     chain.redis.client().flushdb()
     start_worker(constants.QUEUE_PRIVILEGED)
     thread.join(30)
@@ -531,7 +543,7 @@ def test_a_renewal_that_loses_redis_waiting_for_its_reload_keeps_its_pair(
     args = finish.args
     finish.delete()
     thread, out = in_thread(lambda: jobs.finish_renewal(*args))  # as the worker would
-    wait_for("the reload job", reload_job_queued, 10)
+    wait_for("the run waiting for its reload", waiting_for_its_reload(chain), 10)
     chain.redis.stop()
     thread.join(30)
     assert out.get("result") == constants.STATUS_FAILED, out
